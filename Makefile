@@ -1,0 +1,21 @@
+# Kiln's developer commands. `make help` lists them.
+SHELL := /bin/bash
+CARGO ?= cargo
+
+.PHONY: help build test lint run fmt
+
+help: ## List the targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-14s %s\n", $$1, $$2}'
+
+build: ## Build every binary (debug)
+	$(CARGO) build --workspace --bins
+
+test: ## Run the whole test suite (starts its own redis-server per test)
+	$(CARGO) test --workspace --all-targets
+
+lint: ## Formatting and clippy, as CI runs them
+	$(CARGO) fmt --all -- --check
+	$(CARGO) clippy --workspace --all-targets -- -D warnings
+
+fmt: ## Format the code
+	$(CARGO) fmt --all

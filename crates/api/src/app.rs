@@ -1,0 +1,117 @@
+//! Building and running the api server: all fallible set-up happens in `build`, which
+//! binds the port (0 in tests) so callers learn the real address before serving.
+
+use std::net::{SocketAddr, TcpListener};
+use std::path::PathBuf;
+
+use actix_web::{dev::Server, middleware, web, App, HttpServer};
+use kiln_service_kit::auth::Authenticator;
+use kiln_service_kit::error::ApiError;
+use kiln_service_kit::{health, ConfigError};
+use kiln_store::{Store, StoreError, StoreOptions};
+use tokio_util::sync::CancellationToken;
+
+use crate::config::ApiConfig;
+use crate::routes;
+
+#[derive(Debug, thiserror::Error)]
+pub enum BuildError {
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        addr: String,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// What every handler shares.
+#[derive(Clone)]
+pub(crate) struct AppState {
+    pub(crate) store: Store,
+    pub(crate) storage_root: PathBuf,
+}
+
+pub struct Application {
+    server: Server,
+    addr: SocketAddr,
+}
+
+impl Application {
+    pub async fn build(config: ApiConfig) -> Result<Self, BuildError> {
+        config.validate()?;
+        let mut opts = StoreOptions::new(&config.common.redis.url);
+        opts.pool_size = config.common.redis.pool_size;
+        let store = Store::new(&opts)?;
+        health::warn_about_redis(&store).await;
+        let state = AppState {
+            store,
+            storage_root: config.common.storage.root.clone(),
+        };
+        let bind = config.common.http.addr()?;
+        let listener = TcpListener::bind(bind).map_err(|source| BuildError::Bind {
+            addr: bind.to_string(),
+            source,
+        })?;
+        let addr = listener.local_addr().map_err(|source| BuildError::Bind {
+            addr: bind.to_string(),
+            source,
+        })?;
+        let auth = Authenticator::new(&config.common.auth);
+        let max_body = config.common.http.max_body_bytes;
+        let prometheus = health::prometheus();
+        let mut server = HttpServer::new(move || {
+            App::new()
+                .app_data(web::Data::new(state.clone()))
+                .app_data(web::Data::new(auth.clone()))
+                .app_data(web::Data::new(prometheus.clone()))
+                .app_data(web::PayloadConfig::new(max_body).limit(max_body))
+                .app_data(
+                    web::PathConfig::default()
+                        .error_handler(|e, _| ApiError::bad_request("path", e.to_string()).into()),
+                )
+                .app_data(
+                    web::QueryConfig::default()
+                        .error_handler(|e, _| ApiError::bad_request("query", e.to_string()).into()),
+                )
+                .wrap(middleware::from_fn(routes::count_requests))
+                .route("/healthz", web::get().to(health::healthz))
+                .route("/readyz", web::get().to(routes::readyz))
+                .route("/metrics", web::get().to(routes::metrics))
+                .service(web::scope("/api/v1").configure(routes::register))
+                .default_service(web::to(routes::not_found))
+        })
+        .listen(listener)
+        .map_err(|source| BuildError::Bind {
+            addr: addr.to_string(),
+            source,
+        })?
+        .disable_signals()
+        .shutdown_timeout(10);
+        if config.api.workers > 0 {
+            server = server.workers(config.api.workers);
+        }
+        Ok(Self {
+            server: server.run(),
+            addr,
+        })
+    }
+
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// Serves until `shutdown` is cancelled, then stops gracefully (in-flight requests
+    /// finish, bounded by the shutdown timeout).
+    pub async fn run_until_stopped(self, shutdown: CancellationToken) -> std::io::Result<()> {
+        let handle = self.server.handle();
+        tokio::spawn(async move {
+            shutdown.cancelled().await;
+            handle.stop(true).await;
+        });
+        self.server.await
+    }
+}

@@ -1,0 +1,11 @@
+//! Kiln's REST api: folders, jobs, builds, logs, nodes, queues and raw keys, all read from
+//! and written to Redis through `kiln-store`.
+
+mod app;
+mod config;
+mod openapi;
+mod routes;
+mod storage;
+
+pub use app::{Application, BuildError};
+pub use config::ApiConfig;

@@ -1,0 +1,158 @@
+//! `/jobs/{name}/builds`: triggering, listing, reading and cancelling builds.
+
+use std::collections::BTreeMap;
+
+use actix_web::{web, HttpRequest, HttpResponse};
+use kiln_model::{BuildDocument, BuildNumber, BuildRef, BuildStatus, Trigger, TriggerKind};
+use kiln_service_kit::auth::{Reader, Writer};
+use kiln_service_kit::error::ApiError;
+use kiln_store::{CancelOutcome, TriggerRequest};
+use serde::Deserialize;
+use serde_json::json;
+
+use super::{body_or_default, job_name};
+use crate::app::AppState;
+use crate::storage::remove_build_dirs;
+
+/// Largest page of builds one request returns.
+const MAX_PAGE: usize = 200;
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct TriggerBody {
+    #[serde(default)]
+    parameters: BTreeMap<String, String>,
+}
+
+pub(crate) async fn trigger(
+    who: Writer,
+    state: web::Data<AppState>,
+    path: web::Path<String>,
+    req: HttpRequest,
+    body: web::Bytes,
+) -> Result<HttpResponse, ApiError> {
+    let name = job_name(&path)?;
+    let b: TriggerBody = body_or_default(&req, &body)?;
+    let t = state
+        .store
+        .trigger(&TriggerRequest {
+            job: name.clone(),
+            parameters: b.parameters,
+            trigger: Trigger {
+                kind: TriggerKind::Api,
+                by: Some(who.0.name),
+                sha: None,
+                git_ref: None,
+            },
+        })
+        .await?;
+    remove_build_dirs(&state.storage_root, &t.dropped).await;
+    metrics::counter!("kiln_builds_triggered_total").increment(1);
+    Ok(HttpResponse::Created()
+        .insert_header((
+            "Location",
+            format!("/api/v1/jobs/{name}/builds/{}", t.build.number),
+        ))
+        .json(t.build))
+}
+
+#[derive(Deserialize)]
+pub(crate) struct Page {
+    #[serde(default)]
+    offset: usize,
+    limit: Option<usize>,
+}
+
+pub(crate) async fn list(
+    _: Reader,
+    state: web::Data<AppState>,
+    path: web::Path<String>,
+    page: web::Query<Page>,
+) -> Result<HttpResponse, ApiError> {
+    let name = job_name(&path)?;
+    let limit = page.limit.unwrap_or(50);
+    if limit == 0 || limit > MAX_PAGE {
+        return Err(ApiError::bad_request(
+            "limit",
+            format!("must be between 1 and {MAX_PAGE}"),
+        ));
+    }
+    let (builds, total) = state.store.list_builds(&name, page.offset, limit).await?;
+    if total == 0 && state.store.get_job(&name).await?.is_none() {
+        return Err(ApiError::NotFound(format!("job {name} not found")));
+    }
+    Ok(HttpResponse::Ok().json(json!({
+        "builds": builds, "total": total, "offset": page.offset, "limit": limit
+    })))
+}
+
+pub(crate) fn build_ref(name: &str, number: &str) -> Result<BuildRef, ApiError> {
+    let job = job_name(name)?;
+    let n: BuildNumber = number
+        .parse()
+        .map_err(|_| ApiError::bad_request("number", "must be a positive integer"))?;
+    Ok(BuildRef::new(job, n))
+}
+
+pub(crate) async fn require_build(
+    state: &AppState,
+    r: &BuildRef,
+) -> Result<BuildDocument, ApiError> {
+    state
+        .store
+        .get_build(r)
+        .await?
+        .ok_or_else(|| ApiError::NotFound(format!("build {r} not found")))
+}
+
+pub(crate) async fn get(
+    _: Reader,
+    state: web::Data<AppState>,
+    path: web::Path<(String, String)>,
+) -> Result<HttpResponse, ApiError> {
+    let r = build_ref(&path.0, &path.1)?;
+    let mut doc = require_build(&state, &r).await?;
+    if doc.status == BuildStatus::Queued {
+        explain_wait(&state, &mut doc).await?;
+    }
+    Ok(HttpResponse::Ok().json(doc))
+}
+
+/// A queued build says why it waits: no live worker serves its queue, or workers are busy.
+pub(crate) async fn explain_wait(
+    state: &AppState,
+    doc: &mut BuildDocument,
+) -> Result<(), ApiError> {
+    let stats = state.store.queue_stats(&doc.queue).await?;
+    if stats.live_workers == 0 {
+        doc.reason = Some(format!(
+            "no live worker serves queue '{}'; the build waits until one starts",
+            doc.queue
+        ));
+    } else if doc
+        .reason
+        .as_deref()
+        .is_some_and(|r| r.starts_with("no live worker"))
+    {
+        doc.reason = Some(format!(
+            "waiting for a free worker on queue '{}' ({} builds queued)",
+            doc.queue, stats.depth
+        ));
+    }
+    Ok(())
+}
+
+pub(crate) async fn cancel(
+    who: Writer,
+    state: web::Data<AppState>,
+    path: web::Path<(String, String)>,
+) -> Result<HttpResponse, ApiError> {
+    let r = build_ref(&path.0, &path.1)?;
+    let outcome = state.store.cancel(&r, &who.0.name).await?;
+    let outcome = match outcome {
+        CancelOutcome::Cancelled => "cancelled",
+        CancelOutcome::Requested => "requested",
+    };
+    let doc = require_build(&state, &r).await?;
+    Ok(HttpResponse::Accepted().json(json!({"outcome": outcome, "build": doc})))
+}

@@ -1,0 +1,84 @@
+//! `/folders`: the `jobs` root list and `folder_<name>` lists.
+
+use actix_web::{web, HttpRequest, HttpResponse};
+use kiln_model::{Entry, Name};
+use kiln_service_kit::auth::{Reader, Writer};
+use kiln_service_kit::error::ApiError;
+use serde::Deserialize;
+use serde_json::{json, Value};
+
+use super::{body_json, folder_name};
+use crate::app::AppState;
+
+pub(crate) fn entry_json(e: &Entry) -> Value {
+    match e {
+        Entry::Job(j) => json!({"type": "job", "name": j, "key": e.to_string()}),
+        Entry::Folder(f) => json!({"type": "folder", "name": f, "key": e.to_string()}),
+    }
+}
+
+pub(crate) async fn list_root(
+    _: Reader,
+    state: web::Data<AppState>,
+) -> Result<HttpResponse, ApiError> {
+    let entries = state.store.list_entries(None).await?;
+    Ok(HttpResponse::Ok().json(json!({
+        "entries": entries.iter().map(entry_json).collect::<Vec<_>>()
+    })))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct NewFolder {
+    name: String,
+    #[serde(default)]
+    parent: Option<String>,
+}
+
+pub(crate) async fn create(
+    _: Writer,
+    state: web::Data<AppState>,
+    req: HttpRequest,
+    body: web::Bytes,
+) -> Result<HttpResponse, ApiError> {
+    let f: NewFolder = body_json(&req, &body)?;
+    let name = folder_name(&f.name, "name")?;
+    let parent = f
+        .parent
+        .as_deref()
+        .map(|p| folder_name(p, "parent"))
+        .transpose()?;
+    state.store.create_folder(&name, parent.as_ref()).await?;
+    Ok(HttpResponse::Created()
+        .insert_header(("Location", format!("/api/v1/folders/{name}")))
+        .json(json!({"name": name, "parent": parent, "entries": []})))
+}
+
+pub(crate) async fn get(
+    _: Reader,
+    state: web::Data<AppState>,
+    path: web::Path<String>,
+) -> Result<HttpResponse, ApiError> {
+    let name: Name = folder_name(&path, "name")?;
+    let parent = state
+        .store
+        .folder_parent(&name)
+        .await?
+        .ok_or_else(|| ApiError::NotFound(format!("folder {name} not found")))?;
+    let entries = state.store.list_entries(Some(&name)).await?;
+    Ok(HttpResponse::Ok().json(json!({
+        "name": name,
+        "parent": parent,
+        "entries": entries.iter().map(entry_json).collect::<Vec<_>>()
+    })))
+}
+
+pub(crate) async fn delete(
+    _: Writer,
+    state: web::Data<AppState>,
+    path: web::Path<String>,
+) -> Result<HttpResponse, ApiError> {
+    let name = folder_name(&path, "name")?;
+    state.store.delete_folder(&name).await?;
+    Ok(HttpResponse::NoContent().finish())
+}

@@ -1,0 +1,125 @@
+//! `/jobs/{name}`: job definitions at `job_<name>`.
+
+use actix_web::{web, HttpRequest, HttpResponse};
+use kiln_model::{JobDefinition, JobName};
+use kiln_service_kit::auth::{Reader, Writer};
+use kiln_service_kit::error::ApiError;
+use kiln_store::PutOutcome;
+use serde::Deserialize;
+use serde_json::json;
+
+use super::{body_json, folder_name, job_name};
+use crate::app::AppState;
+use crate::storage::remove_build_dirs;
+
+#[derive(Deserialize)]
+pub(crate) struct ListQuery {
+    folder: Option<String>,
+}
+
+pub(crate) async fn list(
+    _: Reader,
+    state: web::Data<AppState>,
+    q: web::Query<ListQuery>,
+) -> Result<HttpResponse, ApiError> {
+    let folder = q
+        .folder
+        .as_deref()
+        .map(|f| folder_name(f, "folder"))
+        .transpose()?;
+    let jobs = state.store.list_jobs(folder.as_ref()).await?;
+    let jobs: Vec<_> = jobs
+        .into_iter()
+        .map(|(name, definition)| json!({"name": name, "definition": definition}))
+        .collect();
+    Ok(HttpResponse::Ok().json(json!({ "jobs": jobs })))
+}
+
+/// Users may only create names they could choose; derived `_pr<N>` / `_branch-` jobs are
+/// created by github-ingest, but may be replaced here once they exist.
+pub(crate) async fn put(
+    _: Writer,
+    state: web::Data<AppState>,
+    path: web::Path<String>,
+    req: HttpRequest,
+    body: web::Bytes,
+) -> Result<HttpResponse, ApiError> {
+    let name = job_name(&path)?;
+    let def: JobDefinition = body_json(&req, &body)?;
+    def.validate()
+        .map_err(|e| ApiError::bad_request(e.field, e.message))?;
+    if name.base().is_some() && state.store.get_job(&name).await?.is_none() {
+        return Err(ApiError::bad_request(
+            "name",
+            "names with '_' are reserved for jobs Kiln derives from GitHub pull requests and branches",
+        ));
+    }
+    let outcome = state.store.put_job(&name, &def).await?;
+    let mut r = match outcome {
+        PutOutcome::Created => HttpResponse::Created(),
+        PutOutcome::Replaced => HttpResponse::Ok(),
+    };
+    Ok(
+        r.insert_header(("Location", format!("/api/v1/jobs/{name}")))
+            .json(json!({"name": name, "definition": def})),
+    )
+}
+
+pub(crate) async fn get(
+    _: Reader,
+    state: web::Data<AppState>,
+    path: web::Path<String>,
+) -> Result<HttpResponse, ApiError> {
+    let name = job_name(&path)?;
+    let def = require_job(&state, &name).await?;
+    Ok(HttpResponse::Ok().json(json!({"name": name, "definition": def})))
+}
+
+pub(crate) async fn require_job(
+    state: &AppState,
+    name: &JobName,
+) -> Result<JobDefinition, ApiError> {
+    state
+        .store
+        .get_job(name)
+        .await?
+        .ok_or_else(|| ApiError::NotFound(format!("job {name} not found")))
+}
+
+pub(crate) async fn delete(
+    _: Writer,
+    state: web::Data<AppState>,
+    path: web::Path<String>,
+) -> Result<HttpResponse, ApiError> {
+    let name = job_name(&path)?;
+    let docs = state.store.delete_job(&name).await?;
+    remove_build_dirs(&state.storage_root, &docs).await;
+    Ok(HttpResponse::NoContent().finish())
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Move {
+    /// The destination folder; `null` is the root.
+    folder: Option<String>,
+}
+
+pub(crate) async fn move_job(
+    _: Writer,
+    state: web::Data<AppState>,
+    path: web::Path<String>,
+    req: HttpRequest,
+    body: web::Bytes,
+) -> Result<HttpResponse, ApiError> {
+    let name = job_name(&path)?;
+    let m: Move = body_json(&req, &body)?;
+    let folder = m
+        .folder
+        .as_deref()
+        .map(|f| folder_name(f, "folder"))
+        .transpose()?;
+    let mut def = require_job(&state, &name).await?;
+    def.folder = folder;
+    state.store.put_job(&name, &def).await?;
+    Ok(HttpResponse::Ok().json(json!({"name": name, "definition": def})))
+}

@@ -1,0 +1,138 @@
+//! The api's routes. One table lists every route with its method, path, required role and
+//! summary; it registers the handlers and generates the OpenAPI document, so the two cannot
+//! disagree.
+
+mod builds;
+mod folders;
+mod jobs;
+mod logs;
+mod nodes;
+mod raw;
+
+use actix_web::body::MessageBody;
+use actix_web::dev::{ServiceRequest, ServiceResponse};
+use actix_web::middleware::Next;
+use actix_web::{web, HttpRequest, HttpResponse};
+use kiln_model::{JobName, Name};
+use kiln_service_kit::error::{parse_json, ApiError};
+use kiln_service_kit::health::PrometheusHandle;
+
+use crate::app::AppState;
+use crate::openapi::{self, RouteDoc};
+
+macro_rules! routes {
+    ($($method:ident $path:literal => $handler:path, $role:literal, $ok:literal, $summary:literal;)*) => {
+        pub(crate) fn register(cfg: &mut web::ServiceConfig) {
+            $(cfg.route($path, web::$method().to($handler));)*
+        }
+
+        pub(crate) const ROUTES: &[RouteDoc] = &[
+            $(RouteDoc { method: stringify!($method), path: $path, role: $role, ok: $ok, summary: $summary },)*
+        ];
+    };
+}
+
+routes! {
+    get "/folders" => folders::list_root, "read", 200, "List the root's entries (the `jobs` list)";
+    post "/folders" => folders::create, "write", 201, "Create a folder, optionally inside a parent";
+    get "/folders/{name}" => folders::get, "read", 200, "List a folder's entries";
+    delete "/folders/{name}" => folders::delete, "write", 204, "Delete an empty folder";
+    get "/jobs" => jobs::list, "read", 200, "List jobs (all, or those directly in ?folder=)";
+    put "/jobs/{name}" => jobs::put, "write", 201, "Create or replace a job definition";
+    get "/jobs/{name}" => jobs::get, "read", 200, "Read a job definition";
+    delete "/jobs/{name}" => jobs::delete, "write", 204, "Delete a job with its builds and files";
+    post "/jobs/{name}/move" => jobs::move_job, "write", 200, "Move a job to another folder";
+    post "/jobs/{name}/builds" => builds::trigger, "write", 201, "Trigger a build";
+    get "/jobs/{name}/builds" => builds::list, "read", 200, "List recent builds, newest first";
+    get "/jobs/{name}/builds/{number}" => builds::get, "read", 200, "Read a build document";
+    post "/jobs/{name}/builds/{number}/cancel" => builds::cancel, "write", 202, "Cancel a queued or running build";
+    get "/jobs/{name}/builds/{number}/log" => logs::get, "read", 200, "Read a build's output from ?offset=";
+    get "/nodes" => nodes::list, "read", 200, "List live workers";
+    get "/queue" => nodes::queue, "read", 200, "List queues with their depth and waiting builds";
+    get "/redis/{key}" => raw::get, "admin", 200, "Read any key of Kiln's Redis layout";
+    get "/openapi.json" => openapi_json, "none", 200, "This document";
+}
+
+async fn openapi_json() -> HttpResponse {
+    HttpResponse::Ok().json(openapi::document(ROUTES))
+}
+
+pub(crate) async fn not_found(req: HttpRequest) -> Result<HttpResponse, ApiError> {
+    Err(ApiError::NotFound(format!(
+        "no route for {} {}",
+        req.method(),
+        req.path()
+    )))
+}
+
+pub(crate) async fn readyz(state: web::Data<AppState>) -> HttpResponse {
+    kiln_service_kit::health::redis_readiness(&state.store).await
+}
+
+/// Prometheus metrics, with the queue gauges refreshed from Redis first: they are the
+/// signal autoscalers (KEDA, HPA) scale workers on.
+pub(crate) async fn metrics(
+    state: web::Data<AppState>,
+    handle: web::Data<PrometheusHandle>,
+) -> HttpResponse {
+    if let Ok(queues) = state.store.queue_names().await {
+        for q in queues {
+            if let Ok(s) = state.store.queue_stats(&q).await {
+                let label = q.to_string();
+                metrics::gauge!("kiln_queue_depth", "queue" => label.clone()).set(s.depth as f64);
+                metrics::gauge!("kiln_queue_oldest_age_seconds", "queue" => label.clone())
+                    .set(s.oldest_age_secs.unwrap_or(0.0));
+                metrics::gauge!("kiln_queue_live_workers", "queue" => label)
+                    .set(s.live_workers as f64);
+            }
+        }
+    }
+    if let Ok(n) = state.store.inflight_count().await {
+        metrics::gauge!("kiln_builds_inflight").set(n as f64);
+    }
+    kiln_service_kit::health::metrics_endpoint(handle).await
+}
+
+/// Counts requests by method and status class for `/metrics`.
+pub(crate) async fn count_requests(
+    req: ServiceRequest,
+    next: Next<impl MessageBody>,
+) -> Result<ServiceResponse<impl MessageBody>, actix_web::Error> {
+    let method = req.method().to_string();
+    let res = next.call(req).await?;
+    let class = format!("{}xx", res.status().as_u16() / 100);
+    metrics::counter!("kiln_http_requests_total", "method" => method, "status" => class)
+        .increment(1);
+    Ok(res)
+}
+
+/// A path's `{name}` as a job name (user-chosen or derived).
+pub(crate) fn job_name(raw: &str) -> Result<JobName, ApiError> {
+    JobName::parse(raw).map_err(|e| ApiError::bad_request("name", format!("{raw:?} {e}")))
+}
+
+pub(crate) fn folder_name(raw: &str, field: &str) -> Result<Name, ApiError> {
+    Name::parse(raw).map_err(|e| ApiError::bad_request(field, format!("{raw:?} {e}")))
+}
+
+/// Decodes an optional JSON body; an empty body is `T::default()`.
+pub(crate) fn body_or_default<T: serde::de::DeserializeOwned + Default>(
+    req: &HttpRequest,
+    body: &[u8],
+) -> Result<T, ApiError> {
+    if body.iter().all(u8::is_ascii_whitespace) {
+        return Ok(T::default());
+    }
+    body_json(req, body)
+}
+
+pub(crate) fn body_json<T: serde::de::DeserializeOwned>(
+    req: &HttpRequest,
+    body: &[u8],
+) -> Result<T, ApiError> {
+    let ct = req
+        .headers()
+        .get(actix_web::http::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok());
+    parse_json(ct, body)
+}

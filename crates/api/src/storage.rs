@@ -1,0 +1,66 @@
+//! The api's side of the shared file storage: reading logs and removing the folders of
+//! builds that were deleted or fell out of retention.
+
+use std::io::{Read, Seek, SeekFrom};
+use std::path::Path;
+
+use kiln_model::{output, storage, BuildDocument, LogLine};
+
+/// Removes the build folders of `docs`; failures are logged, never fatal (Redis already
+/// forgot the builds, and a leftover folder only costs disk).
+pub(crate) async fn remove_build_dirs(root: &Path, docs: &[BuildDocument]) {
+    for d in docs {
+        if let Some(dir) = storage::build_dir(root, &d.storage_path) {
+            match tokio::fs::remove_dir_all(&dir).await {
+                Ok(()) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => {
+                    tracing::warn!(path = %dir.display(), error = %e, "cannot remove build folder")
+                }
+            }
+        }
+    }
+}
+
+/// A chunk of a build's log: complete lines from `offset`, and where the next read starts.
+pub(crate) struct LogChunk {
+    pub(crate) lines: Vec<LogLine>,
+    pub(crate) raw: Vec<u8>,
+    pub(crate) next_offset: u64,
+}
+
+/// Most bytes one log request returns; clients page with the next offset.
+const MAX_CHUNK: u64 = 1024 * 1024;
+
+/// Reads complete lines of the build's `log.jsonl` from byte `offset` (a partial last line
+/// is left for the next read).
+pub(crate) fn read_log(root: &Path, doc: &BuildDocument, offset: u64) -> std::io::Result<LogChunk> {
+    let empty = LogChunk {
+        lines: Vec::new(),
+        raw: Vec::new(),
+        next_offset: offset,
+    };
+    let Some(dir) = storage::build_dir(root, &doc.storage_path) else {
+        return Ok(empty);
+    };
+    let mut f = match std::fs::File::open(dir.join(output::LOG_FILE)) {
+        Ok(f) => f,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(empty),
+        Err(e) => return Err(e),
+    };
+    f.seek(SeekFrom::Start(offset))?;
+    let mut buf = Vec::new();
+    f.take(MAX_CHUNK).read_to_end(&mut buf)?;
+    let complete = buf.iter().rposition(|b| *b == b'\n').map_or(0, |i| i + 1);
+    buf.truncate(complete);
+    let lines = buf
+        .split(|b| *b == b'\n')
+        .filter(|l| !l.is_empty())
+        .filter_map(|l| serde_json::from_slice(l).ok())
+        .collect();
+    Ok(LogChunk {
+        lines,
+        next_offset: offset + complete as u64,
+        raw: buf,
+    })
+}

@@ -1,0 +1,704 @@
+//! The api against a real redis-server: every endpoint, the exact key layout, atomicity,
+//! retention, auth and bad input (which must change nothing).
+
+mod support;
+
+use reqwest::Method;
+use serde_json::{json, Value};
+use support::{error_field, TestApp, ADMIN, READER, WRITER};
+
+fn job(extra: Value) -> Value {
+    let mut base = json!({"steps": [{"name": "build", "run": "echo hi"}]});
+    if let (Some(b), Some(e)) = (base.as_object_mut(), extra.as_object()) {
+        b.extend(e.clone());
+    }
+    base
+}
+
+#[tokio::test]
+async fn a_folder_tree_with_jobs_leaves_exactly_the_spec_keys() {
+    let app = TestApp::spawn().await;
+    assert_eq!(app.create_folder("team-a", None).await.status(), 201);
+    assert_eq!(
+        app.create_folder("backend", Some("team-a")).await.status(),
+        201
+    );
+    assert_eq!(
+        app.put_job("app", job(json!({"folder": "backend"})))
+            .await
+            .status(),
+        201
+    );
+    assert_eq!(app.put_job("tool", job(json!({}))).await.status(), 201);
+    assert_eq!(app.trigger("app").await.status(), 201);
+
+    for (key, kind) in [
+        ("jobs", "list"),
+        ("folder_team-a", "list"),
+        ("folder_backend", "list"),
+        ("job_app", "string"),
+        ("job_tool", "string"),
+        ("job_app_recent", "list"),
+        ("job_app_1", "string"),
+    ] {
+        assert_eq!(app.redis_type(key).await, kind, "{key}");
+    }
+    let spec_keys: Vec<String> = app
+        .snapshot()
+        .await
+        .into_iter()
+        .map(|(k, _)| k)
+        .filter(|k| !k.starts_with("kiln:"))
+        .collect();
+    assert_eq!(
+        spec_keys,
+        [
+            "folder_backend",
+            "folder_team-a",
+            "job_app",
+            "job_app_1",
+            "job_app_recent",
+            "job_tool",
+            "jobs"
+        ]
+    );
+    let root = app.get_json("/api/v1/folders").await;
+    let keys: Vec<&str> = root["entries"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["key"].as_str().unwrap())
+        .collect();
+    assert_eq!(keys, ["folder_team-a", "job_tool"]);
+    let team = app.get_json("/api/v1/folders/team-a").await;
+    assert_eq!(team["entries"][0]["key"], "folder_backend");
+    let backend = app.get_json("/api/v1/folders/backend").await;
+    assert_eq!(backend["parent"], "team-a");
+    assert_eq!(backend["entries"][0]["key"], "job_app");
+}
+
+#[tokio::test]
+async fn triggering_queues_a_numbered_build_with_its_parameters() {
+    let app = TestApp::spawn().await;
+    app.put_job("app", job(json!({"parameters": [{"name": "TARGET", "default": "x"}, {"name": "MODE", "default": "fast"}]})))
+        .await;
+    let r = app
+        .call(
+            Method::POST,
+            "/api/v1/jobs/app/builds",
+            Some(json!({"parameters": {"TARGET": "y"}})),
+        )
+        .await;
+    assert_eq!(r.status(), 201);
+    assert_eq!(r.headers()["location"], "/api/v1/jobs/app/builds/1");
+    let b: Value = r.json().await.unwrap();
+    assert_eq!(b["number"], 1);
+    assert_eq!(b["status"], "queued");
+    assert_eq!(b["attempt"], 1);
+    assert_eq!(b["parameters"], json!({"TARGET": "y", "MODE": "fast"}));
+    assert_eq!(b["trigger"], json!({"kind": "api", "by": "root"}));
+    assert_eq!(b["storage_path"], "jobs/app/1");
+    assert!(b["reason"]
+        .as_str()
+        .unwrap()
+        .contains("no live worker serves queue 'default'"));
+
+    assert_eq!(app.trigger("app").await.status(), 201);
+    let q = app.get_json("/api/v1/queue").await;
+    assert_eq!(q["queues"][0]["stats"]["depth"], 2);
+    assert_eq!(
+        q["queues"][0]["builds"][0]["number"], 1,
+        "next to run first"
+    );
+    assert!(q["queues"][0]["stats"]["oldest_age_secs"].as_f64().unwrap() >= 0.0);
+    let list = app.get_json("/api/v1/jobs/app/builds").await;
+    assert_eq!(list["total"], 2);
+    assert_eq!(list["builds"][0]["number"], 2, "newest first");
+    let page = app
+        .get_json("/api/v1/jobs/app/builds?offset=1&limit=1")
+        .await;
+    assert_eq!(page["builds"][0]["number"], 1);
+}
+
+#[tokio::test]
+async fn retention_trims_history_and_deletes_what_falls_out() {
+    let app = TestApp::spawn().await;
+    app.put_job("app", job(json!({"retention": {"builds": 2}})))
+        .await;
+    let dir1 = app.storage.path().join("jobs/app/1");
+    std::fs::create_dir_all(&dir1).unwrap();
+    for _ in 0..3 {
+        assert_eq!(app.trigger("app").await.status(), 201);
+    }
+    let recent = app.get_json("/api/v1/redis/job_app_recent").await;
+    assert_eq!(recent["value"], json!(["3", "2"]));
+    assert_eq!(app.redis_type("job_app_1").await, "none");
+    assert!(!dir1.exists(), "the trimmed build's folder is removed");
+    let q = app.get_json("/api/v1/redis/kiln:queue:default").await;
+    assert_eq!(q["value"], json!(["job_app_3", "job_app_2"]));
+}
+
+#[tokio::test]
+async fn names_that_could_collide_are_refused() {
+    let app = TestApp::spawn().await;
+    app.put_job("app", job(json!({}))).await;
+    let before = app.snapshot().await;
+    assert_eq!(
+        error_field(app.put_job("app_pr1", job(json!({}))).await, 400)
+            .await
+            .as_deref(),
+        Some("name")
+    );
+    assert_eq!(
+        error_field(app.put_job("app_1", job(json!({}))).await, 400)
+            .await
+            .as_deref(),
+        Some("name")
+    );
+    assert_eq!(
+        error_field(app.put_job("a%2Fb", job(json!({}))).await, 400)
+            .await
+            .as_deref(),
+        Some("name")
+    );
+    // `..` is normalised away before routing: it never reaches a handler.
+    error_field(app.put_job("%2E%2E", job(json!({}))).await, 404).await;
+    error_field(app.create_folder("app", None).await, 409).await;
+    assert_eq!(
+        error_field(app.create_folder("a_b", None).await, 400)
+            .await
+            .as_deref(),
+        Some("name")
+    );
+    assert_eq!(app.snapshot().await, before);
+
+    app.create_folder("team", None).await;
+    let before = app.snapshot().await;
+    error_field(app.put_job("team", job(json!({}))).await, 409).await;
+    error_field(app.create_folder("team", None).await, 409).await;
+    assert_eq!(
+        error_field(app.put_job("x", job(json!({"folder": "nope"}))).await, 422)
+            .await
+            .as_deref(),
+        Some("folder")
+    );
+    assert_eq!(app.snapshot().await, before);
+}
+
+#[tokio::test]
+async fn tokens_and_roles_gate_every_route() {
+    let app = TestApp::spawn().await;
+    let put = |token: Option<&'static str>| {
+        app.request(Method::PUT, "/api/v1/jobs/app", token)
+            .json(&job(json!({})))
+            .send()
+    };
+    assert_eq!(put(None).await.unwrap().status(), 401);
+    assert_eq!(
+        put(Some("wrong-token-0123456789")).await.unwrap().status(),
+        401
+    );
+    assert_eq!(put(Some(READER)).await.unwrap().status(), 403);
+    assert_eq!(put(Some(WRITER)).await.unwrap().status(), 201);
+    let get = |token| app.request(Method::GET, "/api/v1/jobs/app", token).send();
+    assert_eq!(get(None).await.unwrap().status(), 401);
+    assert_eq!(get(Some(READER)).await.unwrap().status(), 200);
+    let raw = |token| {
+        app.request(Method::GET, "/api/v1/redis/job_app", token)
+            .send()
+    };
+    assert_eq!(raw(Some(WRITER)).await.unwrap().status(), 403);
+    assert_eq!(raw(Some(ADMIN)).await.unwrap().status(), 200);
+    let open = app
+        .request(Method::GET, "/healthz", None)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(open.status(), 200);
+}
+
+#[tokio::test]
+async fn bad_input_gets_a_named_4xx_and_changes_nothing() {
+    let app = TestApp::spawn().await;
+    app.put_job("app", job(json!({"parameters": [{"name": "T"}]})))
+        .await;
+    let before = app.snapshot().await;
+    let send_raw = |method: Method, path: &'static str, body: &'static str, ct: &'static str| {
+        app.request(method, path, Some(ADMIN))
+            .header("content-type", ct)
+            .body(body)
+            .send()
+    };
+    let cases: Vec<(reqwest::Response, u16, Option<&str>)> = vec![
+        (
+            send_raw(
+                Method::PUT,
+                "/api/v1/jobs/app",
+                "{\"steps\": [",
+                "application/json",
+            )
+            .await
+            .unwrap(),
+            400,
+            Some("steps"),
+        ),
+        (
+            send_raw(
+                Method::PUT,
+                "/api/v1/jobs/app",
+                r#"{"steps": [], "step": 1}"#,
+                "application/json",
+            )
+            .await
+            .unwrap(),
+            400,
+            Some("step"),
+        ),
+        (
+            send_raw(
+                Method::PUT,
+                "/api/v1/jobs/app",
+                r#"{"steps": [{"name": "a", "run": "b", "shell": 1}]}"#,
+                "application/json",
+            )
+            .await
+            .unwrap(),
+            400,
+            Some("steps[0].shell"),
+        ),
+        (
+            send_raw(
+                Method::PUT,
+                "/api/v1/jobs/app",
+                r#"{"steps": []}"#,
+                "application/json",
+            )
+            .await
+            .unwrap(),
+            400,
+            Some("steps"),
+        ),
+        (
+            send_raw(
+                Method::PUT,
+                "/api/v1/jobs/app",
+                r#"{"steps": [{"name":"a","run":"b"}], "timeout_secs": -1}"#,
+                "application/json",
+            )
+            .await
+            .unwrap(),
+            400,
+            Some("timeout_secs"),
+        ),
+        (
+            send_raw(
+                Method::PUT,
+                "/api/v1/jobs/app",
+                r#"{"steps": [{"name":"a","run":"b"}], "artifacts": ["../../x"]}"#,
+                "application/json",
+            )
+            .await
+            .unwrap(),
+            400,
+            Some("artifacts[0]"),
+        ),
+        (
+            send_raw(
+                Method::PUT,
+                "/api/v1/jobs/app",
+                r#"{"steps": [{"name":"a","run":"b"}]}"#,
+                "text/plain",
+            )
+            .await
+            .unwrap(),
+            415,
+            None,
+        ),
+        (
+            send_raw(
+                Method::POST,
+                "/api/v1/jobs/app/builds",
+                r#"{"parameters": {"NOPE": "1"}}"#,
+                "application/json",
+            )
+            .await
+            .unwrap(),
+            422,
+            Some("parameters.NOPE"),
+        ),
+        (
+            send_raw(
+                Method::POST,
+                "/api/v1/jobs/app/builds",
+                r#"{"parameters": {"T": 1}}"#,
+                "application/json",
+            )
+            .await
+            .unwrap(),
+            400,
+            Some("parameters.T"),
+        ),
+        (
+            send_raw(
+                Method::POST,
+                "/api/v1/jobs/nope/builds",
+                "",
+                "application/json",
+            )
+            .await
+            .unwrap(),
+            404,
+            None,
+        ),
+        (
+            send_raw(
+                Method::POST,
+                "/api/v1/folders",
+                r#"{"name": "x", "parent": "nope"}"#,
+                "application/json",
+            )
+            .await
+            .unwrap(),
+            422,
+            Some("parent"),
+        ),
+        (
+            send_raw(
+                Method::GET,
+                "/api/v1/jobs/app/builds/0",
+                "",
+                "application/json",
+            )
+            .await
+            .unwrap(),
+            400,
+            Some("number"),
+        ),
+        (
+            send_raw(
+                Method::GET,
+                "/api/v1/jobs/app/builds?limit=100000",
+                "",
+                "application/json",
+            )
+            .await
+            .unwrap(),
+            400,
+            Some("limit"),
+        ),
+        (
+            send_raw(
+                Method::GET,
+                "/api/v1/redis/not-a-kiln-key",
+                "",
+                "application/json",
+            )
+            .await
+            .unwrap(),
+            400,
+            Some("key"),
+        ),
+    ];
+    for (i, (r, status, field)) in cases.into_iter().enumerate() {
+        let got = error_field(r, status).await;
+        assert_eq!(got.as_deref(), field, "case {i}");
+    }
+    let huge = format!(
+        r#"{{"steps": [{{"name": "a", "run": "{}"}}]}}"#,
+        "x".repeat(100_000)
+    );
+    let r = app
+        .request(Method::PUT, "/api/v1/jobs/app", Some(ADMIN))
+        .header("content-type", "application/json")
+        .body(huge)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 413);
+    assert_eq!(
+        app.snapshot().await,
+        before,
+        "refused requests wrote nothing"
+    );
+}
+
+#[tokio::test]
+async fn a_trigger_that_redis_rejects_writes_nothing() {
+    let app = TestApp::spawn().await;
+    app.put_job("app", job(json!({}))).await;
+    let before = app.snapshot().await;
+    let mut c = app.redis.pool().get().await.unwrap();
+    let _: () = deadpool_redis::redis::cmd("CONFIG")
+        .arg("SET")
+        .arg("maxmemory")
+        .arg("1")
+        .query_async(&mut c)
+        .await
+        .unwrap();
+    let r = app.trigger("app").await;
+    assert!(r.status().is_server_error(), "{}", r.status());
+    let _: () = deadpool_redis::redis::cmd("CONFIG")
+        .arg("SET")
+        .arg("maxmemory")
+        .arg("0")
+        .query_async(&mut c)
+        .await
+        .unwrap();
+    assert_eq!(
+        app.snapshot().await,
+        before,
+        "out of memory: nothing half-written"
+    );
+
+    // A key of the wrong type makes a write fail mid-way unless the script checks first.
+    let _: () = deadpool_redis::redis::cmd("SET")
+        .arg("kiln:queues")
+        .arg("oops")
+        .query_async(&mut c)
+        .await
+        .unwrap();
+    let before = app.snapshot().await;
+    assert!(app.trigger("app").await.status().is_server_error());
+    assert_eq!(
+        app.snapshot().await,
+        before,
+        "wrong type: nothing half-written"
+    );
+}
+
+#[tokio::test]
+async fn cancelling_a_queued_build_ends_it_and_empties_the_queue() {
+    let app = TestApp::spawn().await;
+    app.put_job("app", job(json!({}))).await;
+    app.trigger("app").await;
+    let r = app
+        .call(Method::POST, "/api/v1/jobs/app/builds/1/cancel", None)
+        .await;
+    assert_eq!(r.status(), 202);
+    let v: Value = r.json().await.unwrap();
+    assert_eq!(v["outcome"], "cancelled");
+    assert_eq!(v["build"]["status"], "cancelled");
+    assert!(v["build"]["finished_at"].is_string());
+    assert_eq!(app.redis_type("kiln:queue:default").await, "none");
+    error_field(
+        app.call(Method::POST, "/api/v1/jobs/app/builds/1/cancel", None)
+            .await,
+        409,
+    )
+    .await;
+    error_field(
+        app.call(Method::POST, "/api/v1/jobs/app/builds/9/cancel", None)
+            .await,
+        404,
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn deleting_removes_keys_entries_and_files() {
+    let app = TestApp::spawn().await;
+    app.create_folder("team", None).await;
+    app.put_job("app", job(json!({"folder": "team"}))).await;
+    app.trigger("app").await;
+    let dir = app.storage.path().join("jobs/team/app/1");
+    std::fs::create_dir_all(&dir).unwrap();
+    error_field(
+        app.call(Method::DELETE, "/api/v1/folders/team", None).await,
+        409,
+    )
+    .await;
+    assert_eq!(
+        app.call(Method::DELETE, "/api/v1/jobs/app", None)
+            .await
+            .status(),
+        204
+    );
+    assert!(!dir.exists());
+    for key in [
+        "job_app",
+        "job_app_recent",
+        "job_app_1",
+        "kiln:queue:default",
+    ] {
+        assert_eq!(app.redis_type(key).await, "none", "{key}");
+    }
+    assert_eq!(
+        app.call(Method::DELETE, "/api/v1/folders/team", None)
+            .await
+            .status(),
+        204
+    );
+    let keys: Vec<String> = app
+        .snapshot()
+        .await
+        .into_iter()
+        .map(|(k, _)| k)
+        .filter(|k| !k.starts_with("kiln:"))
+        .collect();
+    assert_eq!(keys, Vec::<String>::new());
+    error_field(
+        app.call(Method::DELETE, "/api/v1/jobs/app", None).await,
+        404,
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn jobs_move_between_folders_and_can_be_listed_by_folder() {
+    let app = TestApp::spawn().await;
+    app.create_folder("a", None).await;
+    app.create_folder("b", None).await;
+    app.put_job("app", job(json!({"folder": "a"}))).await;
+    let r = app
+        .call(
+            Method::POST,
+            "/api/v1/jobs/app/move",
+            Some(json!({"folder": "b"})),
+        )
+        .await;
+    assert_eq!(r.status(), 200);
+    assert_eq!(
+        app.get_json("/api/v1/folders/a").await["entries"],
+        json!([])
+    );
+    assert_eq!(
+        app.get_json("/api/v1/folders/b").await["entries"][0]["key"],
+        "job_app"
+    );
+    assert_eq!(
+        app.get_json("/api/v1/jobs?folder=b").await["jobs"][0]["name"],
+        "app"
+    );
+    assert_eq!(
+        app.get_json("/api/v1/jobs?folder=a").await["jobs"],
+        json!([])
+    );
+    assert_eq!(
+        app.get_json("/api/v1/jobs").await["jobs"][0]["definition"]["folder"],
+        "b"
+    );
+    // Re-PUT with another folder moves it too; replacing answers 200.
+    let r = app.put_job("app", job(json!({}))).await;
+    assert_eq!(r.status(), 200);
+    assert_eq!(
+        app.get_json("/api/v1/folders").await["entries"]
+            .as_array()
+            .unwrap()
+            .len(),
+        3
+    );
+}
+
+#[tokio::test]
+async fn the_log_endpoint_pages_through_the_stored_output() {
+    let app = TestApp::spawn().await;
+    app.put_job("app", job(json!({}))).await;
+    app.trigger("app").await;
+    let dir = app.storage.path().join("jobs/app/1");
+    std::fs::create_dir_all(&dir).unwrap();
+    let line = |seq: u64, text: &str| {
+        format!(
+            "{}\n",
+            json!({"seq": seq, "ts": "2026-11-30T00:00:00Z", "stream": "stdout", "attempt": 1, "line": text})
+        )
+    };
+    std::fs::write(
+        dir.join("log.jsonl"),
+        format!("{}{}{{\"partial", line(1, "hello"), line(2, "world")),
+    )
+    .unwrap();
+    let r = app
+        .call(Method::GET, "/api/v1/jobs/app/builds/1/log", None)
+        .await;
+    assert_eq!(r.status(), 200);
+    let next: u64 = r.headers()["x-kiln-log-next-offset"]
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert_eq!(
+        r.headers()["x-kiln-log-more"],
+        "true",
+        "a queued build has more to come"
+    );
+    assert_eq!(r.text().await.unwrap(), "hello\nworld\n");
+    let r = app
+        .call(
+            Method::GET,
+            &format!("/api/v1/jobs/app/builds/1/log?offset={next}"),
+            None,
+        )
+        .await;
+    assert_eq!(
+        r.text().await.unwrap(),
+        "",
+        "the partial line waits for its newline"
+    );
+    let r = app
+        .call(
+            Method::GET,
+            "/api/v1/jobs/app/builds/1/log?format=jsonl",
+            None,
+        )
+        .await;
+    assert_eq!(r.text().await.unwrap().lines().count(), 2);
+}
+
+#[tokio::test]
+async fn every_documented_route_exists() {
+    let app = TestApp::spawn().await;
+    let doc = app.get_json("/api/v1/openapi.json").await;
+    let paths = doc["paths"].as_object().unwrap();
+    assert!(paths.len() >= 12);
+    for (path, ops) in paths {
+        for method in ops.as_object().unwrap().keys() {
+            let concrete = path
+                .replace("{name}", "x")
+                .replace("{number}", "1")
+                .replace("{key}", "jobs");
+            let r = app
+                .call(method.to_uppercase().parse().unwrap(), &concrete, None)
+                .await;
+            let status = r.status().as_u16();
+            let body = r.text().await.unwrap();
+            assert!(
+                !body.contains("no route for"),
+                "{method} {path} is documented but not routed"
+            );
+            assert!(status < 500, "{method} {path}: {status} {body}");
+        }
+    }
+    let bogus = app.call(Method::GET, "/api/v1/nothing", None).await;
+    assert!(bogus.text().await.unwrap().contains("no route for"));
+}
+
+#[tokio::test]
+async fn health_readiness_and_metrics_answer() {
+    let app = TestApp::spawn().await;
+    let ready = app.get_json("/readyz").await;
+    assert_eq!(ready["ready"], true);
+    assert!(ready["redis"]["warnings"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|w| w.as_str().unwrap().contains("persistence")));
+    app.put_job("app", job(json!({}))).await;
+    app.trigger("app").await;
+    let m = app
+        .call(Method::GET, "/metrics", None)
+        .await
+        .text()
+        .await
+        .unwrap();
+    assert!(m.contains("kiln_queue_depth{queue=\"default\"} 1"), "{m}");
+}
+
+#[tokio::test]
+async fn readiness_fails_when_redis_is_gone() {
+    let mut app = TestApp::spawn().await;
+    app.redis.stop();
+    let r = app.call(Method::GET, "/readyz", None).await;
+    assert_eq!(r.status(), 503);
+    let r = app.call(Method::GET, "/api/v1/jobs/app", None).await;
+    assert_eq!(r.status(), 503, "Redis down is 503, never 500");
+}

@@ -1,0 +1,302 @@
+//! The job definition stored at `job_<name>`: what a build of the job runs, and where.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+use crate::names::Name;
+
+/// Longest a build may be allowed to run (one week).
+pub const MAX_TIMEOUT_SECS: u64 = 7 * 24 * 3600;
+/// Most builds a job may keep in Redis.
+pub const MAX_RETENTION: u32 = 10_000;
+
+/// A job definition, as users `PUT` it and as it is stored. Unknown fields are refused, so
+/// a typo (`"step"`) is an error rather than a silently ignored setting.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct JobDefinition {
+    #[serde(default = "crate::schema_version")]
+    pub schema_version: u32,
+    /// The folder holding the job; `None` is the root `jobs` list.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub folder: Option<Name>,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub description: String,
+    pub steps: Vec<Step>,
+    #[serde(default)]
+    pub env: BTreeMap<String, String>,
+    #[serde(default)]
+    pub parameters: Vec<Parameter>,
+    #[serde(default = "default_queue")]
+    pub queue: Name,
+    #[serde(default = "default_timeout")]
+    pub timeout_secs: u64,
+    #[serde(default)]
+    pub retention: Retention,
+    #[serde(default)]
+    pub artifacts: Vec<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub repository: Option<Repository>,
+    /// How often a build whose worker vanished is retried before it ends as `lost`.
+    #[serde(default = "default_lost_retries")]
+    pub lost_retries: u32,
+    #[serde(default)]
+    pub disabled: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Step {
+    pub name: String,
+    pub run: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Parameter {
+    pub name: String,
+    #[serde(default)]
+    pub default: String,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub description: String,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Retention {
+    pub builds: u32,
+}
+
+impl Default for Retention {
+    fn default() -> Self {
+        Self { builds: 100 }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Repository {
+    pub url: String,
+    #[serde(rename = "ref", default, skip_serializing_if = "Option::is_none")]
+    pub git_ref: Option<String>,
+}
+
+fn default_queue() -> Name {
+    Name::parse("default").expect("'default' is a valid name")
+}
+fn default_timeout() -> u64 {
+    3600
+}
+fn default_lost_retries() -> u32 {
+    2
+}
+
+/// A definition that parsed but breaks a rule; `field` is the JSON path users see.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{field}: {message}")]
+pub struct InvalidField {
+    pub field: String,
+    pub message: String,
+}
+
+impl InvalidField {
+    pub fn new(field: impl Into<String>, message: impl Into<String>) -> Self {
+        Self {
+            field: field.into(),
+            message: message.into(),
+        }
+    }
+}
+
+/// An environment variable or parameter name a POSIX shell accepts, not in Kiln's own
+/// `KILN_` namespace.
+pub fn is_env_name(s: &str) -> bool {
+    let mut chars = s.chars();
+    matches!(chars.next(), Some(c) if c.is_ascii_alphabetic() || c == '_')
+        && chars.all(|c| c.is_ascii_alphanumeric() || c == '_')
+        && !s.starts_with("KILN_")
+}
+
+impl JobDefinition {
+    /// Checks the rules serde cannot express. Returns the first broken one.
+    pub fn validate(&self) -> Result<(), InvalidField> {
+        if self.steps.is_empty() {
+            return Err(InvalidField::new("steps", "at least one step is required"));
+        }
+        for (i, s) in self.steps.iter().enumerate() {
+            if s.name.trim().is_empty() || s.name.len() > 200 {
+                return Err(InvalidField::new(
+                    format!("steps[{i}].name"),
+                    "must be 1 to 200 characters",
+                ));
+            }
+            if s.run.trim().is_empty() {
+                return Err(InvalidField::new(
+                    format!("steps[{i}].run"),
+                    "must not be empty",
+                ));
+            }
+        }
+        for k in self.env.keys() {
+            if !is_env_name(k) {
+                return Err(InvalidField::new(
+                    format!("env.{k}"),
+                    "must match [A-Za-z_][A-Za-z0-9_]* and not start with KILN_",
+                ));
+            }
+        }
+        let mut seen = std::collections::BTreeSet::new();
+        for (i, p) in self.parameters.iter().enumerate() {
+            if !is_env_name(&p.name) {
+                return Err(InvalidField::new(
+                    format!("parameters[{i}].name"),
+                    "must match [A-Za-z_][A-Za-z0-9_]* and not start with KILN_",
+                ));
+            }
+            if !seen.insert(&p.name) {
+                return Err(InvalidField::new(
+                    format!("parameters[{i}].name"),
+                    "is declared twice",
+                ));
+            }
+        }
+        if self.timeout_secs == 0 || self.timeout_secs > MAX_TIMEOUT_SECS {
+            return Err(InvalidField::new(
+                "timeout_secs",
+                format!("must be between 1 and {MAX_TIMEOUT_SECS}"),
+            ));
+        }
+        if self.retention.builds == 0 || self.retention.builds > MAX_RETENTION {
+            return Err(InvalidField::new(
+                "retention.builds",
+                format!("must be between 1 and {MAX_RETENTION}"),
+            ));
+        }
+        for (i, a) in self.artifacts.iter().enumerate() {
+            let escapes = a.starts_with('/') || a.split(['/', '\\']).any(|c| c == "..");
+            if a.is_empty() || escapes {
+                return Err(InvalidField::new(
+                    format!("artifacts[{i}]"),
+                    "must be a relative glob inside the workspace",
+                ));
+            }
+        }
+        if let Some(r) = &self.repository {
+            let ok = ["https://", "http://", "ssh://", "git://", "file://", "git@"]
+                .iter()
+                .any(|p| r.url.starts_with(p));
+            if !ok {
+                return Err(InvalidField::new(
+                    "repository.url",
+                    "must be an https, http, ssh, git or file URL",
+                ));
+            }
+            if let Some(g) = &r.git_ref {
+                if g.is_empty() || g.starts_with('-') {
+                    return Err(InvalidField::new(
+                        "repository.ref",
+                        "must be a branch, tag or sha",
+                    ));
+                }
+            }
+        }
+        if self.lost_retries > 10 {
+            return Err(InvalidField::new("lost_retries", "must be at most 10"));
+        }
+        Ok(())
+    }
+
+    /// The parameters of a build: each declared parameter's default, overridden by the
+    /// request. Undeclared parameters are refused so a typo is not silently dropped.
+    pub fn resolve_parameters(
+        &self,
+        given: &BTreeMap<String, String>,
+    ) -> Result<BTreeMap<String, String>, InvalidField> {
+        if let Some(k) = given
+            .keys()
+            .find(|k| !self.parameters.iter().any(|p| &p.name == *k))
+        {
+            return Err(InvalidField::new(
+                format!("parameters.{k}"),
+                "is not a parameter of this job",
+            ));
+        }
+        Ok(self
+            .parameters
+            .iter()
+            .map(|p| {
+                let v = given.get(&p.name).unwrap_or(&p.default);
+                (p.name.clone(), v.clone())
+            })
+            .collect())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(v: serde_json::Value) -> Result<JobDefinition, serde_json::Error> {
+        serde_json::from_value(v)
+    }
+
+    #[test]
+    fn only_steps_is_required_and_defaults_apply() {
+        let d = parse(serde_json::json!({"steps": [{"name": "b", "run": "make"}]})).unwrap();
+        assert_eq!(d.queue.as_str(), "default");
+        assert_eq!(d.timeout_secs, 3600);
+        assert_eq!(d.retention.builds, 100);
+        assert_eq!(d.lost_retries, 2);
+        d.validate().unwrap();
+    }
+
+    #[test]
+    fn the_spec_example_parses() {
+        let d = parse(serde_json::json!({"folder": "team-a", "description": "...",
+            "steps": [{"name": "build", "run": "make"}], "env": {"K": "V"},
+            "parameters": [{"name": "TARGET", "default": "x", "description": "..."}],
+            "queue": "default", "timeout_secs": 3600, "retention": {"builds": 100},
+            "artifacts": ["dist/*.tar.gz"], "repository": {"url": "https://x/y.git", "ref": "main"},
+            "disabled": false}))
+        .unwrap();
+        d.validate().unwrap();
+        assert_eq!(d.repository.unwrap().git_ref.as_deref(), Some("main"));
+    }
+
+    #[test]
+    fn unknown_fields_and_bad_names_are_refused() {
+        assert!(parse(serde_json::json!({"steps": [], "step": 1})).is_err());
+        assert!(parse(serde_json::json!({"steps": [], "folder": "a_b"})).is_err());
+        assert!(parse(serde_json::json!({"steps": [{"name": "a", "run": "b", "x": 1}]})).is_err());
+    }
+
+    #[test]
+    fn validation_names_the_field() {
+        let mut d = parse(serde_json::json!({"steps": [{"name": "b", "run": "make"}]})).unwrap();
+        d.artifacts = vec!["../etc/passwd".into()];
+        assert_eq!(d.validate().unwrap_err().field, "artifacts[0]");
+        d.artifacts.clear();
+        d.env.insert("KILN_JOB".into(), "x".into());
+        assert_eq!(d.validate().unwrap_err().field, "env.KILN_JOB");
+        d.env.clear();
+        d.steps.clear();
+        assert_eq!(d.validate().unwrap_err().field, "steps");
+    }
+
+    #[test]
+    fn parameters_resolve_to_defaults_and_refuse_unknown_ones() {
+        let d = parse(serde_json::json!({"steps": [{"name": "b", "run": "make"}],
+            "parameters": [{"name": "T", "default": "x"}, {"name": "U"}]}))
+        .unwrap();
+        let given = BTreeMap::from([("T".to_string(), "y".to_string())]);
+        let got = d.resolve_parameters(&given).unwrap();
+        assert_eq!(got["T"], "y");
+        assert_eq!(got["U"], "");
+        let bad = BTreeMap::from([("V".to_string(), "y".to_string())]);
+        assert_eq!(
+            d.resolve_parameters(&bad).unwrap_err().field,
+            "parameters.V"
+        );
+    }
+}

@@ -1,0 +1,286 @@
+//! Every Redis key and pub/sub channel Kiln uses, and nothing else formats one.
+//!
+//! The first group is the spec's public layout (`jobs`, `folder_<name>`, `job_<name>`,
+//! `job_<name>_recent`, `job_<name>_<n>`, `github_<org>_<repo>_pullrequest|_branch`).
+//! Everything Kiln adds lives under the `kiln:` prefix, which no spec key can take (spec keys
+//! never contain `:`), so the two groups cannot collide. `docs/architecture.md` lists each
+//! key with its type, writer, readers and lifetime.
+
+use std::fmt;
+use std::str::FromStr;
+
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+use crate::names::{BuildNumber, JobName, Name, NameError};
+
+/// List of the root's entries (`job_<name>` / `folder_<name>`).
+pub const ROOT: &str = "jobs";
+
+/// Prefixes of the keys that Kiln's Lua scripts must form themselves (the build to requeue
+/// is only known inside the script). Scripts receive them as arguments, so this module stays
+/// the one place that spells a key.
+pub mod prefix {
+    pub const FOLDER: &str = "folder_";
+    pub const JOB: &str = "job_";
+    pub const QUEUE: &str = "kiln:queue:";
+    pub const QUEUE_MARKER: &str = "kiln:queue-marker:";
+    pub const QUEUE_WORKERS: &str = "kiln:queue-workers:";
+    pub const INFLIGHT: &str = "kiln:inflight:";
+    pub const NODE: &str = "kiln:node:";
+    pub const FINISHED: &str = "kiln:finished:";
+    pub const OUTPUT: &str = "kiln:output:";
+}
+
+/// `folder_<name>`: list of the folder's entries.
+pub fn folder(name: &Name) -> String {
+    format!("{}{name}", prefix::FOLDER)
+}
+
+/// The list holding a folder's entries: `folder_<name>`, or `jobs` for the root.
+pub fn folder_list(name: Option<&Name>) -> String {
+    name.map_or_else(|| ROOT.to_owned(), folder)
+}
+
+/// `job_<name>`: the job definition, JSON.
+pub fn job(name: &JobName) -> String {
+    format!("{}{name}", prefix::JOB)
+}
+
+/// `job_<name>_`: what every build key of the job starts with.
+pub fn build_prefix(name: &JobName) -> String {
+    format!("{}{name}_", prefix::JOB)
+}
+
+/// `job_<name>_recent`: build numbers, newest first, trimmed to the job's retention.
+pub fn job_recent(name: &JobName) -> String {
+    format!("job_{name}_recent")
+}
+
+/// Which GitHub events a link routes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum GithubLinkKind {
+    Pullrequest,
+    Branch,
+}
+
+impl GithubLinkKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Pullrequest => "pullrequest",
+            Self::Branch => "branch",
+        }
+    }
+}
+
+/// `github_<org>_<repo>_pullrequest|branch`: the key (`job_<name>`) of the linked job.
+/// Org and repo are lower-cased, as GitHub treats them case-insensitively.
+pub fn github_link(org: &str, repo: &str, kind: GithubLinkKind) -> String {
+    format!(
+        "github_{}_{}_{}",
+        org.to_lowercase(),
+        repo.to_lowercase(),
+        kind.as_str()
+    )
+}
+
+/// Hash job name -> last build number handed out (HINCRBY), so numbers are never reused
+/// while the job exists.
+pub const BUILD_COUNTERS: &str = "kiln:build-counters";
+/// Hash folder name -> parent folder name (`""` for the root). Lets storage paths and
+/// deletes find a folder's place without scanning every folder list.
+pub const FOLDER_PARENTS: &str = "kiln:folder-parents";
+/// Set of queue names that have ever had a build queued, for queue listings.
+pub const QUEUES: &str = "kiln:queues";
+/// Sorted set build key -> lease deadline (ms since the epoch, Redis clock).
+pub const LEASES: &str = "kiln:leases";
+/// Hash build key -> `<worker> <token>`: who holds the build's lease, and the fencing token
+/// every worker write must present.
+pub const LEASE_OWNERS: &str = "kiln:lease-owners";
+/// Sorted set worker id -> last heartbeat (ms since the epoch).
+pub const WORKERS: &str = "kiln:workers";
+/// Set of consumers (`es`, `github`) that asked for a durable copy of every finished build.
+pub const FINISHED_CONSUMERS: &str = "kiln:finished-consumers";
+/// Pub/sub channel of build state changes ([`crate::BuildEvent`] JSON), live views only.
+pub const EVENTS_CHANNEL: &str = "kiln:events";
+/// Pub/sub channel of node heartbeats ([`crate::NodeInfo`] JSON), live views only.
+pub const NODES_CHANNEL: &str = "kiln:nodes";
+/// Pub/sub channel carrying the build key of a build whose cancellation was requested, so
+/// the worker running it reacts within a second (the build document stays the truth).
+pub const CANCEL_CHANNEL: &str = "kiln:cancel";
+
+/// List of build keys waiting on `queue`; producers LPUSH, workers take from the right.
+pub fn queue(queue: &Name) -> String {
+    format!("{}{queue}", prefix::QUEUE)
+}
+
+/// Sorted set with the single member `0`, set whenever `queue` may hold work: idle workers
+/// block on it with BZPOPMIN, so claiming stays an atomic script yet workers need not poll.
+pub fn queue_marker(queue: &Name) -> String {
+    format!("{}{queue}", prefix::QUEUE_MARKER)
+}
+
+/// Sorted set worker id -> last heartbeat, for the workers serving `queue`.
+pub fn queue_workers(queue: &Name) -> String {
+    format!("{}{queue}", prefix::QUEUE_WORKERS)
+}
+
+/// List of the build keys a worker holds (claimed atomically out of the queue).
+pub fn inflight(worker: &Name) -> String {
+    format!("{}{worker}", prefix::INFLIGHT)
+}
+
+/// String with TTL: the worker's [`crate::NodeInfo`], gone when it stops heartbeating.
+pub fn node(worker: &Name) -> String {
+    format!("{}{worker}", prefix::NODE)
+}
+
+/// List of finished build keys, one list per registered consumer (durable hand-off).
+pub fn finished(consumer: &Name) -> String {
+    format!("{}{consumer}", prefix::FINISHED)
+}
+
+/// Pub/sub channel of a build's output ([`crate::OutputMessage`] JSON).
+pub fn output_channel(build: &BuildRef) -> String {
+    format!("{}{}", prefix::OUTPUT, build.key())
+}
+
+/// An entry of `jobs` or `folder_<name>`.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum Entry {
+    Job(JobName),
+    Folder(Name),
+}
+
+impl fmt::Display for Entry {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Entry::Job(n) => write!(f, "job_{n}"),
+            Entry::Folder(n) => write!(f, "folder_{n}"),
+        }
+    }
+}
+
+impl FromStr for Entry {
+    type Err = NameError;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        if let Some(n) = s.strip_prefix("job_") {
+            JobName::parse(n).map(Entry::Job)
+        } else if let Some(n) = s.strip_prefix("folder_") {
+            Name::parse(n).map(Entry::Folder)
+        } else {
+            Err(NameError::BadDerived)
+        }
+    }
+}
+
+/// One build: a job and a number. Its key `job_<name>_<n>` is also what queues and lists
+/// carry, so any holder can read the document directly.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct BuildRef {
+    pub job: JobName,
+    pub number: BuildNumber,
+}
+
+impl BuildRef {
+    pub fn new(job: JobName, number: BuildNumber) -> Self {
+        Self { job, number }
+    }
+
+    /// `job_<name>_<n>`: the build document.
+    pub fn key(&self) -> String {
+        format!("{}{}", build_prefix(&self.job), self.number)
+    }
+
+    /// Parses a build key; the number is after the last `_`, and job names never end in
+    /// `_<digits>`, so this is the only reading.
+    pub fn from_key(key: &str) -> Result<Self, NameError> {
+        let rest = key.strip_prefix("job_").ok_or(NameError::BadDerived)?;
+        let (job, n) = rest.rsplit_once('_').ok_or(NameError::BadNumber)?;
+        Ok(Self {
+            job: JobName::parse(job)?,
+            number: n.parse()?,
+        })
+    }
+}
+
+impl fmt::Display for BuildRef {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}#{}", self.job, self.number)
+    }
+}
+
+impl Serialize for BuildRef {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&self.key())
+    }
+}
+
+impl<'de> Deserialize<'de> for BuildRef {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        Self::from_key(&s).map_err(serde::de::Error::custom)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn job(s: &str) -> JobName {
+        JobName::parse(s).unwrap()
+    }
+
+    #[test]
+    fn spec_keys_are_exact() {
+        let app = job("app");
+        let team = Name::parse("team-a").unwrap();
+        assert_eq!(ROOT, "jobs");
+        assert_eq!(folder(&team), "folder_team-a");
+        assert_eq!(super::job(&app), "job_app");
+        assert_eq!(job_recent(&app), "job_app_recent");
+        assert_eq!(BuildRef::new(app, BuildNumber(3)).key(), "job_app_3");
+        assert_eq!(
+            github_link("MyOrg", "Repo", GithubLinkKind::Pullrequest),
+            "github_myorg_repo_pullrequest"
+        );
+    }
+
+    #[test]
+    fn build_keys_round_trip_for_every_job_form() {
+        for name in [
+            "app",
+            "app_pr25",
+            "app_branch-feature--x",
+            "a.b-c_branch-x.1",
+        ] {
+            let r = BuildRef::new(job(name), BuildNumber(12));
+            assert_eq!(BuildRef::from_key(&r.key()).unwrap(), r);
+        }
+    }
+
+    #[test]
+    fn no_job_key_equals_another_jobs_build_or_recent_key() {
+        // A job whose name would make `job_<name>` equal `job_<other>_<n>` or
+        // `job_<other>_recent` must be unrepresentable.
+        for name in ["app_1", "app_recent", "app_pr1_2", "app_branch-x_recent"] {
+            assert!(JobName::parse(name).is_err(), "{name}");
+        }
+    }
+
+    #[test]
+    fn kiln_keys_cannot_collide_with_spec_keys() {
+        let q = queue(&Name::parse("default").unwrap());
+        assert!(q.contains(':'));
+        assert!(Entry::from_str(&q).is_err());
+    }
+
+    #[test]
+    fn entries_round_trip() {
+        for e in ["job_app", "folder_team-a", "job_app_pr2"] {
+            assert_eq!(Entry::from_str(e).unwrap().to_string(), e);
+        }
+        assert!(Entry::from_str("job_app_1").is_err());
+        assert!(Entry::from_str("folder_a_b").is_err());
+    }
+}

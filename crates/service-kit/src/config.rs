@@ -1,0 +1,323 @@
+//! Layered configuration, one pattern for every service: defaults in code, then an optional
+//! TOML file (`--config` or `KILN_CONFIG`), then `KILN_<SECTION>__<KEY>` environment
+//! variables. Invalid settings stop start-up with a message naming the setting.
+
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Deserializer};
+
+use crate::auth::Role;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read configuration: {0}")]
+    Load(#[from] ::config::ConfigError),
+    #[error("invalid setting {setting}: {message}")]
+    Invalid { setting: String, message: String },
+}
+
+impl ConfigError {
+    pub fn invalid(setting: &str, message: impl Into<String>) -> Self {
+        Self::Invalid {
+            setting: setting.to_owned(),
+            message: message.into(),
+        }
+    }
+}
+
+/// Settings every service shares. Service configs embed it with `#[serde(flatten)]`.
+#[derive(Debug, Clone, Deserialize)]
+pub struct Common {
+    #[serde(default)]
+    pub redis: RedisSettings,
+    #[serde(default)]
+    pub storage: StorageSettings,
+    #[serde(default)]
+    pub http: HttpSettings,
+    #[serde(default)]
+    pub log: LogSettings,
+    #[serde(default)]
+    pub auth: AuthSettings,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default)]
+pub struct RedisSettings {
+    /// `redis://`, `rediss://` (TLS) or `unix://`.
+    pub url: String,
+    pub pool_size: usize,
+}
+
+impl Default for RedisSettings {
+    fn default() -> Self {
+        Self {
+            url: "redis://127.0.0.1:6379".into(),
+            pool_size: 16,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default)]
+pub struct StorageSettings {
+    /// Root of the shared file storage (`<root>/jobs/<folder>/.../<job>/<build>/`).
+    pub root: PathBuf,
+}
+
+impl Default for StorageSettings {
+    fn default() -> Self {
+        Self {
+            root: PathBuf::from("var/storage"),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default)]
+pub struct HttpSettings {
+    /// `host:port`; port 0 picks a free one (tests).
+    pub bind: String,
+    /// Largest request body accepted, in bytes.
+    pub max_body_bytes: usize,
+}
+
+impl Default for HttpSettings {
+    fn default() -> Self {
+        Self {
+            bind: "127.0.0.1:8080".into(),
+            max_body_bytes: 256 * 1024,
+        }
+    }
+}
+
+impl HttpSettings {
+    pub fn addr(&self) -> Result<SocketAddr, ConfigError> {
+        self.bind.parse().map_err(|_| {
+            ConfigError::invalid("http.bind", format!("{:?} is not host:port", self.bind))
+        })
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    Json,
+    #[default]
+    Pretty,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default)]
+pub struct LogSettings {
+    pub format: LogFormat,
+    /// A `tracing` filter (`info`, `kiln_worker=debug,info`); `RUST_LOG` overrides it.
+    pub level: String,
+}
+
+impl Default for LogSettings {
+    fn default() -> Self {
+        Self {
+            format: LogFormat::Pretty,
+            level: "info".into(),
+        }
+    }
+}
+
+/// A secret string: never printed by `Debug` or `Display`.
+#[derive(Clone, Deserialize, PartialEq, Eq)]
+#[serde(transparent)]
+pub struct Secret(String);
+
+impl Secret {
+    pub fn new(s: impl Into<String>) -> Self {
+        Self(s.into())
+    }
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("***")
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct TokenSettings {
+    pub name: String,
+    pub role: Role,
+    pub token: Secret,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(default)]
+pub struct AuthSettings {
+    /// Turns auth off, for a laptop only. Without it, no token configured is an error.
+    pub disabled: bool,
+    #[serde(deserialize_with = "tokens")]
+    pub tokens: Vec<TokenSettings>,
+}
+
+/// Tokens come as TOML tables, or from the environment as `name:role:token,...`
+/// (`KILN_AUTH__TOKENS=ci:write:s3cret`).
+fn tokens<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<TokenSettings>, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Either {
+        List(Vec<TokenSettings>),
+        Text(String),
+    }
+    match Either::deserialize(d)? {
+        Either::List(l) => Ok(l),
+        Either::Text(t) => t
+            .split(',')
+            .map(str::trim)
+            .filter(|s| !s.is_empty())
+            .map(|entry| {
+                let mut parts = entry.splitn(3, ':');
+                match (parts.next(), parts.next(), parts.next()) {
+                    (Some(name), Some(role), Some(token)) => Ok(TokenSettings {
+                        name: name.to_owned(),
+                        role: role.parse().map_err(serde::de::Error::custom)?,
+                        token: Secret::new(token),
+                    }),
+                    _ => Err(serde::de::Error::custom(
+                        "auth.tokens from the environment must be name:role:token,...",
+                    )),
+                }
+            })
+            .collect(),
+    }
+}
+
+impl Common {
+    /// Cross-field checks shared by every service.
+    pub fn validate(&self, needs_tokens: bool) -> Result<(), ConfigError> {
+        self.http.addr()?;
+        let u = &self.redis.url;
+        if !(u.starts_with("redis://") || u.starts_with("rediss://") || u.starts_with("unix://")) {
+            return Err(ConfigError::invalid(
+                "redis.url",
+                "must start with redis://, rediss:// or unix://",
+            ));
+        }
+        if self.redis.pool_size == 0 {
+            return Err(ConfigError::invalid(
+                "redis.pool_size",
+                "must be at least 1",
+            ));
+        }
+        if self.storage.root.as_os_str().is_empty() {
+            return Err(ConfigError::invalid("storage.root", "must not be empty"));
+        }
+        if self.http.max_body_bytes < 1024 {
+            return Err(ConfigError::invalid(
+                "http.max_body_bytes",
+                "must be at least 1024",
+            ));
+        }
+        let mut names = std::collections::BTreeSet::new();
+        for (i, t) in self.auth.tokens.iter().enumerate() {
+            if t.name.trim().is_empty() || !names.insert(&t.name) {
+                return Err(ConfigError::invalid(
+                    &format!("auth.tokens[{i}].name"),
+                    "must be non-empty and unique",
+                ));
+            }
+            if t.token.expose().len() < 16 {
+                return Err(ConfigError::invalid(
+                    &format!("auth.tokens[{i}].token"),
+                    "must be at least 16 characters",
+                ));
+            }
+        }
+        if needs_tokens && !self.auth.disabled && self.auth.tokens.is_empty() {
+            return Err(ConfigError::invalid(
+                "auth.tokens",
+                "no API token is configured; add [[auth.tokens]] or set auth.disabled = true for local use",
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// Loads a service's configuration: `defaults`, then the TOML file at `path` (or
+/// `KILN_CONFIG`), then `KILN_*` environment variables.
+pub fn load<T: DeserializeOwned>(path: Option<&Path>) -> Result<T, ConfigError> {
+    let mut b = ::config::Config::builder();
+    let from_env = std::env::var_os("KILN_CONFIG").map(PathBuf::from);
+    if let Some(p) = path.map(Path::to_path_buf).or(from_env) {
+        b = b.add_source(::config::File::from(p).required(true));
+    }
+    b = b.add_source(
+        ::config::Environment::with_prefix("KILN")
+            .prefix_separator("_")
+            .separator("__")
+            .try_parsing(true),
+    );
+    Ok(b.build()?.try_deserialize()?)
+}
+
+/// The `--config <file>` argument every service binary takes, read without a parser crate
+/// so that `main` stays ten lines.
+pub fn config_path_from_args() -> Option<PathBuf> {
+    let mut args = std::env::args_os().skip(1);
+    while let Some(a) = args.next() {
+        if a == "--config" {
+            return args.next().map(PathBuf::from);
+        }
+        if let Some(p) = a.to_str().and_then(|s| s.strip_prefix("--config=")) {
+            return Some(PathBuf::from(p));
+        }
+    }
+    None
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn common(toml: &str) -> Common {
+        ::config::Config::builder()
+            .add_source(::config::File::from_str(toml, ::config::FileFormat::Toml))
+            .build()
+            .unwrap()
+            .try_deserialize()
+            .unwrap()
+    }
+
+    #[test]
+    fn no_token_is_a_start_up_error_unless_auth_is_disabled() {
+        let c = common("");
+        let e = c.validate(true).unwrap_err().to_string();
+        assert!(e.contains("auth.tokens"), "{e}");
+        let c = common("[auth]\ndisabled = true");
+        c.validate(true).unwrap();
+    }
+
+    #[test]
+    fn tokens_are_read_from_toml_and_never_printed() {
+        let c = common(
+            "[[auth.tokens]]\nname = \"ci\"\nrole = \"write\"\ntoken = \"0123456789abcdef\"",
+        );
+        c.validate(true).unwrap();
+        assert_eq!(c.auth.tokens[0].role, Role::Write);
+        assert!(!format!("{c:?}").contains("0123456789abcdef"));
+    }
+
+    #[test]
+    fn bad_settings_are_named() {
+        let e = common("[http]\nbind = \"nope\"")
+            .validate(false)
+            .unwrap_err();
+        assert!(e.to_string().contains("http.bind"));
+        let e = common("[redis]\nurl = \"http://x\"")
+            .validate(false)
+            .unwrap_err();
+        assert!(e.to_string().contains("redis.url"));
+    }
+}

@@ -1,0 +1,186 @@
+//! The one JSON error shape of every Kiln HTTP service:
+//! `{"error":{"code":"...","message":"...","field":"..."}}`.
+
+use actix_web::http::StatusCode;
+use actix_web::{HttpResponse, ResponseError};
+use kiln_store::StoreError;
+use serde::Serialize;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    #[error("{field}: {message}")]
+    BadRequest { field: String, message: String },
+    #[error("a valid bearer token is required")]
+    Unauthorized,
+    #[error("{0}")]
+    Forbidden(String),
+    #[error("{0}")]
+    NotFound(String),
+    #[error("{0}")]
+    Conflict(String),
+    #[error("{field}: {message}")]
+    Unprocessable { field: String, message: String },
+    #[error("request body is larger than {0} bytes")]
+    TooLarge(usize),
+    #[error("content type must be application/json")]
+    UnsupportedMediaType,
+    #[error("{0}")]
+    Unavailable(String),
+    /// A bug or an unreadable stored document: logged with its cause, reported as 500.
+    #[error("internal error")]
+    Unexpected(String),
+}
+
+#[derive(Debug, Serialize, serde::Deserialize)]
+pub struct ErrorBody {
+    pub error: ErrorDetail,
+}
+
+#[derive(Debug, Serialize, serde::Deserialize)]
+pub struct ErrorDetail {
+    pub code: String,
+    pub message: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub field: Option<String>,
+}
+
+impl ApiError {
+    pub fn bad_request(field: impl Into<String>, message: impl Into<String>) -> Self {
+        Self::BadRequest {
+            field: field.into(),
+            message: message.into(),
+        }
+    }
+
+    fn code(&self) -> &'static str {
+        match self {
+            Self::BadRequest { .. } => "bad_request",
+            Self::Unauthorized => "unauthorized",
+            Self::Forbidden(_) => "forbidden",
+            Self::NotFound(_) => "not_found",
+            Self::Conflict(_) => "conflict",
+            Self::Unprocessable { .. } => "unprocessable",
+            Self::TooLarge(_) => "payload_too_large",
+            Self::UnsupportedMediaType => "unsupported_media_type",
+            Self::Unavailable(_) => "unavailable",
+            Self::Unexpected(_) => "internal",
+        }
+    }
+
+    fn field(&self) -> Option<String> {
+        match self {
+            Self::BadRequest { field, .. } | Self::Unprocessable { field, .. } => {
+                Some(field.clone())
+            }
+            _ => None,
+        }
+    }
+}
+
+impl ResponseError for ApiError {
+    fn status_code(&self) -> StatusCode {
+        match self {
+            Self::BadRequest { .. } => StatusCode::BAD_REQUEST,
+            Self::Unauthorized => StatusCode::UNAUTHORIZED,
+            Self::Forbidden(_) => StatusCode::FORBIDDEN,
+            Self::NotFound(_) => StatusCode::NOT_FOUND,
+            Self::Conflict(_) => StatusCode::CONFLICT,
+            Self::Unprocessable { .. } => StatusCode::UNPROCESSABLE_ENTITY,
+            Self::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
+            Self::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            Self::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+            Self::Unexpected(_) => StatusCode::INTERNAL_SERVER_ERROR,
+        }
+    }
+
+    fn error_response(&self) -> HttpResponse {
+        if let Self::Unexpected(cause) = self {
+            tracing::error!(error.cause = %cause, "request failed");
+        }
+        let mut r = HttpResponse::build(self.status_code());
+        if matches!(self, Self::Unauthorized) {
+            r.insert_header(("WWW-Authenticate", "Bearer"));
+        }
+        r.json(ErrorBody {
+            error: ErrorDetail {
+                code: self.code().into(),
+                message: self.to_string(),
+                field: self.field(),
+            },
+        })
+    }
+}
+
+impl From<StoreError> for ApiError {
+    fn from(e: StoreError) -> Self {
+        match e {
+            StoreError::NotFound(what) => Self::NotFound(format!("{what} not found")),
+            StoreError::Conflict(m) => Self::Conflict(m),
+            StoreError::Invalid { field, message } => Self::Unprocessable { field, message },
+            StoreError::Stale(m) => Self::Conflict(m),
+            StoreError::Pool(_) | StoreError::Redis(_) => {
+                tracing::warn!(error = %e, "Redis unavailable");
+                Self::Unavailable("Redis is unavailable; try again".into())
+            }
+            other => Self::Unexpected(other.to_string()),
+        }
+    }
+}
+
+/// Parses a JSON body, naming the offending field on error. Bodies are read as bytes
+/// first (size-limited by the server), so this is the one place JSON input is decoded.
+pub fn parse_json<T: serde::de::DeserializeOwned>(
+    content_type: Option<&str>,
+    body: &[u8],
+) -> Result<T, ApiError> {
+    if let Some(ct) = content_type {
+        let essence = ct.split(';').next().unwrap_or("").trim();
+        if !essence.eq_ignore_ascii_case("application/json") {
+            return Err(ApiError::UnsupportedMediaType);
+        }
+    }
+    let de = &mut serde_json::Deserializer::from_slice(body);
+    serde_path_to_error::deserialize(de).map_err(|e| {
+        let path = e.path().to_string();
+        let inner = e.into_inner();
+        let msg = inner.to_string();
+        // The path already ends in the unknown field's name when that is the error.
+        let field = if path == "." { "body".to_owned() } else { path };
+        let message = match msg.rsplit_once(" at line ") {
+            Some((m, _)) => m.to_owned(),
+            None => msg,
+        };
+        ApiError::bad_request(field, message)
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[derive(Debug, serde::Deserialize)]
+    #[serde(deny_unknown_fields)]
+    #[allow(dead_code)]
+    struct Inner {
+        name: String,
+    }
+
+    #[derive(Debug, serde::Deserialize)]
+    #[serde(deny_unknown_fields)]
+    #[allow(dead_code)]
+    struct Outer {
+        steps: Vec<Inner>,
+    }
+
+    #[test]
+    fn json_errors_name_the_field() {
+        let e = parse_json::<Outer>(None, br#"{"steps":[{"name":1}]}"#).unwrap_err();
+        assert_eq!(e.field().as_deref(), Some("steps[0].name"));
+        let e = parse_json::<Outer>(None, br#"{"steps":[],"step":1}"#).unwrap_err();
+        assert_eq!(e.field().as_deref(), Some("step"));
+        let e = parse_json::<Outer>(None, br#"{"steps":["#).unwrap_err();
+        assert!(matches!(e, ApiError::BadRequest { .. }));
+        let e = parse_json::<Outer>(Some("text/plain"), b"{}").unwrap_err();
+        assert!(matches!(e, ApiError::UnsupportedMediaType));
+    }
+}

@@ -1,0 +1,62 @@
+//! `/healthz` (the process is up), `/readyz` helpers (its dependencies answer) and the
+//! Prometheus `/metrics` endpoint, shared by every service.
+
+use std::sync::OnceLock;
+
+use actix_web::{web, HttpResponse};
+use kiln_store::Store;
+use metrics_exporter_prometheus::PrometheusBuilder;
+pub use metrics_exporter_prometheus::PrometheusHandle;
+
+static PROMETHEUS: OnceLock<PrometheusHandle> = OnceLock::new();
+
+/// Installs the process-wide metrics recorder once and returns its handle. Several
+/// services started in one test process share it.
+pub fn prometheus() -> PrometheusHandle {
+    PROMETHEUS
+        .get_or_init(|| {
+            let recorder = PrometheusBuilder::new().build_recorder();
+            let handle = recorder.handle();
+            // Fails only if another recorder was installed first; metrics then go there.
+            let _ = metrics::set_global_recorder(recorder);
+            handle
+        })
+        .clone()
+}
+
+pub async fn healthz() -> HttpResponse {
+    HttpResponse::Ok().json(serde_json::json!({"status": "ok"}))
+}
+
+pub async fn metrics_endpoint(handle: web::Data<PrometheusHandle>) -> HttpResponse {
+    HttpResponse::Ok()
+        .content_type("text/plain; version=0.0.4")
+        .body(handle.render())
+}
+
+/// The readiness answer for a service whose only dependency is Redis: 200 when it
+/// answers, 503 otherwise, with the persistence and eviction warnings either way.
+pub async fn redis_readiness(store: &Store) -> HttpResponse {
+    let h = store.health().await;
+    let body = serde_json::json!({"ready": h.reachable, "redis": h});
+    if h.reachable {
+        HttpResponse::Ok().json(body)
+    } else {
+        HttpResponse::ServiceUnavailable().json(body)
+    }
+}
+
+/// Registers `/healthz` and `/metrics`; each service adds its own `/readyz`.
+pub fn configure(cfg: &mut web::ServiceConfig) {
+    cfg.app_data(web::Data::new(prometheus()))
+        .route("/healthz", web::get().to(healthz))
+        .route("/metrics", web::get().to(metrics_endpoint));
+}
+
+/// Logs the Redis warnings loudly at start-up (evictions and lost persistence lose builds).
+pub async fn warn_about_redis(store: &Store) {
+    let h = store.health().await;
+    for w in &h.warnings {
+        tracing::warn!(redis.warning = %w, "Redis is not safe for builds");
+    }
+}

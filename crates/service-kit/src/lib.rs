@@ -1,0 +1,14 @@
+//! What every Kiln binary needs, written once: layered configuration, telemetry, the
+//! shutdown signal, bearer-token auth, the JSON error shape, and the `/healthz`, `/readyz`
+//! and `/metrics` endpoints.
+
+pub mod auth;
+pub mod config;
+pub mod error;
+pub mod health;
+pub mod shutdown;
+pub mod telemetry;
+
+pub use auth::{Principal, Role};
+pub use config::{Common, ConfigError};
+pub use error::{ApiError, ErrorBody};

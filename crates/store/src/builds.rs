@@ -1,0 +1,228 @@
+//! Triggering, reading and cancelling builds (`job_<name>_recent`, `job_<name>_<n>`).
+
+use std::collections::BTreeMap;
+
+use chrono::{SecondsFormat, Utc};
+use deadpool_redis::redis::{self, AsyncCommands};
+use kiln_model::{
+    keys, BuildDocument, BuildNumber, BuildRef, BuildStatus, JobName, Trigger as BuildTrigger,
+};
+
+use crate::connect::Store;
+use crate::error::StoreError;
+use crate::scripts;
+use crate::tree::{parse, script_error};
+
+/// How recently a worker must have heartbeated to count as serving its queue.
+pub const WORKER_LIVENESS_MS: u64 = 30_000;
+
+/// A request to run a job.
+#[derive(Debug, Clone)]
+pub struct Trigger {
+    pub job: JobName,
+    pub parameters: BTreeMap<String, String>,
+    pub trigger: BuildTrigger,
+}
+
+/// What a trigger wrote: the new build, and the documents that fell out of retention (the
+/// caller removes their files).
+#[derive(Debug, Clone)]
+pub struct TriggeredBuild {
+    pub build: BuildDocument,
+    pub dropped: Vec<BuildDocument>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CancelOutcome {
+    /// It was queued and is now `cancelled`.
+    Cancelled,
+    /// It is running; its worker was told and will end it as `cancelled`.
+    Requested,
+}
+
+pub(crate) fn now_rfc3339() -> String {
+    Utc::now().to_rfc3339_opts(SecondsFormat::Millis, true)
+}
+
+impl Store {
+    /// Takes the next build number and queues the build, atomically (see `trigger.lua`).
+    pub async fn trigger(&self, req: &Trigger) -> Result<TriggeredBuild, StoreError> {
+        let what = format!("job {}", req.job);
+        for _ in 0..5 {
+            let (raw_def, def) = self
+                .job_raw(&req.job)
+                .await?
+                .ok_or_else(|| StoreError::NotFound(what.clone()))?;
+            if def.disabled {
+                return Err(StoreError::Conflict(format!(
+                    "{what} is disabled and accepts no new builds"
+                )));
+            }
+            let parameters =
+                def.resolve_parameters(&req.parameters)
+                    .map_err(|e| StoreError::Invalid {
+                        field: e.field,
+                        message: e.message,
+                    })?;
+            let mut path = String::from("jobs");
+            for f in self.folder_chain(def.folder.as_ref()).await? {
+                path.push('/');
+                path.push_str(f.as_str());
+            }
+            path.push('/');
+            path.push_str(req.job.as_str());
+
+            let template = BuildDocument {
+                schema_version: kiln_model::SCHEMA_VERSION,
+                job: req.job.clone(),
+                number: BuildNumber(1),
+                folder: def.folder.clone(),
+                status: BuildStatus::Queued,
+                trigger: req.trigger.clone(),
+                parameters,
+                queue: def.queue.clone(),
+                queued_at: Utc::now(),
+                started_at: None,
+                finished_at: None,
+                duration_ms: None,
+                exit_code: None,
+                steps: Vec::new(),
+                node: None,
+                attempt: 1,
+                storage_path: String::new(),
+                reason: None,
+                cancel_requested: false,
+            };
+            let mut v =
+                serde_json::to_value(&template).map_err(|e| StoreError::corrupt("build", e))?;
+            if let Some(o) = v.as_object_mut() {
+                for k in ["number", "storage_path", "reason"] {
+                    o.remove(k);
+                }
+            }
+            let rest = v.to_string();
+            let rest = rest.strip_prefix('{').unwrap_or(&rest);
+            let no_worker = serde_json::Value::from(format!(
+                "no live worker serves queue '{}'; the build waits until one starts",
+                def.queue
+            ))
+            .to_string();
+
+            let mut c = self.conn().await?;
+            let r = scripts::TRIGGER
+                .key(keys::job(&req.job))
+                .key(keys::job_recent(&req.job))
+                .key(keys::BUILD_COUNTERS)
+                .key(keys::queue(&def.queue))
+                .key(keys::queue_marker(&def.queue))
+                .key(keys::QUEUES)
+                .key(keys::queue_workers(&def.queue))
+                .key(keys::LEASES)
+                .key(keys::LEASE_OWNERS)
+                .arg(req.job.as_str())
+                .arg(rest)
+                .arg(&path)
+                .arg(def.retention.builds)
+                .arg(def.queue.as_str())
+                .arg(keys::build_prefix(&req.job))
+                .arg(now_rfc3339())
+                .arg(WORKER_LIVENESS_MS)
+                .arg(keys::EVENTS_CHANNEL)
+                .arg(&no_worker)
+                .arg(&raw_def)
+                .invoke_async::<(u64, String, Vec<String>)>(&mut c)
+                .await;
+            match r {
+                Ok((n, doc, dropped)) => {
+                    let key = BuildRef::new(req.job.clone(), BuildNumber(n)).key();
+                    return Ok(TriggeredBuild {
+                        build: parse(&key, &doc)?,
+                        dropped: dropped
+                            .iter()
+                            .filter_map(|d| serde_json::from_str(d).ok())
+                            .collect(),
+                    });
+                }
+                Err(e) => match script_error(e, &what) {
+                    Some(err) => return Err(err),
+                    None => continue,
+                },
+            }
+        }
+        Err(StoreError::Conflict(format!(
+            "{what} is changing; try again"
+        )))
+    }
+
+    pub async fn get_build(&self, build: &BuildRef) -> Result<Option<BuildDocument>, StoreError> {
+        let key = build.key();
+        let mut c = self.conn().await?;
+        let raw: Option<String> = c.get(&key).await?;
+        raw.map(|r| parse(&key, &r)).transpose()
+    }
+
+    /// Reads several build documents in one round trip; missing ones are left out.
+    pub async fn get_builds(&self, keys: &[String]) -> Result<Vec<BuildDocument>, StoreError> {
+        if keys.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut c = self.conn().await?;
+        let raws: Vec<Option<String>> = redis::cmd("MGET").arg(keys).query_async(&mut c).await?;
+        keys.iter()
+            .zip(raws)
+            .filter_map(|(k, r)| r.map(|r| parse(k, &r)))
+            .collect()
+    }
+
+    /// A page of the job's recent builds, newest first, and how many it keeps in all.
+    pub async fn list_builds(
+        &self,
+        job: &JobName,
+        offset: usize,
+        limit: usize,
+    ) -> Result<(Vec<BuildDocument>, usize), StoreError> {
+        let mut c = self.conn().await?;
+        let recent = keys::job_recent(job);
+        let (numbers, total): (Vec<u64>, usize) = redis::pipe()
+            .lrange(&recent, offset as isize, (offset + limit) as isize - 1)
+            .llen(&recent)
+            .query_async(&mut c)
+            .await?;
+        drop(c);
+        let keys: Vec<String> = numbers
+            .into_iter()
+            .filter(|n| *n > 0)
+            .map(|n| BuildRef::new(job.clone(), BuildNumber(n)).key())
+            .collect();
+        Ok((self.get_builds(&keys).await?, total))
+    }
+
+    /// Cancels a queued build at once, or asks the worker running it to stop.
+    pub async fn cancel(&self, build: &BuildRef, by: &str) -> Result<CancelOutcome, StoreError> {
+        let doc = self
+            .get_build(build)
+            .await?
+            .ok_or_else(|| StoreError::NotFound(format!("build {build}")))?;
+        let mut c = self.conn().await?;
+        let r: String = scripts::CANCEL
+            .key(build.key())
+            .key(keys::queue(&doc.queue))
+            .key(keys::FINISHED_CONSUMERS)
+            .arg(now_rfc3339())
+            .arg(keys::prefix::FINISHED)
+            .arg(keys::EVENTS_CHANNEL)
+            .arg(keys::CANCEL_CHANNEL)
+            .arg(format!("cancelled by {by} before it started"))
+            .invoke_async(&mut c)
+            .await?;
+        match r.as_str() {
+            "cancelled" => Ok(CancelOutcome::Cancelled),
+            "requested" => Ok(CancelOutcome::Requested),
+            "missing" => Err(StoreError::NotFound(format!("build {build}"))),
+            _ => Err(StoreError::Conflict(format!(
+                "build {build} has already finished ({})",
+                doc.status
+            ))),
+        }
+    }
+}

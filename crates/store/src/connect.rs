@@ -1,0 +1,184 @@
+//! Connecting to Redis, and checking that the Redis we got is safe to keep builds in.
+
+use std::time::Duration;
+
+use deadpool_redis::redis::{self, AsyncConnectionConfig};
+use deadpool_redis::{Connection, Manager, Pool, Runtime};
+
+use crate::error::StoreError;
+
+/// How a [`Store`] connects.
+#[derive(Debug, Clone)]
+pub struct StoreOptions {
+    /// `redis://` or `rediss://` (TLS) URL.
+    pub url: String,
+    pub pool_size: usize,
+    /// Longest any single command may take before the call fails. Blocking commands get
+    /// their own connection with a longer limit (see [`Store::blocking`]).
+    pub response_timeout: Duration,
+}
+
+impl StoreOptions {
+    pub fn new(url: impl Into<String>) -> Self {
+        Self {
+            url: url.into(),
+            pool_size: 16,
+            response_timeout: Duration::from_secs(5),
+        }
+    }
+}
+
+/// A handle on Kiln's Redis. Cheap to clone; every operation takes a pooled connection.
+#[derive(Clone)]
+pub struct Store {
+    pool: Pool,
+}
+
+/// What `/readyz` and the start-up check report about Redis.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct RedisHealth {
+    pub reachable: bool,
+    pub maxmemory_policy: Option<String>,
+    pub persistence: Option<bool>,
+    /// Problems that can lose builds, in words for operators.
+    pub warnings: Vec<String>,
+}
+
+pub(crate) fn pool(
+    url: &str,
+    size: usize,
+    response_timeout: Option<Duration>,
+) -> Result<Pool, StoreError> {
+    if !(url.starts_with("redis://") || url.starts_with("rediss://") || url.starts_with("unix://"))
+    {
+        return Err(StoreError::Url(format!(
+            "{:?} must start with redis://, rediss:// or unix://",
+            redact(url)
+        )));
+    }
+    let manager = Manager::new_with_config(
+        url,
+        AsyncConnectionConfig::new()
+            .set_response_timeout(response_timeout)
+            .set_connection_timeout(Some(Duration::from_secs(2))),
+    )
+    .map_err(|e| StoreError::Url(format!("{}: {e}", redact(url))))?;
+    Pool::builder(manager)
+        .max_size(size)
+        .runtime(Runtime::Tokio1)
+        .wait_timeout(Some(Duration::from_secs(5)))
+        .create_timeout(Some(Duration::from_secs(3)))
+        .recycle_timeout(Some(Duration::from_secs(2)))
+        .build()
+        .map_err(|e| StoreError::Url(e.to_string()))
+}
+
+/// The URL with any password replaced, for logs and error messages.
+pub fn redact(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(s), Some(at)) if at > s => format!("{}://***@{}", &url[..s], &url[at + 1..]),
+        _ => url.to_owned(),
+    }
+}
+
+impl Store {
+    /// Builds the pool; no connection is made until the first command, so a service can
+    /// start while Redis is still coming up and report it through `/readyz`.
+    pub fn new(options: &StoreOptions) -> Result<Self, StoreError> {
+        Ok(Self {
+            pool: pool(
+                &options.url,
+                options.pool_size,
+                Some(options.response_timeout),
+            )?,
+        })
+    }
+
+    pub(crate) async fn conn(&self) -> Result<Connection, StoreError> {
+        Ok(self.pool.get().await?)
+    }
+
+    /// A pool of one connection for blocking pops, whose response timeout exceeds the
+    /// longest block (`block_for` + margin), so a dead connection is noticed and rebuilt
+    /// rather than waited on forever.
+    pub fn blocking(url: &str, block_for: Duration) -> Result<Pool, StoreError> {
+        pool(url, 1, Some(block_for + Duration::from_secs(2)))
+    }
+
+    pub async fn ping(&self) -> Result<(), StoreError> {
+        let mut c = self.conn().await?;
+        redis::cmd("PING").query_async::<String>(&mut c).await?;
+        Ok(())
+    }
+
+    /// Checks the settings that decide whether Redis can lose queued builds: an eviction
+    /// policy other than `noeviction` drops keys under memory pressure, and a Redis without
+    /// persistence forgets everything on restart.
+    pub async fn health(&self) -> RedisHealth {
+        let mut h = RedisHealth {
+            reachable: false,
+            maxmemory_policy: None,
+            persistence: None,
+            warnings: Vec::new(),
+        };
+        let Ok(mut c) = self.conn().await else {
+            h.warnings.push("Redis is unreachable".into());
+            return h;
+        };
+        let info: Result<String, _> = redis::cmd("INFO")
+            .arg("memory")
+            .arg("persistence")
+            .query_async(&mut c)
+            .await;
+        let Ok(info) = info else {
+            h.warnings.push("Redis is unreachable".into());
+            return h;
+        };
+        h.reachable = true;
+        let field = |name: &str| {
+            info.lines()
+                .find_map(|l| l.strip_prefix(name)?.strip_prefix(':'))
+                .map(|v| v.trim().to_owned())
+        };
+        h.maxmemory_policy = field("maxmemory_policy");
+        let aof = field("aof_enabled").map(|v| v == "1");
+        let save: Option<Vec<String>> = redis::cmd("CONFIG")
+            .arg("GET")
+            .arg("save")
+            .query_async(&mut c)
+            .await
+            .ok();
+        let rdb = save.and_then(|v| v.get(1).map(|s| !s.trim().is_empty()));
+        h.persistence = match (aof, rdb) {
+            (Some(true), _) | (_, Some(true)) => Some(true),
+            (Some(false), Some(false)) => Some(false),
+            _ => None,
+        };
+        if let Some(p) = &h.maxmemory_policy {
+            if p != "noeviction" {
+                h.warnings.push(format!(
+                    "maxmemory-policy is {p}: Redis may evict queued builds; set it to noeviction"
+                ));
+            }
+        }
+        if h.persistence == Some(false) {
+            h.warnings.push(
+                "Redis persistence is off (no AOF, no RDB saves): a Redis restart loses every build"
+                    .into(),
+            );
+        }
+        h
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn passwords_never_reach_messages() {
+        assert_eq!(
+            super::redact("redis://:s3cret@h:6379/0"),
+            "redis://***@h:6379/0"
+        );
+        assert_eq!(super::redact("redis://h:6379"), "redis://h:6379");
+    }
+}

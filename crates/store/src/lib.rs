@@ -1,0 +1,23 @@
+//! The Redis contract in code: every read and atomic write Kiln's services perform on its
+//! keys. Services never format a key or send a multi-key write themselves; they call this
+//! crate, so the api, the worker and github-ingest cannot drift apart.
+
+mod builds;
+mod connect;
+mod error;
+mod nodes;
+mod queue;
+mod raw;
+mod scripts;
+mod tree;
+
+pub use builds::{CancelOutcome, Trigger as TriggerRequest, TriggeredBuild, WORKER_LIVENESS_MS};
+pub use connect::{redact, RedisHealth, Store, StoreOptions};
+pub use error::StoreError;
+pub use nodes::QueueStats;
+pub use queue::{Claimed, Heartbeat, Lease, ReapOutcome};
+pub use raw::{is_layout_key, RawValue};
+pub use tree::PutOutcome;
+
+/// Re-exported so services can build pools and commands without naming the crate twice.
+pub use deadpool_redis::redis;

@@ -1,0 +1,21 @@
+-- Deletes a job with its entry, counter and every build document it still has; queued
+-- builds leave their queue and running ones lose their lease (their worker stops them).
+-- KEYS: job, recent, folder list, counters, leases, owners, queue
+-- ARGV: expected definition, entry, job name, build key prefix
+local def = redis.call('GET', KEYS[1])
+if not def then return redis.error_reply('NOTFOUND job') end
+if def ~= ARGV[1] then return redis.error_reply('RETRY definition changed') end
+local docs = {}
+for _, n in ipairs(redis.call('LRANGE', KEYS[2], 0, -1)) do
+  local key = ARGV[4] .. n
+  local doc = redis.call('GET', key)
+  if doc then table.insert(docs, doc) end
+  redis.call('DEL', key)
+  redis.call('LREM', KEYS[7], 0, key)
+  redis.call('ZREM', KEYS[5], key)
+  redis.call('HDEL', KEYS[6], key)
+end
+redis.call('DEL', KEYS[1], KEYS[2])
+redis.call('LREM', KEYS[3], 0, ARGV[2])
+redis.call('HDEL', KEYS[4], ARGV[3])
+return docs

@@ -1,0 +1,28 @@
+-- Shared helpers, prepended to every script that needs them.
+local function now_ms()
+  local t = redis.call('TIME')
+  return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+end
+
+-- Hands a finished build to every registered durable consumer (indexer, status reporter).
+local function push_finished(consumers_set, finished_prefix, key)
+  for _, c in ipairs(redis.call('SMEMBERS', consumers_set)) do
+    redis.call('LPUSH', finished_prefix .. c, key)
+  end
+end
+
+local function event(kind, doc, at)
+  return cjson.encode({kind = kind, job = doc.job, number = doc.number,
+    status = doc.status, folder = doc.folder, at = at})
+end
+
+-- The worker writes whole documents; a cancellation requested meanwhile must survive.
+local function keep_cancel_flag(old, new)
+  if old and string.find(old, '"cancel_requested":true', 1, true) then
+    local s, e = string.find(new, '"cancel_requested":false', 1, true)
+    if s then
+      return string.sub(new, 1, s - 1) .. '"cancel_requested":true' .. string.sub(new, e + 1)
+    end
+  end
+  return new
+end

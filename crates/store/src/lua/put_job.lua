@@ -1,0 +1,23 @@
+-- Creates or replaces a job definition and its folder entry together (moving the entry
+-- when the folder changed).
+-- KEYS: job, folder parents, old folder list, new folder list
+-- ARGV: definition, entry, job name, expected old definition ('' none), new folder ('' root)
+local old = redis.call('GET', KEYS[1])
+if (old or '') ~= ARGV[4] then return redis.error_reply('RETRY definition changed') end
+if redis.call('HEXISTS', KEYS[2], ARGV[3]) == 1 then
+  return redis.error_reply('CONFLICT a folder has this name')
+end
+if ARGV[5] ~= '' and redis.call('HEXISTS', KEYS[2], ARGV[5]) == 0 then
+  return redis.error_reply('NOFOLDER folder')
+end
+if old then
+  if KEYS[3] ~= KEYS[4] then
+    redis.call('LREM', KEYS[3], 0, ARGV[2])
+    redis.call('RPUSH', KEYS[4], ARGV[2])
+  end
+else
+  redis.call('RPUSH', KEYS[4], ARGV[2])
+end
+redis.call('SET', KEYS[1], ARGV[1])
+if old then return 0 end
+return 1

@@ -1,0 +1,51 @@
+-- Takes a build number, writes the build document, records it in job_<name>_recent,
+-- trims to the retention (deleting the documents that fall out) and queues it: all or nothing.
+-- KEYS: job, recent, counters, queue, marker, queues set, queue workers, leases, owners
+-- ARGV: job name, document without its opening '{' and without number/storage_path/reason,
+--       storage prefix, retention, queue name, build key prefix, now (RFC 3339),
+--       liveness window ms, events channel, reason JSON when no worker is live ('' none),
+--       expected definition
+-- Refuse before writing anything if a key holds the wrong type: Redis does not roll back
+-- a script that fails half-way.
+local expected = {[2] = 'list', [3] = 'hash', [4] = 'list', [5] = 'zset', [6] = 'set',
+  [7] = 'zset', [8] = 'zset', [9] = 'hash'}
+for i, t in pairs(expected) do
+  local actual = redis.call('TYPE', KEYS[i]).ok
+  if actual ~= 'none' and actual ~= t then
+    return redis.error_reply('WRONGTYPE ' .. KEYS[i] .. ' holds a ' .. actual .. ', not a ' .. t)
+  end
+end
+local def = redis.call('GET', KEYS[1])
+if not def then return redis.error_reply('NOTFOUND job') end
+if def ~= ARGV[11] then return redis.error_reply('RETRY definition changed') end
+if cjson.decode(def).disabled == true then return redis.error_reply('DISABLED job') end
+
+local n = redis.call('HINCRBY', KEYS[3], ARGV[1], 1)
+local key = ARGV[6] .. n
+local reason = ''
+if ARGV[10] ~= '' and redis.call('ZCOUNT', KEYS[7], now_ms() - tonumber(ARGV[8]), '+inf') == 0 then
+  reason = '"reason":' .. ARGV[10] .. ','
+end
+local doc = '{"number":' .. n .. ',"storage_path":"' .. ARGV[3] .. '/' .. n .. '",' .. reason .. ARGV[2]
+redis.call('SET', key, doc)
+redis.call('LPUSH', KEYS[2], n)
+
+local dropped = {}
+local keep = tonumber(ARGV[4])
+for _, m in ipairs(redis.call('LRANGE', KEYS[2], keep, -1)) do
+  local old_key = ARGV[6] .. m
+  local old = redis.call('GET', old_key)
+  if old then table.insert(dropped, old) end
+  redis.call('DEL', old_key)
+  redis.call('LREM', KEYS[4], 0, old_key)
+  redis.call('ZREM', KEYS[8], old_key)
+  redis.call('HDEL', KEYS[9], old_key)
+end
+redis.call('LTRIM', KEYS[2], 0, keep - 1)
+
+redis.call('LPUSH', KEYS[4], key)
+redis.call('ZADD', KEYS[5], 0, '0')
+redis.call('SADD', KEYS[6], ARGV[5])
+local d = cjson.decode(doc)
+redis.call('PUBLISH', ARGV[9], event('queued', d, ARGV[7]))
+return {n, doc, dropped}

@@ -1,0 +1,266 @@
+//! The reliable queue: claim under a lease, fenced writes, heartbeat, finish, hand-back and
+//! the reaper. `docs/architecture.md` walks through the protocol step by step.
+
+use std::time::Duration;
+
+use chrono::Utc;
+use deadpool_redis::redis::{self, AsyncCommands};
+use deadpool_redis::Pool;
+use kiln_model::{
+    keys, BuildDocument, BuildEvent, BuildEventKind, BuildRef, JobDefinition, Name, NodeInfo,
+};
+
+use crate::builds::now_rfc3339;
+use crate::connect::Store;
+use crate::error::StoreError;
+use crate::scripts;
+use crate::tree::{parse, script_error};
+
+/// A worker's hold on one build. The token is random per claim, so a claim that Redis lost
+/// (failover) can never be confused with a later one.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Lease {
+    pub build: BuildRef,
+    pub worker: Name,
+    pub token: String,
+}
+
+impl Lease {
+    fn owner(&self) -> String {
+        format!("{} {}", self.worker, self.token)
+    }
+}
+
+/// A build just taken from a queue, with its document as it was queued.
+#[derive(Debug, Clone)]
+pub struct Claimed {
+    pub lease: Lease,
+    pub doc: BuildDocument,
+}
+
+/// The reply to a heartbeat: build keys whose lease the worker no longer holds (it must
+/// kill them and discard their results) and those whose cancellation was requested.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Heartbeat {
+    pub stale: Vec<String>,
+    pub cancelled: Vec<String>,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ReapOutcome {
+    pub requeued: u64,
+    pub lost: u64,
+}
+
+fn event(kind: BuildEventKind, doc: &BuildDocument) -> String {
+    let e = BuildEvent {
+        kind,
+        job: doc.job.clone(),
+        number: doc.number,
+        status: doc.status,
+        folder: doc.folder.clone(),
+        at: Utc::now(),
+    };
+    serde_json::to_string(&e).unwrap_or_default()
+}
+
+fn to_json(doc: &BuildDocument) -> Result<String, StoreError> {
+    serde_json::to_string(doc).map_err(|e| StoreError::corrupt(&doc.build_ref().key(), e))
+}
+
+fn fenced(e: redis::RedisError, lease: &Lease) -> StoreError {
+    script_error(e, &format!("build {}", lease.build))
+        .unwrap_or_else(|| StoreError::Stale(lease.build.to_string()))
+}
+
+impl Store {
+    /// Takes the oldest build of `queue`, if any, under a new lease of `lease` length.
+    pub async fn claim(
+        &self,
+        queue: &Name,
+        worker: &Name,
+        lease: Duration,
+    ) -> Result<Option<Claimed>, StoreError> {
+        let token = uuid::Uuid::new_v4().simple().to_string();
+        let mut c = self.conn().await?;
+        let r: Option<(String, String)> = scripts::CLAIM
+            .key(keys::queue(queue))
+            .key(keys::queue_marker(queue))
+            .key(keys::inflight(worker))
+            .key(keys::LEASES)
+            .key(keys::LEASE_OWNERS)
+            .arg(worker.as_str())
+            .arg(&token)
+            .arg(lease.as_millis() as u64)
+            .invoke_async(&mut c)
+            .await?;
+        let Some((key, raw)) = r else { return Ok(None) };
+        let build =
+            BuildRef::from_key(&key).map_err(|e| StoreError::Conflict(format!("{key}: {e}")))?;
+        Ok(Some(Claimed {
+            doc: parse(&key, &raw)?,
+            lease: Lease {
+                build,
+                worker: worker.clone(),
+                token,
+            },
+        }))
+    }
+
+    /// Blocks until `queue` may hold work or `timeout` passes. Runs on the dedicated
+    /// blocking pool from [`Store::blocking`]; `true` means "try to claim now".
+    pub async fn wait_for_work(
+        blocking: &Pool,
+        queue: &Name,
+        timeout: Duration,
+    ) -> Result<bool, StoreError> {
+        let mut c = blocking.get().await?;
+        let r: Option<(String, String, f64)> = redis::cmd("BZPOPMIN")
+            .arg(keys::queue_marker(queue))
+            .arg(timeout.as_secs_f64())
+            .query_async(&mut c)
+            .await?;
+        Ok(r.is_some())
+    }
+
+    /// Marks a claimed build running and returns its job's current definition.
+    pub async fn start_build(
+        &self,
+        lease: &Lease,
+        doc: &BuildDocument,
+    ) -> Result<Option<JobDefinition>, StoreError> {
+        let job_key = keys::job(&lease.build.job);
+        let mut c = self.conn().await?;
+        let def: Option<String> = scripts::WRITE
+            .key(lease.build.key())
+            .key(keys::LEASE_OWNERS)
+            .key(&job_key)
+            .arg(lease.owner())
+            .arg(to_json(doc)?)
+            .arg(keys::EVENTS_CHANNEL)
+            .arg(event(BuildEventKind::Started, doc))
+            .invoke_async(&mut c)
+            .await
+            .map_err(|e| fenced(e, lease))?;
+        def.map(|d| parse(&job_key, &d)).transpose()
+    }
+
+    /// Records progress (step results) of a running build, fenced by its lease.
+    pub async fn update_build(&self, lease: &Lease, doc: &BuildDocument) -> Result<(), StoreError> {
+        let mut c = self.conn().await?;
+        scripts::WRITE
+            .key(lease.build.key())
+            .key(keys::LEASE_OWNERS)
+            .arg(lease.owner())
+            .arg(to_json(doc)?)
+            .arg(keys::EVENTS_CHANNEL)
+            .arg("")
+            .invoke_async::<Option<String>>(&mut c)
+            .await
+            .map_err(|e| fenced(e, lease))?;
+        Ok(())
+    }
+
+    /// Records the final state, drops the lease and hands the build to every durable
+    /// consumer, in one step.
+    pub async fn finish_build(&self, lease: &Lease, doc: &BuildDocument) -> Result<(), StoreError> {
+        let mut c = self.conn().await?;
+        scripts::FINISH
+            .key(lease.build.key())
+            .key(keys::LEASE_OWNERS)
+            .key(keys::LEASES)
+            .key(keys::inflight(&lease.worker))
+            .key(keys::FINISHED_CONSUMERS)
+            .arg(lease.owner())
+            .arg(to_json(doc)?)
+            .arg(keys::prefix::FINISHED)
+            .arg(keys::EVENTS_CHANNEL)
+            .arg(event(BuildEventKind::Finished, doc))
+            .invoke_async::<i64>(&mut c)
+            .await
+            .map_err(|e| fenced(e, lease))?;
+        Ok(())
+    }
+
+    /// Puts a build back at the head of its queue without counting the attempt (graceful
+    /// shutdown). `doc` is the document as it should read while queued again.
+    pub async fn release_build(
+        &self,
+        lease: &Lease,
+        doc: &BuildDocument,
+    ) -> Result<(), StoreError> {
+        let mut c = self.conn().await?;
+        scripts::RELEASE
+            .key(lease.build.key())
+            .key(keys::LEASE_OWNERS)
+            .key(keys::LEASES)
+            .key(keys::inflight(&lease.worker))
+            .key(keys::queue(&doc.queue))
+            .key(keys::queue_marker(&doc.queue))
+            .arg(lease.owner())
+            .arg(to_json(doc)?)
+            .arg(keys::EVENTS_CHANNEL)
+            .arg(event(BuildEventKind::Requeued, doc))
+            .invoke_async::<i64>(&mut c)
+            .await
+            .map_err(|e| fenced(e, lease))?;
+        Ok(())
+    }
+
+    /// Renews the worker's leases, records it as alive and publishes its heartbeat, in one
+    /// round trip.
+    pub async fn heartbeat(
+        &self,
+        node: &NodeInfo,
+        node_ttl: Duration,
+        lease: Duration,
+        leases: &[Lease],
+    ) -> Result<Heartbeat, StoreError> {
+        let json = serde_json::to_string(node).map_err(|e| StoreError::corrupt("node", e))?;
+        let mut inv = scripts::HEARTBEAT.prepare_invoke();
+        inv.key(keys::WORKERS)
+            .key(keys::queue_workers(&node.queue))
+            .key(keys::node(&node.id))
+            .key(keys::LEASES)
+            .key(keys::LEASE_OWNERS)
+            .arg(node.id.as_str())
+            .arg(json)
+            .arg(node_ttl.as_millis() as u64)
+            .arg(lease.as_millis() as u64)
+            .arg(keys::NODES_CHANNEL);
+        for l in leases {
+            inv.arg(l.build.key()).arg(&l.token);
+        }
+        let mut c = self.conn().await?;
+        let (stale, cancelled): (Vec<String>, Vec<String>) = inv.invoke_async(&mut c).await?;
+        Ok(Heartbeat { stale, cancelled })
+    }
+
+    /// Requeues or ends (as `lost`) up to `limit` builds whose lease expired.
+    pub async fn reap(&self, limit: usize) -> Result<ReapOutcome, StoreError> {
+        let mut c = self.conn().await?;
+        let (requeued, lost): (u64, u64) = scripts::REAP
+            .key(keys::LEASES)
+            .key(keys::LEASE_OWNERS)
+            .key(keys::FINISHED_CONSUMERS)
+            .arg(now_rfc3339())
+            .arg(keys::prefix::JOB)
+            .arg(keys::prefix::QUEUE)
+            .arg(keys::prefix::QUEUE_MARKER)
+            .arg(keys::prefix::INFLIGHT)
+            .arg(keys::prefix::FINISHED)
+            .arg(keys::EVENTS_CHANNEL)
+            .arg(limit)
+            .invoke_async(&mut c)
+            .await?;
+        Ok(ReapOutcome { requeued, lost })
+    }
+
+    /// Registers a durable consumer of finished builds (`kiln:finished:<consumer>`); from
+    /// then on every finished build is pushed to its list until it is unregistered.
+    pub async fn register_consumer(&self, consumer: &Name) -> Result<(), StoreError> {
+        let mut c = self.conn().await?;
+        let _: i64 = c.sadd(keys::FINISHED_CONSUMERS, consumer.as_str()).await?;
+        Ok(())
+    }
+}

@@ -1,0 +1,261 @@
+//! Folders and job definitions: the `jobs` / `folder_<name>` tree and `job_<name>`.
+
+use deadpool_redis::redis::{self, AsyncCommands, RedisError};
+use kiln_model::{keys, BuildDocument, Entry, JobDefinition, JobName, Name};
+
+use crate::connect::Store;
+use crate::error::{script_code, StoreError};
+use crate::scripts;
+
+/// How many times an optimistic (compare-and-set) write is retried when a concurrent
+/// writer changed what it read; more than this means heavy contention on one key.
+const CAS_ATTEMPTS: usize = 5;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PutOutcome {
+    Created,
+    Replaced,
+}
+
+/// Maps our scripts' error replies (`CODE detail`) onto [`StoreError`]; `None` means the
+/// script asked to be retried because what the caller read has changed.
+pub(crate) fn script_error(e: RedisError, what: &str) -> Option<StoreError> {
+    match script_code(&e) {
+        Some(("RETRY", _)) => None,
+        Some(("NOTFOUND", _)) => Some(StoreError::NotFound(what.to_owned())),
+        Some(("CONFLICT", d)) => Some(StoreError::Conflict(d)),
+        Some(("STALE", d)) => Some(StoreError::Stale(d)),
+        Some(("DISABLED", _)) => Some(StoreError::Conflict(format!(
+            "{what} is disabled and accepts no new builds"
+        ))),
+        Some(("NOFOLDER", d)) => Some(StoreError::Invalid {
+            field: if d == "parent" { "parent" } else { "folder" }.into(),
+            message: "no such folder".into(),
+        }),
+        _ => Some(StoreError::Redis(e)),
+    }
+}
+
+pub(crate) fn parse<T: serde::de::DeserializeOwned>(key: &str, raw: &str) -> Result<T, StoreError> {
+    serde_json::from_str(raw).map_err(|e| StoreError::corrupt(key, e))
+}
+
+impl Store {
+    /// The entries of the root (`None`) or of a folder, in insertion order.
+    pub async fn list_entries(&self, folder: Option<&Name>) -> Result<Vec<Entry>, StoreError> {
+        if let Some(f) = folder {
+            if self.folder_parent(f).await?.is_none() {
+                return Err(StoreError::NotFound(format!("folder {f}")));
+            }
+        }
+        let mut c = self.conn().await?;
+        let raw: Vec<String> = c.lrange(keys::folder_list(folder), 0, -1).await?;
+        // Entries are only written by our scripts; one we cannot read is skipped, not fatal.
+        Ok(raw.iter().filter_map(|e| e.parse().ok()).collect())
+    }
+
+    /// `None` when the folder does not exist, `Some(None)` when it sits at the root.
+    pub async fn folder_parent(&self, name: &Name) -> Result<Option<Option<Name>>, StoreError> {
+        let mut c = self.conn().await?;
+        let parent: Option<String> = c.hget(keys::FOLDER_PARENTS, name.as_str()).await?;
+        Ok(parent.map(|p| Name::parse(&p).ok()))
+    }
+
+    /// The folders from the root down to `folder`, for storage paths.
+    pub async fn folder_chain(&self, folder: Option<&Name>) -> Result<Vec<Name>, StoreError> {
+        let mut chain = Vec::new();
+        let mut next = folder.cloned();
+        while let Some(f) = next {
+            if chain.len() > 64 || chain.contains(&f) {
+                break;
+            }
+            next = self
+                .folder_parent(&f)
+                .await?
+                .ok_or_else(|| StoreError::NotFound(format!("folder {f}")))?;
+            chain.push(f);
+        }
+        chain.reverse();
+        Ok(chain)
+    }
+
+    pub async fn create_folder(
+        &self,
+        name: &Name,
+        parent: Option<&Name>,
+    ) -> Result<(), StoreError> {
+        let mut c = self.conn().await?;
+        let job = JobName::from_name(name);
+        scripts::CREATE_FOLDER
+            .key(keys::FOLDER_PARENTS)
+            .key(keys::folder_list(parent))
+            .key(keys::job(&job))
+            .arg(name.as_str())
+            .arg(parent.map_or("", Name::as_str))
+            .arg(Entry::Folder(name.clone()).to_string())
+            .invoke_async::<i64>(&mut c)
+            .await
+            .map(|_| ())
+            .map_err(|e| {
+                script_error(e, "folder").unwrap_or_else(|| StoreError::Conflict("retry".into()))
+            })
+    }
+
+    /// Deletes an empty folder; a folder that still holds entries is a conflict.
+    pub async fn delete_folder(&self, name: &Name) -> Result<(), StoreError> {
+        for _ in 0..CAS_ATTEMPTS {
+            let parent = self
+                .folder_parent(name)
+                .await?
+                .ok_or_else(|| StoreError::NotFound(format!("folder {name}")))?;
+            let mut c = self.conn().await?;
+            let r = scripts::DELETE_FOLDER
+                .key(keys::FOLDER_PARENTS)
+                .key(keys::folder(name))
+                .key(keys::folder_list(parent.as_ref()))
+                .arg(name.as_str())
+                .arg(Entry::Folder(name.clone()).to_string())
+                .arg(parent.as_ref().map_or("", Name::as_str))
+                .invoke_async::<i64>(&mut c)
+                .await;
+            match r {
+                Ok(_) => return Ok(()),
+                Err(e) => match script_error(e, &format!("folder {name}")) {
+                    Some(err) => return Err(err),
+                    None => continue,
+                },
+            }
+        }
+        Err(StoreError::Conflict(format!(
+            "folder {name} is changing; try again"
+        )))
+    }
+
+    /// The stored definition and its exact JSON (used as the expected value of
+    /// compare-and-set scripts).
+    pub async fn job_raw(
+        &self,
+        name: &JobName,
+    ) -> Result<Option<(String, JobDefinition)>, StoreError> {
+        let key = keys::job(name);
+        let mut c = self.conn().await?;
+        let raw: Option<String> = c.get(&key).await?;
+        raw.map(|r| parse(&key, &r).map(|d| (r, d))).transpose()
+    }
+
+    pub async fn get_job(&self, name: &JobName) -> Result<Option<JobDefinition>, StoreError> {
+        Ok(self.job_raw(name).await?.map(|(_, d)| d))
+    }
+
+    /// Creates or replaces a definition; its folder entry is written (or moved) in the same
+    /// atomic step.
+    pub async fn put_job(
+        &self,
+        name: &JobName,
+        def: &JobDefinition,
+    ) -> Result<PutOutcome, StoreError> {
+        let json = serde_json::to_string(def).map_err(|e| StoreError::corrupt("job", e))?;
+        let entry = Entry::Job(name.clone()).to_string();
+        for _ in 0..CAS_ATTEMPTS {
+            let old = self.job_raw(name).await?;
+            let old_folder = old.as_ref().and_then(|(_, d)| d.folder.clone());
+            let mut c = self.conn().await?;
+            let r = scripts::PUT_JOB
+                .key(keys::job(name))
+                .key(keys::FOLDER_PARENTS)
+                .key(keys::folder_list(old_folder.as_ref()))
+                .key(keys::folder_list(def.folder.as_ref()))
+                .arg(&json)
+                .arg(&entry)
+                .arg(name.as_str())
+                .arg(old.as_ref().map_or("", |(r, _)| r.as_str()))
+                .arg(def.folder.as_ref().map_or("", Name::as_str))
+                .invoke_async::<i64>(&mut c)
+                .await;
+            match r {
+                Ok(1) => return Ok(PutOutcome::Created),
+                Ok(_) => return Ok(PutOutcome::Replaced),
+                Err(e) => match script_error(e, &format!("job {name}")) {
+                    Some(err) => return Err(err),
+                    None => continue,
+                },
+            }
+        }
+        Err(StoreError::Conflict(format!(
+            "job {name} is changing; try again"
+        )))
+    }
+
+    /// Every job in the tree, walking folders from the root, or the jobs directly in
+    /// `folder`.
+    pub async fn list_jobs(
+        &self,
+        folder: Option<&Name>,
+    ) -> Result<Vec<(JobName, JobDefinition)>, StoreError> {
+        let mut names = Vec::new();
+        let mut pending = vec![folder.cloned()];
+        while let Some(f) = pending.pop() {
+            for e in self.list_entries(f.as_ref()).await? {
+                match e {
+                    Entry::Job(j) => names.push(j),
+                    Entry::Folder(sub) if folder.is_none() => pending.push(Some(sub)),
+                    Entry::Folder(_) => {}
+                }
+            }
+        }
+        if names.is_empty() {
+            return Ok(Vec::new());
+        }
+        let keys: Vec<String> = names.iter().map(keys::job).collect();
+        let mut c = self.conn().await?;
+        let raws: Vec<Option<String>> = redis::cmd("MGET").arg(&keys).query_async(&mut c).await?;
+        let mut out = Vec::with_capacity(names.len());
+        for ((name, key), raw) in names.into_iter().zip(&keys).zip(raws) {
+            if let Some(r) = raw {
+                out.push((name, parse(key, &r)?));
+            }
+        }
+        Ok(out)
+    }
+
+    /// Deletes a job, its entry, counter and build documents in one step. Returns the
+    /// deleted build documents so the caller can remove their files.
+    pub async fn delete_job(&self, name: &JobName) -> Result<Vec<BuildDocument>, StoreError> {
+        for _ in 0..CAS_ATTEMPTS {
+            let (raw, def) = self
+                .job_raw(name)
+                .await?
+                .ok_or_else(|| StoreError::NotFound(format!("job {name}")))?;
+            let mut c = self.conn().await?;
+            let r = scripts::DELETE_JOB
+                .key(keys::job(name))
+                .key(keys::job_recent(name))
+                .key(keys::folder_list(def.folder.as_ref()))
+                .key(keys::BUILD_COUNTERS)
+                .key(keys::LEASES)
+                .key(keys::LEASE_OWNERS)
+                .key(keys::queue(&def.queue))
+                .arg(&raw)
+                .arg(Entry::Job(name.clone()).to_string())
+                .arg(name.as_str())
+                .arg(keys::build_prefix(name))
+                .invoke_async::<Vec<String>>(&mut c)
+                .await;
+            match r {
+                Ok(docs) => {
+                    return Ok(docs
+                        .iter()
+                        .filter_map(|d| serde_json::from_str(d).ok())
+                        .collect())
+                }
+                Err(e) => match script_error(e, &format!("job {name}")) {
+                    Some(err) => return Err(err),
+                    None => continue,
+                },
+            }
+        }
+        Err(StoreError::Conflict(format!(
+            "job {name} is changing; try again"
+        )))
+    }
+}
