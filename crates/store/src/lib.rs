@@ -6,6 +6,7 @@ mod builds;
 mod connect;
 mod error;
 mod nodes;
+mod pubsub;
 mod queue;
 mod raw;
 mod scripts;
@@ -21,3 +22,5 @@ pub use tree::PutOutcome;
 
 /// Re-exported so services can build pools and commands without naming the crate twice.
 pub use deadpool_redis::redis;
+/// The connection pool type, for the dedicated blocking pool of [`Store::blocking`].
+pub use deadpool_redis::Pool;

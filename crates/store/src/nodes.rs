@@ -99,3 +99,18 @@ impl Store {
         Ok(c.zcard(keys::LEASES).await?)
     }
 }
+
+impl Store {
+    /// Forgets a worker that is stopping cleanly, so listings drop it at once instead of
+    /// when its node key expires.
+    pub async fn remove_node(&self, node: &NodeInfo) -> Result<(), StoreError> {
+        let mut c = self.conn().await?;
+        let _: () = redis::pipe()
+            .del(keys::node(&node.id))
+            .zrem(keys::WORKERS, node.id.as_str())
+            .zrem(keys::queue_workers(&node.queue), node.id.as_str())
+            .query_async(&mut c)
+            .await?;
+        Ok(())
+    }
+}

@@ -1,1 +1,18 @@
-//! placeholder
+//! Kiln's worker: claims queued builds under a lease, runs their steps as child processes,
+//! streams every output line live and into file storage, and records the result, fenced by
+//! its lease token so a worker that lost its lease can never overwrite a newer run.
+
+mod app;
+mod claim;
+mod config;
+mod execute;
+mod heartbeat;
+mod http;
+mod output;
+mod process;
+mod reaper;
+mod run;
+mod state;
+
+pub use app::{Application, BuildError};
+pub use config::{WorkerConfig, WorkerSettings};

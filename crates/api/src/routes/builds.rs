@@ -22,6 +22,34 @@ const MAX_PAGE: usize = 200;
 struct TriggerBody {
     #[serde(default)]
     parameters: BTreeMap<String, String>,
+    /// Build this commit (the job must name a repository).
+    #[serde(default)]
+    sha: Option<String>,
+    /// Build this branch or tag instead of the job's `repository.ref`.
+    #[serde(default, rename = "ref")]
+    git_ref: Option<String>,
+}
+
+fn check_revision(b: &TriggerBody) -> Result<(), ApiError> {
+    if let Some(sha) = &b.sha {
+        if !(7..=64).contains(&sha.len()) || !sha.bytes().all(|c| c.is_ascii_hexdigit()) {
+            return Err(ApiError::bad_request(
+                "sha",
+                "must be 7 to 64 hexadecimal digits",
+            ));
+        }
+    }
+    if let Some(r) = &b.git_ref {
+        let bad = r.is_empty()
+            || r.len() > 255
+            || r.starts_with('-')
+            || r.contains("..")
+            || r.chars().any(|c| c.is_control() || c.is_whitespace());
+        if bad {
+            return Err(ApiError::bad_request("ref", "must be a branch or tag name"));
+        }
+    }
+    Ok(())
 }
 
 pub(crate) async fn trigger(
@@ -33,6 +61,7 @@ pub(crate) async fn trigger(
 ) -> Result<HttpResponse, ApiError> {
     let name = job_name(&path)?;
     let b: TriggerBody = body_or_default(&req, &body)?;
+    check_revision(&b)?;
     let t = state
         .store
         .trigger(&TriggerRequest {
@@ -41,8 +70,8 @@ pub(crate) async fn trigger(
             trigger: Trigger {
                 kind: TriggerKind::Api,
                 by: Some(who.0.name),
-                sha: None,
-                git_ref: None,
+                sha: b.sha,
+                git_ref: b.git_ref,
             },
         })
         .await?;
@@ -119,26 +148,31 @@ pub(crate) async fn get(
 }
 
 /// A queued build says why it waits: no live worker serves its queue, or workers are busy.
+/// A reason recorded earlier (requeued after a lost worker, handed back) is kept in front.
 pub(crate) async fn explain_wait(
     state: &AppState,
     doc: &mut BuildDocument,
 ) -> Result<(), ApiError> {
+    const NO_WORKER: &str = "no live worker serves queue";
+    const BUSY: &str = "waiting for a free worker";
     let stats = state.store.queue_stats(&doc.queue).await?;
-    if stats.live_workers == 0 {
-        doc.reason = Some(format!(
-            "no live worker serves queue '{}'; the build waits until one starts",
+    let now = if stats.live_workers == 0 {
+        format!(
+            "{NO_WORKER} '{}'; the build waits until one starts",
             doc.queue
-        ));
-    } else if doc
-        .reason
-        .as_deref()
-        .is_some_and(|r| r.starts_with("no live worker"))
-    {
-        doc.reason = Some(format!(
-            "waiting for a free worker on queue '{}' ({} builds queued)",
+        )
+    } else {
+        format!(
+            "{BUSY} on queue '{}' ({} builds queued)",
             doc.queue, stats.depth
-        ));
-    }
+        )
+    };
+    doc.reason = Some(match doc.reason.take() {
+        Some(earlier) if !earlier.starts_with(NO_WORKER) && !earlier.starts_with(BUSY) => {
+            format!("{earlier}; {now}")
+        }
+        _ => now,
+    });
     Ok(())
 }
 

@@ -3,8 +3,9 @@
 -- KEYS: build, owners, leases, inflight, consumers set
 -- ARGV: owner, document, finished prefix, events channel, event JSON
 if redis.call('HGET', KEYS[2], KEYS[1]) ~= ARGV[1] then return redis.error_reply('STALE lease') end
-if not redis.call('GET', KEYS[1]) then return redis.error_reply('STALE build deleted') end
-redis.call('SET', KEYS[1], ARGV[2])
+local old = redis.call('GET', KEYS[1])
+if not old then return redis.error_reply('STALE build deleted') end
+redis.call('SET', KEYS[1], keep_cancel_flag(old, ARGV[2]))
 redis.call('ZREM', KEYS[3], KEYS[1])
 redis.call('HDEL', KEYS[2], KEYS[1])
 redis.call('LREM', KEYS[4], 0, KEYS[1])

@@ -1,0 +1,22 @@
+//! Publishing on the live channels. Pub/sub is for live views only: nothing that must
+//! arrive is sent only here.
+
+use deadpool_redis::redis::AsyncCommands;
+use kiln_model::{keys, BuildRef, OutputMessage};
+
+use crate::connect::Store;
+use crate::error::StoreError;
+
+impl Store {
+    /// Publishes a batch of a build's output, or its end, on the build's output channel.
+    pub async fn publish_output(
+        &self,
+        build: &BuildRef,
+        msg: &OutputMessage,
+    ) -> Result<(), StoreError> {
+        let payload = serde_json::to_string(msg).map_err(|e| StoreError::corrupt("output", e))?;
+        let mut c = self.conn().await?;
+        let _: i64 = c.publish(keys::output_channel(build), payload).await?;
+        Ok(())
+    }
+}

@@ -1,0 +1,158 @@
+//! Building and running a worker: set-up in `build` (config checked, pools made, health
+//! port bound), then `run_until_stopped` runs the claim loop, heartbeat, reaper and cancel
+//! listener until shutdown, drains, and hands back what is left.
+
+use std::collections::HashMap;
+use std::net::{SocketAddr, TcpListener};
+use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
+use std::sync::{Arc, Mutex};
+
+use actix_web::{dev::Server, web, App, HttpServer};
+use chrono::Utc;
+use kiln_model::Name;
+use kiln_service_kit::{health, ConfigError};
+use kiln_store::{Store, StoreError, StoreOptions};
+use tokio::sync::Semaphore;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::config::WorkerConfig;
+use crate::state::{now_ms, StopReason, Worker};
+
+#[derive(Debug, thiserror::Error)]
+pub enum BuildError {
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        addr: String,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+pub struct Application {
+    worker: Arc<Worker>,
+    redis_url: String,
+    server: Server,
+    addr: SocketAddr,
+}
+
+impl Application {
+    pub async fn build(config: WorkerConfig) -> Result<Self, BuildError> {
+        let settings = config.settings()?;
+        let mut opts = StoreOptions::new(&config.common.redis.url);
+        opts.pool_size =
+            (settings.concurrency as usize + 4).min(config.common.redis.pool_size.max(4));
+        let store = Store::new(&opts)?;
+        let blocking = Store::blocking(&config.common.redis.url, settings.claim_block)?;
+        health::warn_about_redis(&store).await;
+        let slots = Arc::new(Semaphore::new(settings.concurrency as usize));
+        let worker = Arc::new(Worker {
+            store,
+            blocking,
+            settings,
+            active: Mutex::new(HashMap::new()),
+            slots,
+            started_at: Utc::now(),
+            draining: AtomicBool::new(false),
+            claim_progress_ms: AtomicI64::new(now_ms()),
+            redis_failed_ms: AtomicI64::new(0),
+            renewed_ms: AtomicI64::new(now_ms()),
+        });
+        let bind = config.common.http.addr()?;
+        let listener = TcpListener::bind(bind).map_err(|source| BuildError::Bind {
+            addr: bind.to_string(),
+            source,
+        })?;
+        let addr = listener.local_addr().map_err(|source| BuildError::Bind {
+            addr: bind.to_string(),
+            source,
+        })?;
+        let data = web::Data::new(worker.clone());
+        let server = HttpServer::new(move || {
+            App::new()
+                .app_data(data.clone())
+                .configure(health::configure)
+                .route("/healthz", web::get().to(crate::http::healthz))
+                .route("/readyz", web::get().to(crate::http::readyz))
+        })
+        .listen(listener)
+        .map_err(|source| BuildError::Bind {
+            addr: addr.to_string(),
+            source,
+        })?
+        .workers(1)
+        .disable_signals()
+        .shutdown_timeout(2)
+        .run();
+        Ok(Self {
+            worker,
+            redis_url: config.common.redis.url.clone(),
+            server,
+            addr,
+        })
+    }
+
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    pub fn id(&self) -> &Name {
+        &self.worker.settings.id
+    }
+
+    /// Runs until `shutdown`; then stops claiming, lets running builds finish within the
+    /// grace period, hands the rest back to their queue, and deregisters the node.
+    pub async fn run_until_stopped(self, shutdown: CancellationToken) -> std::io::Result<()> {
+        let w = self.worker;
+        let background = CancellationToken::new();
+        let http = self.server.handle();
+        let server = tokio::spawn(self.server);
+        let tasks = [
+            tokio::spawn(crate::heartbeat::heartbeat_loop(
+                w.clone(),
+                background.clone(),
+            )),
+            tokio::spawn(crate::reaper::reaper_loop(w.clone(), background.clone())),
+            tokio::spawn(crate::heartbeat::cancel_listener(
+                w.clone(),
+                self.redis_url,
+                background.clone(),
+            )),
+        ];
+        let builds = TaskTracker::new();
+        crate::claim::claim_loop(w.clone(), shutdown, builds.clone()).await;
+
+        w.draining.store(true, Ordering::Relaxed);
+        builds.close();
+        tracing::info!(
+            running = w.running(),
+            grace_secs = w.settings.grace.as_secs(),
+            "draining"
+        );
+        if tokio::time::timeout(w.settings.grace, builds.wait())
+            .await
+            .is_err()
+        {
+            for a in w.all() {
+                a.stop(StopReason::Shutdown);
+            }
+            builds.wait().await;
+        }
+        background.cancel();
+        for t in tasks {
+            let _ = t.await;
+        }
+        let node = crate::heartbeat::node_info(&w);
+        if let Err(e) = w.store.remove_node(&node).await {
+            tracing::warn!(error = %e, "cannot deregister the node; its key expires by itself");
+        }
+        http.stop(true).await;
+        let _ = server.await;
+        tracing::info!("worker stopped");
+        Ok(())
+    }
+}

@@ -1,0 +1,75 @@
+//! The claim loop: whenever a slot is free, take the next build of the queue atomically
+//! (under a lease), else block on the queue's marker until work may have arrived.
+
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+
+use kiln_store::Store;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::state::{now_ms, Active, Worker};
+
+/// Longest pause after a Redis error before the loop tries again.
+const MAX_BACKOFF: Duration = Duration::from_secs(5);
+
+pub(crate) async fn claim_loop(w: Arc<Worker>, stop: CancellationToken, builds: TaskTracker) {
+    let mut backoff = Duration::from_millis(100);
+    loop {
+        w.claim_progress_ms.store(now_ms(), Ordering::Relaxed);
+        let slot = tokio::select! {
+            s = w.slots.clone().acquire_owned() => match s { Ok(s) => s, Err(_) => return },
+            _ = stop.cancelled() => return,
+        };
+        if stop.is_cancelled() {
+            return;
+        }
+        match w
+            .store
+            .claim(&w.settings.queue, &w.settings.id, w.settings.lease)
+            .await
+        {
+            Ok(Some(claimed)) => {
+                backoff = Duration::from_millis(100);
+                metrics::counter!("kiln_worker_claims_total").increment(1);
+                let active = Arc::new(Active::new(claimed.lease.clone()));
+                w.insert(claimed.lease.build.key(), active.clone());
+                builds.spawn(crate::run::run(w.clone(), claimed, active, slot));
+            }
+            Ok(None) => {
+                drop(slot);
+                backoff = Duration::from_millis(100);
+                let wait =
+                    Store::wait_for_work(&w.blocking, &w.settings.queue, w.settings.claim_block);
+                tokio::select! {
+                    r = wait => if let Err(e) = r {
+                        w.record_redis_failure();
+                        tracing::warn!(error = %e, "waiting for work failed; reconnecting");
+                        pause(&stop, &mut backoff).await;
+                    },
+                    _ = stop.cancelled() => return,
+                }
+            }
+            Err(e) => {
+                drop(slot);
+                w.record_redis_failure();
+                tracing::warn!(error = %e, "cannot claim; retrying");
+                pause(&stop, &mut backoff).await;
+            }
+        }
+    }
+}
+
+/// Sleeps for the backoff with full jitter (so workers that lost Redis together do not
+/// reconnect together), then doubles it.
+async fn pause(stop: &CancellationToken, backoff: &mut Duration) {
+    let jittered = backoff
+        .mul_f64(rand::random::<f64>())
+        .max(Duration::from_millis(50));
+    tokio::select! {
+        _ = tokio::time::sleep(jittered) => {}
+        _ = stop.cancelled() => {}
+    }
+    *backoff = (*backoff * 2).min(MAX_BACKOFF);
+}

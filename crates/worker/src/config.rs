@@ -1,0 +1,149 @@
+//! The worker's settings (`[worker]`, or `KILN_WORKER__*`).
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use kiln_model::Name;
+use kiln_service_kit::{Common, ConfigError};
+use serde::Deserialize;
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct WorkerConfig {
+    #[serde(flatten)]
+    pub common: Common,
+    #[serde(default)]
+    pub worker: WorkerSettings,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default)]
+pub struct WorkerSettings {
+    /// Defaults to the hostname plus a random suffix, so replicas never share an id.
+    pub id: Option<String>,
+    /// The queue it serves; pools of workers serve different kinds of jobs.
+    pub queue: String,
+    /// Builds it runs at once.
+    pub concurrency: u32,
+    /// How long a claim stays valid without renewal. Shorter detects dead workers sooner;
+    /// longer survives longer pauses. 30 s matches BullMQ's lock.
+    pub lease_ms: u64,
+    /// How often leases are renewed and the heartbeat sent (at most a third of the lease,
+    /// so two renewals may fail before the lease is at risk).
+    pub renew_ms: u64,
+    /// How often this worker's reaper looks for expired leases.
+    pub reap_ms: u64,
+    /// Longest a blocking wait for work lasts before the loop checks in again.
+    pub claim_block_ms: u64,
+    /// On SIGTERM, how long running builds may finish before they are handed back.
+    pub shutdown_grace_secs: u64,
+    /// The shell each step runs under; the step's script is its last argument.
+    pub shell: Vec<String>,
+    /// Where fresh build workspaces are created (and removed afterwards).
+    pub workspace_root: PathBuf,
+}
+
+impl Default for WorkerSettings {
+    fn default() -> Self {
+        Self {
+            id: None,
+            queue: "default".into(),
+            concurrency: 1,
+            lease_ms: 30_000,
+            renew_ms: 5_000,
+            reap_ms: 5_000,
+            claim_block_ms: 5_000,
+            shutdown_grace_secs: 25,
+            shell: vec!["sh".into(), "-e".into(), "-c".into()],
+            workspace_root: std::env::temp_dir().join("kiln-work"),
+        }
+    }
+}
+
+/// Settings checked and turned into the types the worker uses.
+#[derive(Debug, Clone)]
+pub(crate) struct Settings {
+    pub(crate) id: Name,
+    pub(crate) queue: Name,
+    pub(crate) concurrency: u32,
+    pub(crate) lease: Duration,
+    pub(crate) renew: Duration,
+    pub(crate) reap: Duration,
+    pub(crate) claim_block: Duration,
+    pub(crate) grace: Duration,
+    pub(crate) shell: Vec<String>,
+    pub(crate) workspace_root: PathBuf,
+    pub(crate) storage_root: PathBuf,
+}
+
+fn default_id() -> String {
+    let host = std::fs::read_to_string("/etc/hostname")
+        .ok()
+        .or_else(|| std::env::var("HOSTNAME").ok())
+        .unwrap_or_else(|| "worker".into());
+    let host: String = host
+        .trim()
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '.' || c == '-' {
+                c
+            } else {
+                '-'
+            }
+        })
+        .take(50)
+        .collect();
+    let host = host.trim_start_matches(['-', '.']);
+    let host = if host.is_empty() { "worker" } else { host };
+    format!("{host}-{:06x}", rand::random::<u32>() & 0xff_ffff)
+}
+
+impl WorkerConfig {
+    pub(crate) fn settings(&self) -> Result<Settings, ConfigError> {
+        self.common.validate(false)?;
+        let w = &self.worker;
+        let id = w.id.clone().unwrap_or_else(default_id);
+        let id = Name::parse(&id).map_err(|e| ConfigError::invalid("worker.id", e.to_string()))?;
+        let queue = Name::parse(&w.queue)
+            .map_err(|e| ConfigError::invalid("worker.queue", e.to_string()))?;
+        if !(1..=256).contains(&w.concurrency) {
+            return Err(ConfigError::invalid(
+                "worker.concurrency",
+                "must be between 1 and 256",
+            ));
+        }
+        if w.lease_ms < 100 {
+            return Err(ConfigError::invalid(
+                "worker.lease_ms",
+                "must be at least 100",
+            ));
+        }
+        if w.renew_ms == 0 || w.renew_ms * 3 > w.lease_ms {
+            return Err(ConfigError::invalid(
+                "worker.renew_ms",
+                "must be positive and at most a third of worker.lease_ms",
+            ));
+        }
+        if w.reap_ms == 0 || w.claim_block_ms < 100 {
+            return Err(ConfigError::invalid(
+                "worker.reap_ms",
+                "reap_ms must be positive and claim_block_ms at least 100",
+            ));
+        }
+        if w.shell.is_empty() {
+            return Err(ConfigError::invalid("worker.shell", "must name a program"));
+        }
+        Ok(Settings {
+            id,
+            queue,
+            concurrency: w.concurrency,
+            lease: Duration::from_millis(w.lease_ms),
+            renew: Duration::from_millis(w.renew_ms),
+            reap: Duration::from_millis(w.reap_ms),
+            claim_block: Duration::from_millis(w.claim_block_ms),
+            grace: Duration::from_secs(w.shutdown_grace_secs),
+            shell: w.shell.clone(),
+            workspace_root: w.workspace_root.clone(),
+            storage_root: self.common.storage.root.clone(),
+        })
+    }
+}

@@ -1,0 +1,357 @@
+//! Running a build's steps in a fresh workspace: optional git checkout, each step under the
+//! configured shell with the job's environment, the build's deadline and its stop signal,
+//! then the artifacts copied into file storage.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use chrono::Utc;
+use kiln_model::{output, BuildDocument, BuildStatus, JobDefinition, StepResult, Stream};
+use tokio::time::Instant;
+
+use crate::output::LogSink;
+use crate::process;
+use crate::state::{Active, StopReason, Worker};
+
+/// After a step's main process ends, how long its output may still drain (from processes
+/// that escaped its process group) before the readers are abandoned.
+const DRAIN_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Clones the repository and checks out the build's sha, else the job's ref, else the
+/// default branch. A branch ref is looked up on the remote first.
+const CHECKOUT: &str = r#"git clone --quiet --no-checkout "$KILN_REPO_URL" .
+if [ -n "$KILN_GIT_SHA" ]; then
+  git checkout --quiet --detach "$KILN_GIT_SHA"
+elif [ -n "$KILN_GIT_REF" ]; then
+  git checkout --quiet --detach "origin/$KILN_GIT_REF" 2>/dev/null || git checkout --quiet --detach "$KILN_GIT_REF"
+else
+  git checkout --quiet --detach origin/HEAD
+fi
+echo "checked out $(git rev-parse HEAD)"
+"#;
+
+/// How a build ended, before it is recorded.
+pub(crate) struct Outcome {
+    pub(crate) status: BuildStatus,
+    pub(crate) exit_code: Option<i32>,
+    pub(crate) reason: Option<String>,
+    /// The last log line's sequence number, for the end message.
+    pub(crate) last_seq: u64,
+}
+
+pub(crate) struct Execution<'a> {
+    pub(crate) worker: &'a Worker,
+    pub(crate) active: &'a Active,
+    pub(crate) def: &'a JobDefinition,
+    pub(crate) sink: LogSink,
+    pub(crate) build_dir: PathBuf,
+    pub(crate) deadline: Instant,
+}
+
+impl Execution<'_> {
+    /// Runs everything; `doc.steps` grows as steps finish and each change is recorded
+    /// (fenced by the lease).
+    pub(crate) async fn run(&self, doc: &mut BuildDocument) -> Outcome {
+        let ws = self.worker.settings.workspace_root.join(format!(
+            "{}-{}-{}-{:08x}",
+            doc.job,
+            doc.number,
+            doc.attempt,
+            rand::random::<u32>()
+        ));
+        if let Err(e) = tokio::fs::create_dir_all(&ws).await {
+            return error(format!("cannot create workspace {}: {e}", ws.display()));
+        }
+        let outcome = self.run_in(&ws, doc).await;
+        if let Err(e) = tokio::fs::remove_dir_all(&ws).await {
+            tracing::warn!(path = %ws.display(), error = %e, "cannot remove workspace");
+        }
+        outcome
+    }
+
+    async fn run_in(&self, ws: &Path, doc: &mut BuildDocument) -> Outcome {
+        let mut env = self.base_env(ws, doc);
+        if let Some(repo) = &self.def.repository {
+            env.insert("KILN_REPO_URL".into(), repo.url.clone());
+            if let Some(r) = doc.trigger.git_ref.as_ref().or(repo.git_ref.as_ref()) {
+                env.insert("KILN_GIT_REF".into(), r.clone());
+            }
+            let mut program = self.worker.settings.shell.clone();
+            program.push(CHECKOUT.into());
+            let step = self.run_step("checkout", &program, ws, &env).await;
+            let ok = step.status == BuildStatus::Success;
+            let code = step.exit_code;
+            self.record(doc, step).await;
+            if !ok {
+                return self.ended(doc, code, true);
+            }
+            if let Some(sha) = head_sha(ws).await {
+                env.insert("KILN_GIT_SHA".into(), sha);
+            }
+        }
+        let mut last_code = None;
+        for s in &self.def.steps {
+            let mut program = self.worker.settings.shell.clone();
+            program.push(s.run.clone());
+            let step = self.run_step(&s.name, &program, ws, &env).await;
+            let ok = step.status == BuildStatus::Success;
+            last_code = step.exit_code;
+            self.record(doc, step).await;
+            if !ok {
+                self.collect_artifacts(ws).await;
+                return self.ended(doc, last_code, false);
+            }
+        }
+        self.collect_artifacts(ws).await;
+        Outcome {
+            status: BuildStatus::Success,
+            exit_code: last_code,
+            reason: None,
+            last_seq: 0,
+        }
+    }
+
+    /// The outcome of a build whose last step did not succeed.
+    fn ended(&self, doc: &BuildDocument, code: Option<i32>, checkout: bool) -> Outcome {
+        let (last, name) = doc
+            .steps
+            .last()
+            .map_or((BuildStatus::Error, ""), |s| (s.status, s.name.as_str()));
+        let (status, reason) = match last {
+            BuildStatus::TimedOut => (
+                BuildStatus::TimedOut,
+                format!(
+                    "timed out after {} s; the step's processes were killed",
+                    self.def.timeout_secs
+                ),
+            ),
+            BuildStatus::Cancelled => (BuildStatus::Cancelled, "cancelled".to_owned()),
+            _ if checkout => (BuildStatus::Error, "git checkout failed".to_owned()),
+            BuildStatus::Error => (BuildStatus::Error, format!("step '{name}' could not start")),
+            _ => (
+                BuildStatus::Failure,
+                format!(
+                    "step '{name}' failed with exit code {}",
+                    code.map_or("?".into(), |c| c.to_string())
+                ),
+            ),
+        };
+        Outcome {
+            status,
+            exit_code: code,
+            reason: Some(reason),
+            last_seq: 0,
+        }
+    }
+
+    /// The environment of every step: the worker's own minus its `KILN_*` settings (which
+    /// may hold secrets), then the job's env, the build's parameters, and Kiln's variables.
+    fn base_env(&self, ws: &Path, doc: &BuildDocument) -> BTreeMap<String, String> {
+        let mut env: BTreeMap<String, String> = std::env::vars()
+            .filter(|(k, _)| !k.starts_with("KILN_"))
+            .collect();
+        env.extend(self.def.env.clone());
+        env.extend(doc.parameters.clone());
+        env.insert("KILN_JOB".into(), doc.job.to_string());
+        env.insert("KILN_BUILD_NUMBER".into(), doc.number.to_string());
+        env.insert("KILN_ATTEMPT".into(), doc.attempt.to_string());
+        env.insert("KILN_WORKSPACE".into(), ws.display().to_string());
+        env.insert("KILN_NODE".into(), self.worker.settings.id.to_string());
+        env.insert(
+            "KILN_BUILD_DIR".into(),
+            self.build_dir.display().to_string(),
+        );
+        if let Some(sha) = &doc.trigger.sha {
+            env.insert("KILN_GIT_SHA".into(), sha.clone());
+        }
+        env
+    }
+
+    /// Appends a step's result to the document and records it, fenced by the lease.
+    async fn record(&self, doc: &mut BuildDocument, step: StepResult) {
+        doc.steps.push(step);
+        let steps_file = self.build_dir.join(output::STEPS_FILE);
+        if let Ok(json) = serde_json::to_vec_pretty(&doc.steps) {
+            if let Err(e) = tokio::fs::write(&steps_file, json).await {
+                tracing::warn!(error = %e, "cannot write step results");
+            }
+        }
+        match self
+            .worker
+            .store
+            .update_build(&self.active.lease, doc)
+            .await
+        {
+            Ok(()) => {}
+            Err(kiln_store::StoreError::Stale(_)) => self.active.stop(StopReason::LeaseLost),
+            Err(e) => {
+                self.worker.record_redis_failure();
+                tracing::warn!(error = %e, "cannot record step result; the final write will carry it");
+            }
+        }
+    }
+
+    async fn run_step(
+        &self,
+        name: &str,
+        program: &[String],
+        ws: &Path,
+        env: &BTreeMap<String, String>,
+    ) -> StepResult {
+        self.sink.line(Stream::System, format!("▶ {name}")).await;
+        let started = Utc::now();
+        let t0 = Instant::now();
+        let result = |status, exit_code| StepResult {
+            name: name.to_owned(),
+            status,
+            exit_code,
+            started_at: started,
+            finished_at: Utc::now(),
+            duration_ms: t0.elapsed().as_millis() as u64,
+        };
+        if self.active.stop.is_cancelled() {
+            return result(BuildStatus::Cancelled, None);
+        }
+        let mut p = match process::spawn(program, ws, env) {
+            Ok(p) => p,
+            Err(e) => {
+                self.sink
+                    .line(Stream::System, format!("cannot start step '{name}': {e}"))
+                    .await;
+                return result(BuildStatus::Error, None);
+            }
+        };
+        let pumps = [
+            p.child
+                .stdout
+                .take()
+                .map(|o| tokio::spawn(process::pump(o, Stream::Stdout, self.sink.clone()))),
+            p.child
+                .stderr
+                .take()
+                .map(|e| tokio::spawn(process::pump(e, Stream::Stderr, self.sink.clone()))),
+        ];
+        let ended = tokio::select! {
+            s = p.child.wait() => Some(s),
+            _ = tokio::time::sleep_until(self.deadline) => None,
+            _ = self.active.stop.cancelled() => None,
+        };
+        // Kill whatever the step left behind in its group, and everything on timeout/stop.
+        process::kill_group(p.pgid);
+        let finished = ended.is_some();
+        let exit = match ended {
+            Some(s) => s.ok(),
+            None => p.child.wait().await.ok(),
+        };
+        for h in pumps.into_iter().flatten() {
+            if tokio::time::timeout(DRAIN_TIMEOUT, h).await.is_err() {
+                tracing::warn!(
+                    step = name,
+                    "output still open after the step ended; abandoned"
+                );
+            }
+        }
+        let code = exit.and_then(|s| {
+            use std::os::unix::process::ExitStatusExt;
+            s.code().or_else(|| s.signal().map(|sig| 128 + sig))
+        });
+        let status = if finished {
+            if code == Some(0) {
+                BuildStatus::Success
+            } else {
+                BuildStatus::Failure
+            }
+        } else if self.active.stop.is_cancelled() {
+            BuildStatus::Cancelled
+        } else {
+            BuildStatus::TimedOut
+        };
+        let note = match status {
+            BuildStatus::Success => format!("✔ {name}"),
+            BuildStatus::TimedOut => format!("✖ {name}: timed out, process group killed"),
+            BuildStatus::Cancelled => format!("✖ {name}: stopped, process group killed"),
+            _ => format!(
+                "✖ {name}: exit code {}",
+                code.map_or("?".into(), |c| c.to_string())
+            ),
+        };
+        self.sink.line(Stream::System, note).await;
+        result(status, code)
+    }
+
+    /// Copies the files matching the job's artifact globs into `<build>/artifacts/`,
+    /// keeping their relative paths. Symlinks are skipped, so nothing outside the
+    /// workspace is copied.
+    async fn collect_artifacts(&self, ws: &Path) {
+        if self.def.artifacts.is_empty() || self.active.reason() == Some(StopReason::LeaseLost) {
+            return;
+        }
+        let mut copied = 0usize;
+        for pattern in &self.def.artifacts {
+            let full = ws.join(pattern);
+            let Ok(paths) = glob::glob(&full.to_string_lossy()) else {
+                self.sink
+                    .line(
+                        Stream::System,
+                        format!("invalid artifact pattern {pattern:?}"),
+                    )
+                    .await;
+                continue;
+            };
+            for path in paths.flatten() {
+                let Ok(meta) = tokio::fs::symlink_metadata(&path).await else {
+                    continue;
+                };
+                let Ok(rel) = path.strip_prefix(ws) else {
+                    continue;
+                };
+                if !meta.is_file() {
+                    continue;
+                }
+                let dest = self.build_dir.join(output::ARTIFACTS_DIR).join(rel);
+                let copy = async {
+                    if let Some(parent) = dest.parent() {
+                        tokio::fs::create_dir_all(parent).await?;
+                    }
+                    tokio::fs::copy(&path, &dest).await
+                };
+                match copy.await {
+                    Ok(_) => copied += 1,
+                    Err(e) => {
+                        self.sink
+                            .line(
+                                Stream::System,
+                                format!("cannot archive {}: {e}", rel.display()),
+                            )
+                            .await
+                    }
+                }
+            }
+        }
+        self.sink
+            .line(Stream::System, format!("archived {copied} artifact(s)"))
+            .await;
+    }
+}
+
+fn error(reason: String) -> Outcome {
+    Outcome {
+        status: BuildStatus::Error,
+        exit_code: None,
+        reason: Some(reason),
+        last_seq: 0,
+    }
+}
+
+async fn head_sha(ws: &Path) -> Option<String> {
+    let out = tokio::process::Command::new("git")
+        .args(["rev-parse", "HEAD"])
+        .current_dir(ws)
+        .output()
+        .await
+        .ok()?;
+    out.status
+        .success()
+        .then(|| String::from_utf8_lossy(&out.stdout).trim().to_owned())
+}

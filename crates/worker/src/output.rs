@@ -1,0 +1,105 @@
+//! The build's log: every line gets a sequence number and timestamp, is appended to
+//! `log.jsonl` and then published on the build's output channel. Lines that arrive together
+//! go out as one write and one PUBLISH, so a chatty build does not cost a round trip per
+//! line, while a quiet one is not delayed at all.
+
+use std::path::PathBuf;
+
+use chrono::Utc;
+use kiln_model::{BuildRef, LogLine, OutputMessage, Stream};
+use kiln_store::Store;
+use tokio::io::AsyncWriteExt;
+use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
+
+/// Most lines written and published as one batch.
+const MAX_BATCH: usize = 512;
+
+/// Where the build's processes send their lines. Cloneable; the log closes when every
+/// clone is dropped.
+#[derive(Clone)]
+pub(crate) struct LogSink {
+    tx: mpsc::Sender<(Stream, String)>,
+}
+
+impl LogSink {
+    pub(crate) async fn line(&self, stream: Stream, line: String) {
+        // The writer only stops after every sink is dropped, so this cannot fail while
+        // a sink exists; a lost system line is not worth failing a build for.
+        let _ = self.tx.send((stream, line)).await;
+    }
+}
+
+/// What the writer reports when the log is closed.
+pub(crate) struct LogSummary {
+    pub(crate) last_seq: u64,
+    /// Set when the log file could not be written (disk full...): the build is an error.
+    pub(crate) write_error: Option<String>,
+}
+
+/// Starts the writer for one attempt of a build. `path` is truncated first; the previous
+/// attempt's log is kept beside it as `log.attempt-<n>.jsonl`.
+pub(crate) async fn start(
+    store: Store,
+    build: BuildRef,
+    attempt: u32,
+    path: PathBuf,
+) -> std::io::Result<(LogSink, JoinHandle<LogSummary>)> {
+    if attempt > 1 && tokio::fs::try_exists(&path).await.unwrap_or(false) {
+        let old = path.with_file_name(format!("log.attempt-{}.jsonl", attempt - 1));
+        tokio::fs::rename(&path, old).await?;
+    }
+    let mut file = tokio::fs::File::create(&path).await?;
+    let (tx, mut rx) = mpsc::channel::<(Stream, String)>(4096);
+    let handle = tokio::spawn(async move {
+        let mut seq = 0u64;
+        let mut write_error = None;
+        let mut batch: Vec<LogLine> = Vec::new();
+        let mut bytes: Vec<u8> = Vec::new();
+        while let Some(first) = rx.recv().await {
+            batch.clear();
+            bytes.clear();
+            let mut next = Some(first);
+            while let Some((stream, line)) = next.take() {
+                seq += 1;
+                let l = LogLine {
+                    seq,
+                    ts: Utc::now(),
+                    stream,
+                    attempt,
+                    line,
+                };
+                if serde_json::to_writer(&mut bytes, &l).is_ok() {
+                    bytes.push(b'\n');
+                }
+                batch.push(l);
+                if batch.len() < MAX_BATCH {
+                    next = rx.try_recv().ok();
+                }
+            }
+            // The file first: a listener that joins late reads the file up to some seq and
+            // continues from the channel, so nothing may be published before it is written.
+            if write_error.is_none() {
+                if let Err(e) = write_all(&mut file, &bytes).await {
+                    write_error = Some(e.to_string());
+                }
+            }
+            let msg = OutputMessage::Lines {
+                lines: std::mem::take(&mut batch),
+            };
+            if let Err(e) = store.publish_output(&build, &msg).await {
+                tracing::debug!(error = %e, "cannot publish output (live views only)");
+            }
+        }
+        LogSummary {
+            last_seq: seq,
+            write_error,
+        }
+    });
+    Ok((LogSink { tx }, handle))
+}
+
+async fn write_all(file: &mut tokio::fs::File, bytes: &[u8]) -> std::io::Result<()> {
+    file.write_all(bytes).await?;
+    file.flush().await
+}

@@ -1,0 +1,185 @@
+//! One build's life on this worker: start (fenced), execute, then record the result, hand
+//! it back, or discard it, depending on why it ended.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use chrono::Utc;
+use kiln_model::{output, storage, BuildStatus, OutputMessage};
+use kiln_store::{Claimed, StoreError};
+use tokio::sync::OwnedSemaphorePermit;
+use tokio::time::Instant;
+use tracing::Instrument;
+
+use crate::execute::{Execution, Outcome};
+use crate::state::{Active, StopReason, Worker};
+
+pub(crate) async fn run(
+    w: Arc<Worker>,
+    claimed: Claimed,
+    active: Arc<Active>,
+    _slot: OwnedSemaphorePermit,
+) {
+    let key = claimed.lease.build.key();
+    let span = tracing::info_span!(
+        "build",
+        job.name = %claimed.lease.build.job,
+        build.number = %claimed.lease.build.number,
+        attempt = claimed.doc.attempt
+    );
+    run_claimed(&w, claimed, &active).instrument(span).await;
+    w.remove(&key);
+}
+
+async fn run_claimed(w: &Worker, claimed: Claimed, active: &Active) {
+    let Claimed { lease, mut doc } = claimed;
+    let started = Instant::now();
+    let was_cancelled = doc.cancel_requested;
+    doc.status = BuildStatus::Running;
+    doc.started_at = Some(Utc::now());
+    doc.node = Some(w.settings.id.to_string());
+    doc.reason = None;
+    doc.steps.clear();
+    doc.finished_at = None;
+    doc.duration_ms = None;
+    doc.exit_code = None;
+    let def = match w.store.start_build(&lease, &doc).await {
+        Ok(Some(def)) => def,
+        Ok(None) => {
+            tracing::warn!(build = %lease.build, "job definition is gone; build abandoned");
+            return;
+        }
+        Err(StoreError::Stale(_)) => {
+            tracing::warn!(build = %lease.build, "lease lost before the build started");
+            return;
+        }
+        Err(e) => {
+            // The lease stays; if Redis does not come back in time the reaper requeues it.
+            w.record_redis_failure();
+            tracing::warn!(build = %lease.build, error = %e, "cannot start build");
+            return;
+        }
+    };
+    tracing::info!(build = %lease.build, "build started");
+    metrics::gauge!("kiln_worker_running_builds").increment(1.0);
+    if was_cancelled {
+        active.stop(StopReason::Cancelled);
+    }
+
+    let outcome = match storage::build_dir(&w.settings.storage_root, &doc.storage_path) {
+        None => error_outcome(format!("invalid storage path {:?}", doc.storage_path)),
+        Some(dir) => match tokio::fs::create_dir_all(&dir).await {
+            Err(e) => error_outcome(format!("cannot create {}: {e}", dir.display())),
+            Ok(()) => {
+                let log = dir.join(output::LOG_FILE);
+                match crate::output::start(w.store.clone(), lease.build.clone(), doc.attempt, log)
+                    .await
+                {
+                    Err(e) => error_outcome(format!("cannot open the build log: {e}")),
+                    Ok((sink, writer)) => {
+                        let deadline = Instant::now() + Duration::from_secs(def.timeout_secs);
+                        let exec = Execution {
+                            worker: w,
+                            active,
+                            def: &def,
+                            sink,
+                            build_dir: dir,
+                            deadline,
+                        };
+                        let mut outcome = exec.run(&mut doc).await;
+                        drop(exec);
+                        if let Ok(summary) = writer.await {
+                            if let Some(e) = summary.write_error {
+                                outcome = error_outcome(format!("cannot write the build log: {e}"));
+                            }
+                            outcome.last_seq = summary.last_seq;
+                        }
+                        outcome
+                    }
+                }
+            }
+        },
+    };
+    metrics::gauge!("kiln_worker_running_builds").decrement(1.0);
+
+    match active.reason() {
+        Some(StopReason::LeaseLost) => {
+            metrics::counter!("kiln_worker_builds_discarded_total").increment(1);
+            tracing::warn!(build = %lease.build, "lease lost: build killed and its result discarded");
+        }
+        Some(StopReason::Shutdown) => {
+            doc.status = BuildStatus::Queued;
+            doc.started_at = None;
+            doc.node = None;
+            doc.steps.clear();
+            doc.reason = Some(format!(
+                "handed back by worker {} when it shut down",
+                w.settings.id
+            ));
+            match w.store.release_build(&lease, &doc).await {
+                Ok(()) => tracing::info!(build = %lease.build, "build handed back to its queue"),
+                Err(e) => {
+                    tracing::warn!(build = %lease.build, error = %e, "cannot hand back; the reaper will requeue it")
+                }
+            }
+        }
+        Some(StopReason::Cancelled) | None => {
+            let last_seq = outcome.last_seq;
+            doc.status = outcome.status;
+            doc.exit_code = outcome.exit_code;
+            doc.reason = outcome.reason;
+            if doc.status == BuildStatus::Cancelled {
+                doc.cancel_requested = true;
+                doc.reason = Some("cancelled through the api".into());
+            }
+            let now = Utc::now();
+            doc.finished_at = Some(now);
+            doc.duration_ms = Some(started.elapsed().as_millis() as u64);
+            if finish(w, &lease, &doc).await {
+                metrics::counter!("kiln_worker_builds_finished_total", "status" => doc.status.as_str()).increment(1);
+                tracing::info!(build = %lease.build, status = %doc.status, duration_ms = doc.duration_ms, "build finished");
+                let end = OutputMessage::End {
+                    status: doc.status,
+                    last_seq,
+                    attempt: doc.attempt,
+                };
+                let _ = w.store.publish_output(&lease.build, &end).await;
+            }
+        }
+    }
+}
+
+fn error_outcome(reason: String) -> Outcome {
+    Outcome {
+        status: BuildStatus::Error,
+        exit_code: None,
+        reason: Some(reason),
+        last_seq: 0,
+    }
+}
+
+/// Records the final state, retrying while Redis is unreachable for up to one lease; after
+/// that the lease has expired and the reaper owns the build. Returns whether it was recorded.
+async fn finish(w: &Worker, lease: &kiln_store::Lease, doc: &kiln_model::BuildDocument) -> bool {
+    let give_up = Instant::now() + w.settings.lease;
+    let mut delay = Duration::from_millis(100);
+    loop {
+        match w.store.finish_build(lease, doc).await {
+            Ok(()) => return true,
+            Err(StoreError::Stale(_)) => {
+                tracing::warn!(build = %lease.build, "lease lost before the result was recorded; discarded");
+                return false;
+            }
+            Err(e) if Instant::now() < give_up => {
+                w.record_redis_failure();
+                tracing::warn!(build = %lease.build, error = %e, "cannot record the result yet; retrying");
+                tokio::time::sleep(delay).await;
+                delay = (delay * 2).min(Duration::from_secs(2));
+            }
+            Err(e) => {
+                tracing::error!(build = %lease.build, error = %e, "cannot record the result; the reaper will requeue it");
+                return false;
+            }
+        }
+    }
+}

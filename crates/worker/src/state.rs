@@ -1,0 +1,113 @@
+//! What the worker's tasks share: the builds it runs now and how healthy its loops are.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
+use std::sync::{Arc, Mutex};
+
+use chrono::{DateTime, Utc};
+use kiln_store::Pool;
+use kiln_store::{Lease, Store};
+use tokio::sync::Semaphore;
+use tokio_util::sync::CancellationToken;
+
+use crate::config::Settings;
+
+/// Why a running build is being stopped before its steps end.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum StopReason {
+    /// Cancelled through the api: ends as `cancelled`.
+    Cancelled,
+    /// The lease is gone or could not be renewed: kill, discard, write nothing.
+    LeaseLost,
+    /// The worker is shutting down and the grace period ran out: hand it back.
+    Shutdown,
+}
+
+/// One build this worker runs.
+pub(crate) struct Active {
+    pub(crate) lease: Lease,
+    pub(crate) stop: CancellationToken,
+    reason: Mutex<Option<StopReason>>,
+}
+
+impl Active {
+    pub(crate) fn new(lease: Lease) -> Self {
+        Self {
+            lease,
+            stop: CancellationToken::new(),
+            reason: Mutex::new(None),
+        }
+    }
+
+    /// Stops the build for `reason`; the first reason given wins.
+    pub(crate) fn stop(&self, reason: StopReason) {
+        if let Ok(mut r) = self.reason.lock() {
+            r.get_or_insert(reason);
+        }
+        self.stop.cancel();
+    }
+
+    pub(crate) fn reason(&self) -> Option<StopReason> {
+        self.reason.lock().ok().and_then(|r| r.clone())
+    }
+}
+
+pub(crate) fn now_ms() -> i64 {
+    Utc::now().timestamp_millis()
+}
+
+pub(crate) struct Worker {
+    pub(crate) store: Store,
+    pub(crate) blocking: Pool,
+    pub(crate) settings: Settings,
+    pub(crate) active: Mutex<HashMap<String, Arc<Active>>>,
+    pub(crate) slots: Arc<Semaphore>,
+    pub(crate) started_at: DateTime<Utc>,
+    pub(crate) draining: AtomicBool,
+    /// When the claim loop last completed an iteration (ms since the epoch).
+    pub(crate) claim_progress_ms: AtomicI64,
+    /// When a Redis call last failed (ms since the epoch; 0 = never).
+    pub(crate) redis_failed_ms: AtomicI64,
+    /// When a lease renewal last succeeded.
+    pub(crate) renewed_ms: AtomicI64,
+}
+
+impl Worker {
+    pub(crate) fn record_redis_failure(&self) {
+        self.redis_failed_ms.store(now_ms(), Ordering::Relaxed);
+    }
+
+    pub(crate) fn leases(&self) -> Vec<Lease> {
+        self.active
+            .lock()
+            .map(|a| a.values().map(|b| b.lease.clone()).collect())
+            .unwrap_or_default()
+    }
+
+    pub(crate) fn find(&self, key: &str) -> Option<Arc<Active>> {
+        self.active.lock().ok().and_then(|a| a.get(key).cloned())
+    }
+
+    pub(crate) fn all(&self) -> Vec<Arc<Active>> {
+        self.active
+            .lock()
+            .map(|a| a.values().cloned().collect())
+            .unwrap_or_default()
+    }
+
+    pub(crate) fn insert(&self, key: String, active: Arc<Active>) {
+        if let Ok(mut a) = self.active.lock() {
+            a.insert(key, active);
+        }
+    }
+
+    pub(crate) fn remove(&self, key: &str) {
+        if let Ok(mut a) = self.active.lock() {
+            a.remove(key);
+        }
+    }
+
+    pub(crate) fn running(&self) -> usize {
+        self.active.lock().map(|a| a.len()).unwrap_or(0)
+    }
+}

@@ -1,0 +1,347 @@
+//! A Kiln cluster of real binaries (api and workers as child processes) around a private
+//! redis-server, with helpers that read like a user's actions.
+
+#![allow(dead_code, unreachable_pub)]
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use kiln_testkit::{free_port, wait_for, RedisServer};
+use serde_json::{json, Value};
+
+pub const TOKEN: &str = "admin-token-for-tests-0123";
+
+/// Where the workspace's binaries are: `KILN_BIN_DIR`, else the target directory this test
+/// binary was built into.
+pub fn bin(name: &str) -> PathBuf {
+    let dir = std::env::var_os("KILN_BIN_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| {
+            let exe = std::env::current_exe().expect("test binary path");
+            exe.parent()
+                .and_then(Path::parent)
+                .expect("target dir")
+                .to_path_buf()
+        });
+    let p = dir.join(name);
+    assert!(
+        p.exists(),
+        "{} is missing: run `cargo build --workspace --bins` first (make test does)",
+        p.display()
+    );
+    p
+}
+
+/// A running service binary, killed when dropped.
+pub struct Proc {
+    pub child: Child,
+    pub port: u16,
+    pub name: String,
+}
+
+impl Proc {
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// SIGKILL: the process dies at once, as in an OOM kill.
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// SIGTERM: a graceful stop.
+    pub fn terminate(&self) {
+        let ok = Command::new("kill")
+            .args(["-TERM", &self.pid().to_string()])
+            .status()
+            .expect("kill command");
+        assert!(ok.success());
+    }
+
+    pub fn is_running(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(None))
+    }
+
+    /// Waits for the process to exit by itself and returns its exit code.
+    pub async fn wait_exit(&mut self, timeout: Duration) -> Option<i32> {
+        let name = self.name.clone();
+        wait_for(&format!("{name} to exit"), timeout, || {
+            let r = self.child.try_wait();
+            async move { r.ok().flatten().map(|s| s.code()) }
+        })
+        .await
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+pub struct Cluster {
+    pub redis: RedisServer,
+    pub storage: tempfile::TempDir,
+    pub work: tempfile::TempDir,
+    pub api: Proc,
+    pub client: reqwest::Client,
+    logs: tempfile::TempDir,
+}
+
+/// Worker settings used by tests: short leases so recovery is quick.
+pub struct WorkerOpts {
+    pub id: String,
+    pub concurrency: u32,
+    pub lease_ms: u64,
+    pub grace_secs: u64,
+    pub queue: String,
+}
+
+impl WorkerOpts {
+    pub fn new(id: &str) -> Self {
+        Self {
+            id: id.into(),
+            concurrency: 1,
+            lease_ms: 1500,
+            grace_secs: 10,
+            queue: "default".into(),
+        }
+    }
+}
+
+impl Cluster {
+    pub async fn start() -> Self {
+        let redis = RedisServer::start();
+        let storage = tempfile::tempdir().unwrap();
+        let work = tempfile::tempdir().unwrap();
+        let logs = tempfile::tempdir().unwrap();
+        let port = free_port();
+        let api = spawn(
+            "kiln-api",
+            port,
+            &[
+                ("KILN_REDIS__URL", redis.url()),
+                ("KILN_STORAGE__ROOT", storage.path().display().to_string()),
+                ("KILN_AUTH__TOKENS", format!("tests:admin:{TOKEN}")),
+                ("KILN_API__WORKERS", "1".into()),
+            ],
+            logs.path(),
+        );
+        let c = Self {
+            redis,
+            storage,
+            work,
+            api,
+            client: reqwest::Client::new(),
+            logs,
+        };
+        c.wait_healthy(port).await;
+        c
+    }
+
+    async fn wait_healthy(&self, port: u16) {
+        let client = self.client.clone();
+        wait_for("service /healthz", Duration::from_secs(20), || {
+            let client = client.clone();
+            async move {
+                let r = client
+                    .get(format!("http://127.0.0.1:{port}/healthz"))
+                    .send()
+                    .await
+                    .ok()?;
+                r.status().is_success().then_some(())
+            }
+        })
+        .await;
+    }
+
+    pub fn redis_url(&self) -> String {
+        self.redis.url()
+    }
+
+    pub async fn worker(&self, opts: WorkerOpts) -> Proc {
+        let port = free_port();
+        let p = spawn(
+            "kiln-worker",
+            port,
+            &[
+                ("KILN_REDIS__URL", self.redis.url()),
+                (
+                    "KILN_STORAGE__ROOT",
+                    self.storage.path().display().to_string(),
+                ),
+                ("KILN_WORKER__ID", opts.id.clone()),
+                ("KILN_WORKER__QUEUE", opts.queue.clone()),
+                ("KILN_WORKER__CONCURRENCY", opts.concurrency.to_string()),
+                ("KILN_WORKER__LEASE_MS", opts.lease_ms.to_string()),
+                ("KILN_WORKER__RENEW_MS", (opts.lease_ms / 5).to_string()),
+                ("KILN_WORKER__REAP_MS", (opts.lease_ms / 5).to_string()),
+                ("KILN_WORKER__CLAIM_BLOCK_MS", "1000".into()),
+                (
+                    "KILN_WORKER__SHUTDOWN_GRACE_SECS",
+                    opts.grace_secs.to_string(),
+                ),
+                (
+                    "KILN_WORKER__WORKSPACE_ROOT",
+                    self.work.path().display().to_string(),
+                ),
+            ],
+            self.logs.path(),
+        );
+        self.wait_healthy(port).await;
+        p
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://127.0.0.1:{}{path}", self.api.port)
+    }
+
+    pub async fn call(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        body: Option<Value>,
+    ) -> reqwest::Response {
+        let mut r = self
+            .client
+            .request(method, self.url(path))
+            .bearer_auth(TOKEN);
+        if let Some(b) = body {
+            r = r.json(&b);
+        }
+        r.send().await.expect("api reachable")
+    }
+
+    pub async fn apply(&self, name: &str, def: Value) {
+        let r = self
+            .call(
+                reqwest::Method::PUT,
+                &format!("/api/v1/jobs/{name}"),
+                Some(def),
+            )
+            .await;
+        assert!(
+            r.status().is_success(),
+            "apply {name}: {}",
+            r.text().await.unwrap()
+        );
+    }
+
+    pub async fn trigger_with(&self, job: &str, body: Value) -> u64 {
+        let r = self
+            .call(
+                reqwest::Method::POST,
+                &format!("/api/v1/jobs/{job}/builds"),
+                Some(body),
+            )
+            .await;
+        assert_eq!(r.status(), 201);
+        let v: Value = r.json().await.unwrap();
+        v["number"].as_u64().unwrap()
+    }
+
+    pub async fn trigger(&self, job: &str) -> u64 {
+        self.trigger_with(job, json!({})).await
+    }
+
+    pub async fn build(&self, job: &str, n: u64) -> Value {
+        let r = self
+            .call(
+                reqwest::Method::GET,
+                &format!("/api/v1/jobs/{job}/builds/{n}"),
+                None,
+            )
+            .await;
+        r.json().await.unwrap()
+    }
+
+    /// Polls until the build has `status`, failing fast if it ends in another final one.
+    pub async fn wait_status(&self, job: &str, n: u64, status: &str, timeout: Duration) -> Value {
+        wait_for(&format!("{job}#{n} to be {status}"), timeout, || async {
+            let b = self.build(job, n).await;
+            let s = b["status"].as_str().unwrap_or_default().to_owned();
+            if s == status {
+                return Some(b);
+            }
+            let final_states = [
+                "success",
+                "failure",
+                "cancelled",
+                "timed_out",
+                "lost",
+                "error",
+            ];
+            assert!(
+                !final_states.contains(&s.as_str()) || status == "running",
+                "{job}#{n} ended {s}, expected {status}: {b}"
+            );
+            None
+        })
+        .await
+    }
+
+    pub async fn log(&self, job: &str, n: u64) -> String {
+        self.call(
+            reqwest::Method::GET,
+            &format!("/api/v1/jobs/{job}/builds/{n}/log"),
+            None,
+        )
+        .await
+        .text()
+        .await
+        .unwrap()
+    }
+
+    pub async fn wait_log_contains(&self, job: &str, n: u64, needle: &str, timeout: Duration) {
+        wait_for(
+            &format!("{needle:?} in the log of {job}#{n}"),
+            timeout,
+            || async { self.log(job, n).await.contains(needle).then_some(()) },
+        )
+        .await
+    }
+
+    pub fn build_dir(&self, job: &str, n: u64) -> PathBuf {
+        self.storage
+            .path()
+            .join("jobs")
+            .join(job)
+            .join(n.to_string())
+    }
+}
+
+fn spawn(bin_name: &str, port: u16, env: &[(&str, String)], logs: &Path) -> Proc {
+    let log = std::fs::File::create(logs.join(format!("{bin_name}-{port}.log"))).unwrap();
+    let mut cmd = Command::new(bin(bin_name));
+    cmd.env("KILN_HTTP__BIND", format!("127.0.0.1:{port}"))
+        .env("RUST_LOG", "info")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(log);
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    Proc {
+        child: cmd.spawn().expect("spawn service binary"),
+        port,
+        name: bin_name.into(),
+    }
+}
+
+/// A step-only job definition.
+pub fn job(steps: &[&str]) -> Value {
+    json!({
+        "steps": steps.iter().enumerate().map(|(i, s)| json!({"name": format!("step{}", i + 1), "run": s})).collect::<Vec<_>>()
+    })
+}
+
+/// True while a process with this pid exists.
+pub fn alive(pid: u32) -> bool {
+    Path::new(&format!("/proc/{pid}")).exists()
+        && !std::fs::read_to_string(format!("/proc/{pid}/stat"))
+            .map(|s| s.split_whitespace().nth(2) == Some("Z"))
+            .unwrap_or(true)
+}

@@ -1,0 +1,429 @@
+//! The worker with real binaries, a real redis-server and real child processes.
+
+mod support;
+
+use std::time::Duration;
+
+use reqwest::Method;
+use serde_json::json;
+use support::{alive, job, Cluster, WorkerOpts};
+
+const T: Duration = Duration::from_secs(30);
+
+#[tokio::test]
+async fn a_triggered_build_runs_and_its_output_is_stored() {
+    let c = Cluster::start().await;
+    let _w = c.worker(WorkerOpts::new("w1")).await;
+    c.apply("hello", job(&["echo hello from kiln", "echo second >&2"]))
+        .await;
+    let n = c.trigger("hello").await;
+    let b = c.wait_status("hello", n, "success", T).await;
+    assert_eq!(b["exit_code"], 0);
+    assert_eq!(b["node"], "w1");
+    assert_eq!(b["attempt"], 1);
+    assert!(b["started_at"].is_string() && b["finished_at"].is_string());
+    assert!(b["duration_ms"].as_u64().is_some());
+    let steps = b["steps"].as_array().unwrap();
+    assert_eq!(steps.len(), 2);
+    assert!(steps.iter().all(|s| s["status"] == "success"));
+    let log = c.log("hello", n).await;
+    assert!(
+        log.contains("hello from kiln\n") && log.contains("second\n"),
+        "{log}"
+    );
+    let file = std::fs::read_to_string(c.build_dir("hello", n).join("log.jsonl")).unwrap();
+    assert!(file
+        .lines()
+        .any(|l| l.contains("\"stream\":\"stderr\"") && l.contains("second")));
+    assert!(c.build_dir("hello", n).join("steps.json").exists());
+    let recent = c
+        .call(Method::GET, "/api/v1/redis/job_hello_recent", None)
+        .await;
+    let recent: serde_json::Value = recent.json().await.unwrap();
+    assert_eq!(recent["value"], json!(["1"]));
+}
+
+#[tokio::test]
+async fn a_failing_step_fails_the_build_and_skips_the_rest() {
+    let c = Cluster::start().await;
+    let _w = c.worker(WorkerOpts::new("w1")).await;
+    c.apply("app", job(&["true", "echo failing; exit 3", "echo never"]))
+        .await;
+    let n = c.trigger("app").await;
+    let b = c.wait_status("app", n, "failure", T).await;
+    assert_eq!(b["exit_code"], 3);
+    assert_eq!(b["steps"].as_array().unwrap().len(), 2);
+    assert!(b["reason"].as_str().unwrap().contains("step2"));
+    assert!(!c.log("app", n).await.contains("never"));
+}
+
+#[tokio::test]
+async fn a_timeout_kills_the_whole_process_group() {
+    let c = Cluster::start().await;
+    let _w = c.worker(WorkerOpts::new("w1")).await;
+    let pid_file = c.work.path().join("bg.pid");
+    let mut def = job(&[&format!(
+        "sleep 60 & echo $! > {}; sleep 60",
+        pid_file.display()
+    )]);
+    def["timeout_secs"] = json!(1);
+    c.apply("slow", def).await;
+    let n = c.trigger("slow").await;
+    let b = c.wait_status("slow", n, "timed_out", T).await;
+    assert!(b["reason"].as_str().unwrap().contains("timed out"));
+    let pid: u32 = std::fs::read_to_string(&pid_file)
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    kiln_testkit::wait_for("the background sleep to be killed", T, || async {
+        (!alive(pid)).then_some(())
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn cancelling_a_running_build_stops_it_quickly() {
+    let c = Cluster::start().await;
+    let _w = c.worker(WorkerOpts::new("w1")).await;
+    c.apply("long", job(&["echo started; sleep 60"])).await;
+    let n = c.trigger("long").await;
+    c.wait_log_contains("long", n, "started", T).await;
+    let r = c
+        .call(
+            Method::POST,
+            &format!("/api/v1/jobs/long/builds/{n}/cancel"),
+            None,
+        )
+        .await;
+    assert_eq!(r.status(), 202);
+    let t0 = std::time::Instant::now();
+    let b = c.wait_status("long", n, "cancelled", T).await;
+    assert!(
+        t0.elapsed() < Duration::from_secs(5),
+        "cancel took {:?}",
+        t0.elapsed()
+    );
+    assert_eq!(b["cancel_requested"], true);
+}
+
+#[tokio::test]
+async fn parameters_and_kiln_variables_reach_the_steps_but_worker_secrets_do_not() {
+    let c = Cluster::start().await;
+    let _w = c.worker(WorkerOpts::new("w1")).await;
+    let mut def = job(&[
+        "echo target=$TARGET mode=$MODE job=$KILN_JOB n=$KILN_BUILD_NUMBER env=$GREETING",
+        "env | grep -c '^KILN_REDIS\\|^KILN_AUTH' || true",
+    ]);
+    def["parameters"] =
+        json!([{"name": "TARGET", "default": "x"}, {"name": "MODE", "default": "fast"}]);
+    def["env"] = json!({"GREETING": "hi"});
+    c.apply("params", def).await;
+    let n = c
+        .trigger_with("params", json!({"parameters": {"TARGET": "y"}}))
+        .await;
+    c.wait_status("params", n, "success", T).await;
+    let log = c.log("params", n).await;
+    assert!(
+        log.contains("target=y mode=fast job=params n=1 env=hi"),
+        "{log}"
+    );
+    assert!(
+        log.contains("\n0\n"),
+        "worker settings leaked into the build: {log}"
+    );
+}
+
+#[tokio::test]
+async fn artifacts_matching_the_globs_are_copied_to_storage() {
+    let c = Cluster::start().await;
+    let _w = c.worker(WorkerOpts::new("w1")).await;
+    let mut def = job(&["mkdir -p dist && echo data > dist/app.tar.gz && echo no > other.txt && ln -s /etc/passwd dist/link.tar.gz"]);
+    def["artifacts"] = json!(["dist/*.tar.gz"]);
+    c.apply("art", def).await;
+    let n = c.trigger("art").await;
+    c.wait_status("art", n, "success", T).await;
+    let dir = c.build_dir("art", n).join("artifacts");
+    assert_eq!(
+        std::fs::read_to_string(dir.join("dist/app.tar.gz")).unwrap(),
+        "data\n"
+    );
+    assert!(!dir.join("other.txt").exists());
+    assert!(
+        !dir.join("dist/link.tar.gz").exists(),
+        "symlinks are not followed"
+    );
+}
+
+fn git(dir: &std::path::Path, args: &[&str]) -> String {
+    let out = std::process::Command::new("git")
+        .args(args)
+        .current_dir(dir)
+        .env("GIT_AUTHOR_NAME", "t")
+        .env("GIT_AUTHOR_EMAIL", "t@example.com")
+        .env("GIT_COMMITTER_NAME", "t")
+        .env("GIT_COMMITTER_EMAIL", "t@example.com")
+        .output()
+        .expect("git");
+    assert!(
+        out.status.success(),
+        "git {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).trim().to_owned()
+}
+
+#[tokio::test]
+async fn the_worker_checks_out_the_requested_sha() {
+    let c = Cluster::start().await;
+    let _w = c.worker(WorkerOpts::new("w1")).await;
+    let repo = tempfile::tempdir().unwrap();
+    git(repo.path(), &["init", "-q", "-b", "main"]);
+    std::fs::write(repo.path().join("version.txt"), "one\n").unwrap();
+    git(repo.path(), &["add", "."]);
+    git(repo.path(), &["commit", "-q", "-m", "one"]);
+    let first = git(repo.path(), &["rev-parse", "HEAD"]);
+    std::fs::write(repo.path().join("version.txt"), "two\n").unwrap();
+    git(repo.path(), &["commit", "-q", "-am", "two"]);
+    let mut def = job(&["echo version=$(cat version.txt) sha=$KILN_GIT_SHA"]);
+    def["repository"] = json!({"url": format!("file://{}", repo.path().display()), "ref": "main"});
+    c.apply("git", def).await;
+
+    let n = c.trigger_with("git", json!({"sha": first})).await;
+    c.wait_status("git", n, "success", T).await;
+    assert!(c
+        .log("git", n)
+        .await
+        .contains(&format!("version=one sha={first}")));
+    let n = c.trigger("git").await;
+    c.wait_status("git", n, "success", T).await;
+    assert!(
+        c.log("git", n).await.contains("version=two"),
+        "the job's ref is the default"
+    );
+}
+
+#[tokio::test]
+async fn a_killed_workers_build_is_recovered_by_another_and_its_orphans_die() {
+    let c = Cluster::start().await;
+    let marks = c.work.path().join("marks");
+    c.apply(
+        "crash",
+        job(&[&format!(
+            "echo start $KILN_ATTEMPT >> {m}; echo running; sleep 4; echo end $KILN_ATTEMPT >> {m}",
+            m = marks.display()
+        )]),
+    )
+    .await;
+    let mut a = c.worker(WorkerOpts::new("a")).await;
+    let n = c.trigger("crash").await;
+    c.wait_log_contains("crash", n, "running", T).await;
+    a.kill();
+    let _b = c.worker(WorkerOpts::new("b")).await;
+    let b = c.wait_status("crash", n, "success", T).await;
+    assert_eq!(b["attempt"], 2);
+    assert_eq!(b["node"], "b");
+    // Give an orphan of attempt 1 time to write its end mark if it had survived.
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    kiln_testkit::wait_for(
+        "attempt 1's sleep to be over",
+        Duration::from_secs(10),
+        || async { (std::time::Instant::now() > deadline).then_some(()) },
+    )
+    .await;
+    let m = std::fs::read_to_string(&marks).unwrap();
+    assert_eq!(
+        m, "start 1\nstart 2\nend 2\n",
+        "attempt 1 must die with its worker"
+    );
+}
+
+#[tokio::test]
+async fn under_concurrency_and_crashes_no_build_is_lost_or_run_twice_at_once() {
+    let c = Cluster::start().await;
+    let marks = c.work.path().join("marks");
+    c.apply(
+        "many",
+        job(&[&format!(
+            "echo start $KILN_BUILD_NUMBER $KILN_ATTEMPT >> {m}; sleep 0.3; echo end $KILN_BUILD_NUMBER $KILN_ATTEMPT >> {m}",
+            m = marks.display()
+        )]),
+    )
+    .await;
+    let mut opts = WorkerOpts::new("a");
+    opts.concurrency = 2;
+    let mut a = c.worker(opts).await;
+    let mut opts = WorkerOpts::new("b");
+    opts.concurrency = 2;
+    let _b = c.worker(opts).await;
+    let mut numbers = Vec::new();
+    for _ in 0..16 {
+        numbers.push(c.trigger("many").await);
+    }
+    kiln_testkit::wait_for("a few builds to start", T, || async {
+        std::fs::read_to_string(&marks)
+            .ok()
+            .filter(|m| m.lines().count() >= 6)
+            .map(|_| ())
+    })
+    .await;
+    a.kill();
+    let mut opts = WorkerOpts::new("a2");
+    opts.concurrency = 2;
+    let _a2 = c.worker(opts).await;
+    for n in &numbers {
+        c.wait_status("many", *n, "success", Duration::from_secs(60))
+            .await;
+    }
+    let m = std::fs::read_to_string(&marks).unwrap();
+    for n in &numbers {
+        let lines: Vec<(String, u32)> = m
+            .lines()
+            .filter_map(|l| {
+                let p: Vec<&str> = l.split(' ').collect();
+                (p[1] == n.to_string()).then(|| (p[0].to_owned(), p[2].parse().unwrap()))
+            })
+            .collect();
+        let ends = lines.iter().filter(|(k, _)| k == "end").count();
+        assert!(ends >= 1, "build {n} never ended: {lines:?}");
+        let mut newest = 0;
+        for (kind, attempt) in &lines {
+            assert!(
+                *attempt >= newest,
+                "build {n}: attempt {attempt} ran after attempt {newest} started: {lines:?}"
+            );
+            if kind == "start" {
+                newest = *attempt;
+            }
+        }
+    }
+}
+
+#[tokio::test]
+async fn sigterm_lets_a_running_build_finish() {
+    let c = Cluster::start().await;
+    let mut w = c.worker(WorkerOpts::new("w1")).await;
+    c.apply("graceful", job(&["echo started; sleep 1; echo finished"]))
+        .await;
+    let n = c.trigger("graceful").await;
+    c.wait_log_contains("graceful", n, "started", T).await;
+    w.terminate();
+    let b = c.wait_status("graceful", n, "success", T).await;
+    assert_eq!(b["attempt"], 1);
+    assert_eq!(w.wait_exit(T).await, Some(0));
+    let nodes: serde_json::Value = c
+        .call(Method::GET, "/api/v1/nodes", None)
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(nodes["nodes"], json!([]), "a stopped worker deregisters");
+}
+
+#[tokio::test]
+async fn sigterm_past_the_grace_period_hands_the_build_back() {
+    let c = Cluster::start().await;
+    let mut opts = WorkerOpts::new("w1");
+    opts.grace_secs = 0;
+    let mut w = c.worker(opts).await;
+    let marks = c.work.path().join("marks");
+    c.apply(
+        "handback",
+        job(&[&format!(
+            "echo run $KILN_ATTEMPT >> {}; echo started; [ -e {}.2 ] || sleep 60",
+            marks.display(),
+            marks.display()
+        )]),
+    )
+    .await;
+    let n = c.trigger("handback").await;
+    c.wait_log_contains("handback", n, "started", T).await;
+    w.terminate();
+    assert_eq!(w.wait_exit(T).await, Some(0));
+    let b = c.wait_status("handback", n, "queued", T).await;
+    assert_eq!(b["attempt"], 1, "a hand-back is not a lost attempt");
+    assert!(b["reason"].as_str().unwrap().contains("handed back"));
+    std::fs::write(format!("{}.2", marks.display()), "").unwrap();
+    let _w2 = c.worker(WorkerOpts::new("w2")).await;
+    let b = c.wait_status("handback", n, "success", T).await;
+    assert_eq!(b["node"], "w2");
+}
+
+#[tokio::test]
+async fn a_worker_survives_a_redis_restart_and_carries_on() {
+    let mut c = Cluster::start().await;
+    let mut w = c.worker(WorkerOpts::new("w1")).await;
+    c.apply("x", job(&["echo before"])).await;
+    let n = c.trigger("x").await;
+    c.wait_status("x", n, "success", T).await;
+    c.redis.restart(&[]);
+    // The restarted server is empty (not persistent): apply again and build.
+    kiln_testkit::wait_for("the api to reach the new Redis", T, || async {
+        let r = c
+            .call(Method::PUT, "/api/v1/jobs/x", Some(job(&["echo after"])))
+            .await;
+        r.status().is_success().then_some(())
+    })
+    .await;
+    let n = c.trigger("x").await;
+    c.wait_status("x", n, "success", T).await;
+    assert!(c.log("x", n).await.contains("after"));
+    assert!(w.is_running(), "no crash loop");
+}
+
+#[tokio::test]
+async fn huge_output_arrives_complete_and_in_order() {
+    let c = Cluster::start().await;
+    let _w = c.worker(WorkerOpts::new("w1")).await;
+    c.apply(
+        "big",
+        job(&["seq 1 100000", "head -c 5000000 /dev/zero | tr '\\0' a"]),
+    )
+    .await;
+    let n = c.trigger("big").await;
+    c.wait_status("big", n, "success", Duration::from_secs(120))
+        .await;
+    let file = std::fs::read_to_string(c.build_dir("big", n).join("log.jsonl")).unwrap();
+    let mut numbers = Vec::new();
+    let mut a_bytes = 0usize;
+    let mut last_seq = 0u64;
+    for l in file.lines() {
+        let v: serde_json::Value = serde_json::from_str(l).unwrap();
+        let seq = v["seq"].as_u64().unwrap();
+        assert_eq!(seq, last_seq + 1, "sequence numbers are gapless");
+        last_seq = seq;
+        if v["stream"] != "stdout" {
+            continue;
+        }
+        let line = v["line"].as_str().unwrap();
+        if line.starts_with('a') {
+            a_bytes += line.len();
+        } else {
+            numbers.push(line.parse::<u32>().unwrap());
+        }
+    }
+    assert_eq!(numbers, (1..=100_000).collect::<Vec<_>>());
+    assert_eq!(a_bytes, 5_000_000);
+}
+
+#[tokio::test]
+async fn a_build_on_a_queue_nobody_serves_says_why_it_waits() {
+    let c = Cluster::start().await;
+    let _w = c.worker(WorkerOpts::new("w1")).await;
+    let mut def = job(&["true"]);
+    def["queue"] = json!("gpu");
+    c.apply("gpu", def).await;
+    let n = c.trigger("gpu").await;
+    let b = c.build("gpu", n).await;
+    assert!(
+        b["reason"]
+            .as_str()
+            .unwrap()
+            .contains("no live worker serves queue 'gpu'"),
+        "{b}"
+    );
+    let mut opts = WorkerOpts::new("g1");
+    opts.queue = "gpu".into();
+    let _g = c.worker(opts).await;
+    c.wait_status("gpu", n, "success", T).await;
+}
