@@ -10,8 +10,11 @@ help: ## List the targets
 build: ## Build every binary (debug)
 	$(CARGO) build --workspace --bins
 
-test: ## Run the whole test suite (starts its own redis-server per test)
+test: build ## Run the whole test suite (starts its own redis-server per test)
 	$(CARGO) test --workspace --all-targets
+
+run: build ## Start Redis, the api, the gateway and two workers under var/, run an example build live
+	./scripts/run.sh
 
 lint: ## Formatting and clippy, as CI runs them
 	$(CARGO) fmt --all -- --check

@@ -1,0 +1,202 @@
+//! The CLI's commands.
+
+use std::collections::BTreeMap;
+use std::io::Write;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::{bail, Context};
+use clap::{Parser, Subcommand};
+use reqwest::Method;
+use serde_json::{json, Value};
+
+use crate::client::Api;
+
+#[derive(Parser)]
+#[command(name = "kiln", version, about = "Command-line client for the Kiln CI server")]
+pub(crate) struct Cli {
+    /// The api's base URL.
+    #[arg(long, env = "KILN_URL", default_value = "http://127.0.0.1:8080", global = true)]
+    url: String,
+    /// An api token (read for listings, write to apply and start).
+    #[arg(long, env = "KILN_TOKEN", hide_env_values = true, global = true)]
+    token: Option<String>,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Jobs: apply definitions, list them.
+    #[command(subcommand)]
+    Job(JobCommand),
+    /// Builds: start, list, read logs.
+    #[command(subcommand)]
+    Build(BuildCommand),
+}
+
+#[derive(Subcommand)]
+enum JobCommand {
+    /// Create or replace a job from a TOML or JSON file holding `name` and the definition.
+    Apply {
+        #[arg(short = 'f', long = "file")]
+        file: PathBuf,
+    },
+    /// List jobs.
+    List {
+        #[arg(long)]
+        folder: Option<String>,
+    },
+}
+
+#[derive(Subcommand)]
+enum BuildCommand {
+    /// Trigger a build.
+    Start {
+        job: String,
+        /// A parameter, `KEY=VALUE`; repeatable.
+        #[arg(short = 'p', long = "param")]
+        params: Vec<String>,
+        /// Print the output as it comes and exit with the build's result.
+        #[arg(long)]
+        follow: bool,
+    },
+    /// List recent builds, newest first.
+    List {
+        job: String,
+        #[arg(long, default_value_t = 20)]
+        limit: usize,
+    },
+    /// Print a build's output.
+    Log {
+        job: String,
+        number: u64,
+        /// Keep printing until the build ends; exit with its result.
+        #[arg(long)]
+        follow: bool,
+    },
+}
+
+pub(crate) fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+    let api = Api::new(&cli.url, cli.token)?;
+    match cli.command {
+        Command::Job(JobCommand::Apply { file }) => apply(&api, &file),
+        Command::Job(JobCommand::List { folder }) => {
+            let path = match folder {
+                Some(f) => format!("/api/v1/jobs?folder={f}"),
+                None => "/api/v1/jobs".to_owned(),
+            };
+            let v = api.json(Method::GET, &path, None)?;
+            for j in v["jobs"].as_array().into_iter().flatten() {
+                let folder = j["definition"]["folder"].as_str().unwrap_or("-");
+                println!("{:<40} {folder}", j["name"].as_str().unwrap_or_default());
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Build(BuildCommand::Start { job, params, follow }) => {
+            let mut parameters = BTreeMap::new();
+            for p in params {
+                let (k, v) = p
+                    .split_once('=')
+                    .with_context(|| format!("parameter {p:?} must be KEY=VALUE"))?;
+                parameters.insert(k.to_owned(), v.to_owned());
+            }
+            let b = api.json(
+                Method::POST,
+                &format!("/api/v1/jobs/{job}/builds"),
+                Some(&json!({ "parameters": parameters })),
+            )?;
+            let n = b["number"].as_u64().context("the api returned no build number")?;
+            eprintln!("started {job} #{n}");
+            if follow {
+                return follow_log(&api, &job, n);
+            }
+            println!("{n}");
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Build(BuildCommand::List { job, limit }) => {
+            let v = api.json(Method::GET, &format!("/api/v1/jobs/{job}/builds?limit={limit}"), None)?;
+            for b in v["builds"].as_array().into_iter().flatten() {
+                println!(
+                    "#{:<6} {:<10} {:<26} {}",
+                    b["number"],
+                    b["status"].as_str().unwrap_or_default(),
+                    b["queued_at"].as_str().unwrap_or_default(),
+                    b["duration_ms"].as_u64().map(|d| format!("{d} ms")).unwrap_or_default()
+                );
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Build(BuildCommand::Log { job, number, follow }) => {
+            if follow {
+                return follow_log(&api, &job, number);
+            }
+            let text = api
+                .send(Method::GET, &format!("/api/v1/jobs/{job}/builds/{number}/log"), None)?
+                .text()?;
+            print!("{text}");
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}
+
+fn apply(api: &Api, file: &PathBuf) -> anyhow::Result<ExitCode> {
+    let text = std::fs::read_to_string(file).with_context(|| format!("cannot read {}", file.display()))?;
+    let mut def: Value = if file.extension().is_some_and(|e| e == "json") {
+        serde_json::from_str(&text).with_context(|| format!("{} is not valid JSON", file.display()))?
+    } else {
+        let t: toml::Value = toml::from_str(&text).with_context(|| format!("{} is not valid TOML", file.display()))?;
+        serde_json::to_value(t)?
+    };
+    let Some(obj) = def.as_object_mut() else {
+        bail!("{} must hold a table with `name` and the job definition", file.display());
+    };
+    let name = match obj.remove("name") {
+        Some(Value::String(n)) => n,
+        _ => bail!("{} needs a `name` for the job", file.display()),
+    };
+    api.send(Method::PUT, &format!("/api/v1/jobs/{name}"), Some(&def))?;
+    println!("applied job {name}");
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Follows a build's output over the api's log offsets until it ends; the exit code is
+/// 0 for success, 1 for any other result.
+fn follow_log(api: &Api, job: &str, n: u64) -> anyhow::Result<ExitCode> {
+    let mut offset = 0u64;
+    let mut out = std::io::stdout();
+    loop {
+        let res = api.send(
+            Method::GET,
+            &format!("/api/v1/jobs/{job}/builds/{n}/log?offset={offset}"),
+            None,
+        )?;
+        let header = |h: &str| {
+            res.headers()
+                .get(h)
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_owned)
+        };
+        let next = header("x-kiln-log-next-offset").and_then(|v| v.parse().ok());
+        let more = header("x-kiln-log-more").as_deref() != Some("false");
+        let text = res.text()?;
+        out.write_all(text.as_bytes())?;
+        out.flush()?;
+        offset = next.unwrap_or(offset);
+        if !more {
+            break;
+        }
+        if text.is_empty() {
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+    let b = api.json(Method::GET, &format!("/api/v1/jobs/{job}/builds/{n}"), None)?;
+    let status = b["status"].as_str().unwrap_or("unknown");
+    eprintln!("{job} #{n}: {status}");
+    Ok(if status == "success" {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
+    })
+}
