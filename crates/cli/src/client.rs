@@ -33,7 +33,12 @@ impl Api {
         }
     }
 
-    pub(crate) fn send(&self, method: Method, path: &str, body: Option<&Value>) -> anyhow::Result<Response> {
+    pub(crate) fn send(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<&Value>,
+    ) -> anyhow::Result<Response> {
         let mut r = self.request(method.clone(), path);
         if let Some(b) = body {
             r = r.json(b);
@@ -44,7 +49,9 @@ impl Api {
         if !res.status().is_success() {
             let status = res.status();
             let body: Value = res.json().unwrap_or(Value::Null);
-            let msg = body["error"]["message"].as_str().unwrap_or("request failed");
+            let msg = body["error"]["message"]
+                .as_str()
+                .unwrap_or("request failed");
             match body["error"]["field"].as_str() {
                 Some(f) => bail!("{method} {path}: {status}: {msg} (field {f})"),
                 None => bail!("{method} {path}: {status}: {msg}"),
@@ -53,7 +60,12 @@ impl Api {
         Ok(res)
     }
 
-    pub(crate) fn json(&self, method: Method, path: &str, body: Option<&Value>) -> anyhow::Result<Value> {
+    pub(crate) fn json(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<&Value>,
+    ) -> anyhow::Result<Value> {
         Ok(self.send(method, path, body)?.json()?)
     }
 }

@@ -14,14 +14,26 @@ use serde_json::{json, Value};
 use crate::client::Api;
 
 #[derive(Parser)]
-#[command(name = "kiln", version, about = "Command-line client for the Kiln CI server")]
+#[command(
+    name = "kiln",
+    version,
+    about = "Command-line client for the Kiln CI server"
+)]
 pub(crate) struct Cli {
     /// The api's base URL.
-    #[arg(long, env = "KILN_URL", default_value = "http://127.0.0.1:8080", global = true)]
+    #[arg(
+        long,
+        env = "KILN_URL",
+        default_value = "http://127.0.0.1:8080",
+        global = true
+    )]
     url: String,
     /// An api token (read for listings, write to apply and start).
     #[arg(long, env = "KILN_TOKEN", hide_env_values = true, global = true)]
     token: Option<String>,
+    /// The stream gateway's base URL (`ws://host:port`); `--follow` uses it when set.
+    #[arg(long, env = "KILN_GATEWAY_URL", global = true)]
+    gateway: Option<String>,
     #[command(subcommand)]
     command: Command,
 }
@@ -79,6 +91,10 @@ enum BuildCommand {
 }
 
 pub(crate) fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+    let follow = Follow {
+        gateway: cli.gateway.clone(),
+        token: cli.token.clone(),
+    };
     let api = Api::new(&cli.url, cli.token)?;
     match cli.command {
         Command::Job(JobCommand::Apply { file }) => apply(&api, &file),
@@ -94,7 +110,11 @@ pub(crate) fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             }
             Ok(ExitCode::SUCCESS)
         }
-        Command::Build(BuildCommand::Start { job, params, follow }) => {
+        Command::Build(BuildCommand::Start {
+            job,
+            params,
+            follow: follow_output,
+        }) => {
             let mut parameters = BTreeMap::new();
             for p in params {
                 let (k, v) = p
@@ -107,33 +127,50 @@ pub(crate) fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 &format!("/api/v1/jobs/{job}/builds"),
                 Some(&json!({ "parameters": parameters })),
             )?;
-            let n = b["number"].as_u64().context("the api returned no build number")?;
+            let n = b["number"]
+                .as_u64()
+                .context("the api returned no build number")?;
             eprintln!("started {job} #{n}");
-            if follow {
-                return follow_log(&api, &job, n);
+            if follow_output {
+                return follow.run(&api, &job, n);
             }
             println!("{n}");
             Ok(ExitCode::SUCCESS)
         }
         Command::Build(BuildCommand::List { job, limit }) => {
-            let v = api.json(Method::GET, &format!("/api/v1/jobs/{job}/builds?limit={limit}"), None)?;
+            let v = api.json(
+                Method::GET,
+                &format!("/api/v1/jobs/{job}/builds?limit={limit}"),
+                None,
+            )?;
             for b in v["builds"].as_array().into_iter().flatten() {
                 println!(
                     "#{:<6} {:<10} {:<26} {}",
                     b["number"],
                     b["status"].as_str().unwrap_or_default(),
                     b["queued_at"].as_str().unwrap_or_default(),
-                    b["duration_ms"].as_u64().map(|d| format!("{d} ms")).unwrap_or_default()
+                    b["duration_ms"]
+                        .as_u64()
+                        .map(|d| format!("{d} ms"))
+                        .unwrap_or_default()
                 );
             }
             Ok(ExitCode::SUCCESS)
         }
-        Command::Build(BuildCommand::Log { job, number, follow }) => {
-            if follow {
-                return follow_log(&api, &job, number);
+        Command::Build(BuildCommand::Log {
+            job,
+            number,
+            follow: follow_output,
+        }) => {
+            if follow_output {
+                return follow.run(&api, &job, number);
             }
             let text = api
-                .send(Method::GET, &format!("/api/v1/jobs/{job}/builds/{number}/log"), None)?
+                .send(
+                    Method::GET,
+                    &format!("/api/v1/jobs/{job}/builds/{number}/log"),
+                    None,
+                )?
                 .text()?;
             print!("{text}");
             Ok(ExitCode::SUCCESS)
@@ -142,15 +179,21 @@ pub(crate) fn run(cli: Cli) -> anyhow::Result<ExitCode> {
 }
 
 fn apply(api: &Api, file: &PathBuf) -> anyhow::Result<ExitCode> {
-    let text = std::fs::read_to_string(file).with_context(|| format!("cannot read {}", file.display()))?;
+    let text =
+        std::fs::read_to_string(file).with_context(|| format!("cannot read {}", file.display()))?;
     let mut def: Value = if file.extension().is_some_and(|e| e == "json") {
-        serde_json::from_str(&text).with_context(|| format!("{} is not valid JSON", file.display()))?
+        serde_json::from_str(&text)
+            .with_context(|| format!("{} is not valid JSON", file.display()))?
     } else {
-        let t: toml::Value = toml::from_str(&text).with_context(|| format!("{} is not valid TOML", file.display()))?;
+        let t: toml::Value = toml::from_str(&text)
+            .with_context(|| format!("{} is not valid TOML", file.display()))?;
         serde_json::to_value(t)?
     };
     let Some(obj) = def.as_object_mut() else {
-        bail!("{} must hold a table with `name` and the job definition", file.display());
+        bail!(
+            "{} must hold a table with `name` and the job definition",
+            file.display()
+        );
     };
     let name = match obj.remove("name") {
         Some(Value::String(n)) => n,
@@ -161,8 +204,38 @@ fn apply(api: &Api, file: &PathBuf) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-/// Follows a build's output over the api's log offsets until it ends; the exit code is
-/// 0 for success, 1 for any other result.
+/// How `--follow` reaches the output: the gateway's WebSocket when configured, else the
+/// api's log offsets.
+struct Follow {
+    gateway: Option<String>,
+    token: Option<String>,
+}
+
+impl Follow {
+    /// Prints the output until the build ends; exit code 0 for success, 1 otherwise.
+    fn run(&self, api: &Api, job: &str, n: u64) -> anyhow::Result<ExitCode> {
+        if let Some(gw) = &self.gateway {
+            match crate::ws::follow(gw, self.token.as_deref(), job, n) {
+                Ok(status) => return Ok(exit_for(&status, job, n)),
+                Err(e) => {
+                    eprintln!("kiln: the stream gateway failed ({e:#}); following over the api")
+                }
+            }
+        }
+        follow_log(api, job, n)
+    }
+}
+
+fn exit_for(status: &str, job: &str, n: u64) -> ExitCode {
+    eprintln!("{job} #{n}: {status}");
+    if status == "success" {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
+    }
+}
+
+/// Follows a build's output over the api's log offsets until it ends.
 fn follow_log(api: &Api, job: &str, n: u64) -> anyhow::Result<ExitCode> {
     let mut offset = 0u64;
     let mut out = std::io::stdout();
@@ -192,11 +265,5 @@ fn follow_log(api: &Api, job: &str, n: u64) -> anyhow::Result<ExitCode> {
         }
     }
     let b = api.json(Method::GET, &format!("/api/v1/jobs/{job}/builds/{n}"), None)?;
-    let status = b["status"].as_str().unwrap_or("unknown");
-    eprintln!("{job} #{n}: {status}");
-    Ok(if status == "success" {
-        ExitCode::SUCCESS
-    } else {
-        ExitCode::from(1)
-    })
+    Ok(exit_for(b["status"].as_str().unwrap_or("unknown"), job, n))
 }

@@ -3,6 +3,7 @@
 
 mod client;
 mod commands;
+mod ws;
 
 use std::process::ExitCode;
 

@@ -14,6 +14,8 @@ use tokio::task::JoinHandle;
 
 /// Most lines written and published as one batch.
 const MAX_BATCH: usize = 512;
+/// Most bytes of output in one batch (lines may be up to 64 KiB each).
+const MAX_BATCH_BYTES: usize = 256 * 1024;
 
 /// Where the build's processes send their lines. Cloneable; the log closes when every
 /// clone is dropped.
@@ -73,7 +75,7 @@ pub(crate) async fn start(
                     bytes.push(b'\n');
                 }
                 batch.push(l);
-                if batch.len() < MAX_BATCH {
+                if batch.len() < MAX_BATCH && bytes.len() < MAX_BATCH_BYTES {
                     next = rx.try_recv().ok();
                 }
             }

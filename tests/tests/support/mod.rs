@@ -11,6 +11,7 @@ use kiln_testkit::{free_port, wait_for, RedisServer};
 use serde_json::{json, Value};
 
 pub const TOKEN: &str = "admin-token-for-tests-0123";
+pub const PERSISTENT: &[&str] = &["--appendonly", "yes", "--appendfsync", "always"];
 
 /// Where the workspace's binaries are: `KILN_BIN_DIR`, else the target directory this test
 /// binary was built into.
@@ -88,7 +89,34 @@ pub struct Cluster {
     pub work: tempfile::TempDir,
     pub api: Proc,
     pub client: reqwest::Client,
-    logs: tempfile::TempDir,
+    logs: Logs,
+}
+
+/// Where the services' stderr goes: a temporary folder, or a kept one.
+pub enum Logs {
+    Temp(tempfile::TempDir),
+    Kept(PathBuf),
+}
+
+impl From<tempfile::TempDir> for Logs {
+    fn from(t: tempfile::TempDir) -> Self {
+        Logs::Temp(t)
+    }
+}
+
+impl From<PathBuf> for Logs {
+    fn from(p: PathBuf) -> Self {
+        Logs::Kept(p)
+    }
+}
+
+impl Logs {
+    fn path(&self) -> &Path {
+        match self {
+            Logs::Temp(t) => t.path(),
+            Logs::Kept(p) => p,
+        }
+    }
 }
 
 /// Worker settings used by tests: short leases so recovery is quick.
@@ -114,10 +142,25 @@ impl WorkerOpts {
 
 impl Cluster {
     pub async fn start() -> Self {
-        let redis = RedisServer::start();
+        Self::start_on(RedisServer::start()).await
+    }
+
+    /// A cluster whose Redis keeps its data across a restart (AOF, fsync always).
+    pub async fn start_persistent() -> Self {
+        Self::start_on(RedisServer::start_with(PERSISTENT)).await
+    }
+
+    async fn start_on(redis: RedisServer) -> Self {
         let storage = tempfile::tempdir().unwrap();
         let work = tempfile::tempdir().unwrap();
-        let logs = tempfile::tempdir().unwrap();
+        // KILN_TEST_LOG_DIR keeps the services' logs for a failing test to be read.
+        let logs: Logs = match std::env::var_os("KILN_TEST_LOG_DIR") {
+            Some(d) => {
+                std::fs::create_dir_all(&d).unwrap();
+                tempfile::tempdir_in(d).unwrap().keep().into()
+            }
+            None => tempfile::tempdir().unwrap().into(),
+        };
         let port = free_port();
         let api = spawn(
             "kiln-api",
@@ -193,6 +236,29 @@ impl Cluster {
         );
         self.wait_healthy(port).await;
         p
+    }
+
+    /// Starts a stream gateway; returns it with its `ws://` base URL.
+    pub async fn gateway(&self) -> (Proc, String) {
+        let port = free_port();
+        let p = spawn(
+            "kiln-stream-gateway",
+            port,
+            &[
+                ("KILN_REDIS__URL", self.redis.url()),
+                (
+                    "KILN_STORAGE__ROOT",
+                    self.storage.path().display().to_string(),
+                ),
+                ("KILN_AUTH__TOKENS", format!("tests:admin:{TOKEN}")),
+                ("KILN_GATEWAY__PING_SECS", "1".into()),
+                ("KILN_GATEWAY__CLIENT_TIMEOUT_SECS", "20".into()),
+                ("KILN_GATEWAY__SEND_TIMEOUT_MS", "3000".into()),
+            ],
+            self.logs.path(),
+        );
+        self.wait_healthy(port).await;
+        (p, format!("ws://127.0.0.1:{port}"))
     }
 
     pub fn url(&self, path: &str) -> String {

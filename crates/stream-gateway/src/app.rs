@@ -1,0 +1,231 @@
+//! Building and running the gateway: routes, the token and origin checks made before the
+//! WebSocket upgrade, and graceful shutdown (clients get a close frame with their resume
+//! position).
+
+use std::net::{SocketAddr, TcpListener};
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use actix_web::{dev::Server, web, App, HttpRequest, HttpResponse, HttpServer};
+use kiln_model::{BuildNumber, BuildRef, JobName};
+use kiln_service_kit::auth::Authenticator;
+use kiln_service_kit::error::ApiError;
+use kiln_service_kit::{health, ConfigError, Role};
+use kiln_store::{Store, StoreError, StoreOptions};
+use serde::Deserialize;
+use tokio_util::sync::CancellationToken;
+
+use crate::config::{GatewayConfig, Limits};
+use crate::hub::Hub;
+use crate::live_streams::EventFilter;
+use crate::session::Client;
+
+#[derive(Debug, thiserror::Error)]
+pub enum BuildError {
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("cannot create the Redis subscriber: {0}")]
+    Subscriber(String),
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        addr: String,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+#[derive(Clone)]
+struct State {
+    hub: Arc<Hub>,
+    store: Store,
+    storage_root: PathBuf,
+    limits: Limits,
+    auth: Authenticator,
+    shutdown: CancellationToken,
+}
+
+pub struct Application {
+    server: Server,
+    addr: SocketAddr,
+    hub: Arc<Hub>,
+    shutdown: CancellationToken,
+}
+
+impl Application {
+    pub async fn build(config: GatewayConfig) -> Result<Self, BuildError> {
+        let limits = config.limits()?;
+        let mut opts = StoreOptions::new(&config.common.redis.url);
+        opts.pool_size = config.common.redis.pool_size;
+        let store = Store::new(&opts)?;
+        health::warn_about_redis(&store).await;
+        let hub = Hub::start(&config.common.redis.url, limits.channel_buffer)
+            .map_err(|e| BuildError::Subscriber(e.to_string()))?;
+        let shutdown = CancellationToken::new();
+        let state = State {
+            hub: hub.clone(),
+            store,
+            storage_root: config.common.storage.root.clone(),
+            limits,
+            auth: Authenticator::new(&config.common.auth),
+            shutdown: shutdown.clone(),
+        };
+        let bind = config.common.http.addr()?;
+        let listener = TcpListener::bind(bind).map_err(|source| BuildError::Bind {
+            addr: bind.to_string(),
+            source,
+        })?;
+        let addr = listener.local_addr().map_err(|source| BuildError::Bind {
+            addr: bind.to_string(),
+            source,
+        })?;
+        let mut server = HttpServer::new(move || {
+            App::new()
+                .app_data(web::Data::new(state.clone()))
+                .configure(health::configure)
+                .route("/readyz", web::get().to(readyz))
+                .route("/ws/builds/{job}/{number}", web::get().to(ws_build))
+                .route("/ws/nodes", web::get().to(ws_nodes))
+                .route("/ws/events", web::get().to(ws_events))
+        })
+        .listen(listener)
+        .map_err(|source| BuildError::Bind {
+            addr: addr.to_string(),
+            source,
+        })?
+        .disable_signals()
+        .shutdown_timeout(5);
+        if config.gateway.workers > 0 {
+            server = server.workers(config.gateway.workers);
+        }
+        Ok(Self {
+            server: server.run(),
+            addr,
+            hub,
+            shutdown,
+        })
+    }
+
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// Serves until `shutdown`; then every client gets a close frame (with its resume
+    /// position for build streams) and the server stops.
+    pub async fn run_until_stopped(self, shutdown: CancellationToken) -> std::io::Result<()> {
+        let handle = self.server.handle();
+        let sessions = self.shutdown.clone();
+        let hub = self.hub.clone();
+        tokio::spawn(async move {
+            shutdown.cancelled().await;
+            sessions.cancel();
+            handle.stop(true).await;
+            hub.quit().await;
+        });
+        self.server.await
+    }
+}
+
+async fn readyz(state: web::Data<State>) -> HttpResponse {
+    kiln_service_kit::health::redis_readiness(&state.store).await
+}
+
+/// The token (header, or `?access_token=` for browsers) and the Origin, checked before the
+/// upgrade so a refused client gets a plain HTTP error.
+fn admit(req: &HttpRequest, state: &State) -> Result<(), ApiError> {
+    state
+        .auth
+        .check(Authenticator::token_of(req, true).as_deref(), Role::Read)?;
+    if let Some(origin) = req.headers().get("origin").and_then(|o| o.to_str().ok()) {
+        let allowed = &state.limits.allowed_origins;
+        if !allowed.is_empty() && !allowed.iter().any(|a| a == origin) {
+            return Err(ApiError::Forbidden(format!(
+                "origin {origin} is not allowed"
+            )));
+        }
+    }
+    Ok(())
+}
+
+fn upgrade(
+    req: &HttpRequest,
+    body: web::Payload,
+    state: &State,
+) -> Result<(HttpResponse, Client), actix_web::Error> {
+    let (res, session, stream) = actix_ws::handle(req, body)?;
+    Ok((res, Client::new(session, stream, state.limits.clone())))
+}
+
+#[derive(Deserialize)]
+struct BuildQuery {
+    #[serde(default)]
+    from: u64,
+}
+
+async fn ws_build(
+    req: HttpRequest,
+    body: web::Payload,
+    state: web::Data<State>,
+    path: web::Path<(String, String)>,
+    q: web::Query<BuildQuery>,
+) -> Result<HttpResponse, actix_web::Error> {
+    admit(&req, &state)?;
+    let job = JobName::parse(&path.0).map_err(|e| ApiError::bad_request("job", e.to_string()))?;
+    let number: BuildNumber = path
+        .1
+        .parse()
+        .map_err(|_| ApiError::bad_request("number", "must be a positive integer"))?;
+    let (res, client) = upgrade(&req, body, &state)?;
+    let s = state.get_ref().clone();
+    actix_web::rt::spawn(crate::build_stream::stream_build(
+        client,
+        s.hub,
+        s.store,
+        s.storage_root,
+        BuildRef::new(job, number),
+        q.from,
+        s.shutdown,
+    ));
+    Ok(res)
+}
+
+async fn ws_nodes(
+    req: HttpRequest,
+    body: web::Payload,
+    state: web::Data<State>,
+) -> Result<HttpResponse, actix_web::Error> {
+    admit(&req, &state)?;
+    let (res, client) = upgrade(&req, body, &state)?;
+    let s = state.get_ref().clone();
+    actix_web::rt::spawn(crate::live_streams::stream_nodes(
+        client, s.hub, s.store, s.shutdown,
+    ));
+    Ok(res)
+}
+
+#[derive(Deserialize)]
+struct EventsQuery {
+    job: Option<String>,
+    folder: Option<String>,
+}
+
+async fn ws_events(
+    req: HttpRequest,
+    body: web::Payload,
+    state: web::Data<State>,
+    q: web::Query<EventsQuery>,
+) -> Result<HttpResponse, actix_web::Error> {
+    admit(&req, &state)?;
+    let q = q.into_inner();
+    let (res, client) = upgrade(&req, body, &state)?;
+    let s = state.get_ref().clone();
+    let filter = EventFilter {
+        job: q.job,
+        folder: q.folder,
+    };
+    actix_web::rt::spawn(crate::live_streams::stream_events(
+        client, s.hub, filter, s.shutdown,
+    ));
+    Ok(res)
+}

@@ -1,0 +1,280 @@
+//! `/ws/builds/{job}/{n}`: the output so far from the log file, then live lines from the
+//! build's output channel with no gap and no duplicate (sequence numbers bridge the two),
+//! then an end message with the final status, then close.
+//!
+//! The worker appends a line to the file before publishing it, so whenever the channel
+//! shows a gap (a missed message, a Redis reconnect, a late join) the file already holds the
+//! missing lines.
+
+use std::io::SeekFrom;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytestring::ByteString;
+use kiln_model::{keys, output, storage, BuildRef, LogLine, OutputMessage};
+use kiln_store::Store;
+use serde_json::json;
+use tokio::io::{AsyncReadExt, AsyncSeekExt};
+use tokio::sync::broadcast::error::RecvError;
+use tokio_util::sync::CancellationToken;
+
+use crate::hub::{Frame, Hub};
+use crate::session::{
+    Client, Gone, Incoming, CLOSE_NOT_FOUND, CLOSE_SLOW, CLOSE_UNAVAILABLE, CLOSE_UNRESPONSIVE,
+};
+
+/// With no message for this long, the file and the document are checked anyway (covers a
+/// lost end message or a silent outage).
+const POLL: Duration = Duration::from_secs(2);
+/// Most bytes read from the log file per catch-up; a longer backlog takes several rounds.
+const READ_CHUNK: u64 = 4 * 1024 * 1024;
+/// Largest frame sent to a client. actix-ws queues 32 frames per client, so this bounds
+/// what a client that stopped reading can pin in memory (plus kernel socket buffers)
+/// before its send times out.
+const MAX_FRAME: usize = 64 * 1024;
+
+/// Reads new complete lines of a build's log file.
+struct Cursor {
+    path: Option<PathBuf>,
+    offset: u64,
+}
+
+impl Cursor {
+    async fn read(&mut self) -> Vec<LogLine> {
+        let Some(path) = &self.path else {
+            return Vec::new();
+        };
+        let Ok(mut f) = tokio::fs::File::open(path).await else {
+            return Vec::new();
+        };
+        let len = f.metadata().await.map(|m| m.len()).unwrap_or(0);
+        if len < self.offset {
+            // A new attempt started a fresh file.
+            self.offset = 0;
+        }
+        if f.seek(SeekFrom::Start(self.offset)).await.is_err() {
+            return Vec::new();
+        }
+        let mut buf = Vec::new();
+        if f.take(READ_CHUNK).read_to_end(&mut buf).await.is_err() {
+            return Vec::new();
+        }
+        let complete = buf.iter().rposition(|b| *b == b'\n').map_or(0, |i| i + 1);
+        self.offset += complete as u64;
+        buf[..complete]
+            .split(|b| *b == b'\n')
+            .filter(|l| !l.is_empty())
+            .filter_map(|l| serde_json::from_slice(l).ok())
+            .collect()
+    }
+}
+
+struct Watcher {
+    client: Client,
+    store: Store,
+    build: BuildRef,
+    cursor: Cursor,
+    attempt: u32,
+    /// Last sequence number sent in the current attempt.
+    sent: u64,
+}
+
+enum Step {
+    Continue,
+    Done,
+}
+
+impl Watcher {
+    /// Sends everything new in the file, attempt by attempt.
+    async fn catch_up(&mut self) -> Result<(), Gone> {
+        loop {
+            let lines = self.cursor.read().await;
+            if lines.is_empty() {
+                return Ok(());
+            }
+            let mut batch = Vec::new();
+            for l in lines {
+                if l.attempt > self.attempt {
+                    self.flush(&mut batch).await?;
+                    self.new_attempt(l.attempt).await?;
+                }
+                if l.attempt == self.attempt && l.seq > self.sent {
+                    batch.push(l);
+                }
+            }
+            self.flush(&mut batch).await?;
+        }
+    }
+
+    /// Sends lines as `lines` frames of at most about `MAX_FRAME` bytes each; `sent` moves
+    /// only past frames the client's queue accepted, so it is always a valid resume point.
+    async fn flush(&mut self, batch: &mut Vec<LogLine>) -> Result<(), Gone> {
+        let mut frame = Vec::new();
+        let mut size = 0;
+        for l in batch.drain(..) {
+            size += l.line.len() + 100;
+            frame.push(l);
+            if size >= MAX_FRAME {
+                self.send_frame(std::mem::take(&mut frame)).await?;
+                size = 0;
+            }
+        }
+        if !frame.is_empty() {
+            self.send_frame(frame).await?;
+        }
+        Ok(())
+    }
+
+    async fn send_frame(&mut self, lines: Vec<LogLine>) -> Result<(), Gone> {
+        let last = lines.last().map_or(self.sent, |l| l.seq);
+        let text = serde_json::to_string(&OutputMessage::Lines { lines }).unwrap_or_default();
+        self.client.send(ByteString::from(text)).await?;
+        self.sent = last;
+        Ok(())
+    }
+
+    async fn new_attempt(&mut self, attempt: u32) -> Result<(), Gone> {
+        self.attempt = attempt;
+        self.sent = 0;
+        self.client
+            .send_json(&json!({"type": "attempt", "attempt": attempt}))
+            .await
+    }
+
+    /// Handles one published message.
+    async fn on_message(&mut self, text: ByteString) -> Result<Step, Gone> {
+        let Ok(msg) = serde_json::from_str::<OutputMessage>(&text) else {
+            return Ok(Step::Continue);
+        };
+        match msg {
+            OutputMessage::Lines { lines } => {
+                let (Some(first), Some(last)) = (lines.first(), lines.last()) else {
+                    return Ok(Step::Continue);
+                };
+                if first.attempt < self.attempt
+                    || (first.attempt == self.attempt && last.seq <= self.sent)
+                {
+                    // An old attempt, or a duplicate replayed after a reconnect.
+                    return Ok(Step::Continue);
+                }
+                if first.attempt == self.attempt
+                    && first.seq == self.sent + 1
+                    && text.len() <= MAX_FRAME
+                {
+                    // The common case: forward the published text unchanged.
+                    let last = last.seq;
+                    self.client.send(text).await?;
+                    self.sent = last;
+                } else if first.attempt == self.attempt && first.seq == self.sent + 1 {
+                    let mut lines = lines;
+                    self.flush(&mut lines).await?;
+                } else {
+                    self.catch_up().await?;
+                }
+                Ok(Step::Continue)
+            }
+            OutputMessage::End { attempt, .. } if attempt < self.attempt => Ok(Step::Continue),
+            OutputMessage::End { .. } => self.finish_if_final().await,
+        }
+    }
+
+    /// If the build is final, sends what the file still holds, the end message, and closes.
+    async fn finish_if_final(&mut self) -> Result<Step, Gone> {
+        self.catch_up().await?;
+        let doc = match self.store.get_build(&self.build).await {
+            Ok(Some(d)) => d,
+            Ok(None) => return Ok(Step::Done),
+            Err(_) => return Ok(Step::Continue),
+        };
+        if !doc.status.is_final() {
+            return Ok(Step::Continue);
+        }
+        self.catch_up().await?;
+        let end = OutputMessage::End {
+            status: doc.status,
+            last_seq: self.sent,
+            attempt: self.attempt,
+        };
+        self.client
+            .send(ByteString::from(
+                serde_json::to_string(&end).unwrap_or_default(),
+            ))
+            .await?;
+        Ok(Step::Done)
+    }
+}
+
+pub(crate) async fn stream_build(
+    mut client: Client,
+    hub: Arc<Hub>,
+    store: Store,
+    storage_root: PathBuf,
+    build: BuildRef,
+    from: u64,
+    shutdown: CancellationToken,
+) {
+    // Subscribe before reading anything, so no line published from now on is missed.
+    let mut watch = match hub.watch(keys::output_channel(&build)).await {
+        Ok(w) => w,
+        Err(e) => return client.close(CLOSE_UNAVAILABLE, e.to_string()),
+    };
+    let doc = match store.get_build(&build).await {
+        Ok(Some(d)) => d,
+        Ok(None) => return client.close(CLOSE_NOT_FOUND, format!("unknown build {build}")),
+        Err(_) => return client.close(CLOSE_UNAVAILABLE, "Redis is unavailable"),
+    };
+    let path =
+        storage::build_dir(&storage_root, &doc.storage_path).map(|d| d.join(output::LOG_FILE));
+    if client
+        .send_json(&json!({"type": "build", "build": doc}))
+        .await
+        .is_err()
+    {
+        return client.close(CLOSE_SLOW, format!("resume_from={from}"));
+    }
+    let mut w = Watcher {
+        client,
+        store,
+        build,
+        cursor: Cursor { path, offset: 0 },
+        attempt: doc.attempt,
+        sent: from,
+    };
+    let mut step = w.finish_if_final().await;
+    let mut poll = tokio::time::interval(POLL);
+    poll.reset();
+    while let Ok(Step::Continue) = step {
+        step = tokio::select! {
+            f = watch.rx.recv() => match f {
+                Ok(Frame::Message(text)) => {
+                    poll.reset();
+                    w.on_message(text).await
+                }
+                // Missed messages (a reconnect, or this process fell behind): the file has them.
+                Ok(Frame::Resync) | Err(RecvError::Lagged(_)) => w.finish_if_final().await,
+                Err(RecvError::Closed) => Ok(Step::Done),
+            },
+            _ = poll.tick() => w.finish_if_final().await,
+            i = w.client.next() => match i {
+                Incoming::Nothing => Ok(Step::Continue),
+                Incoming::Left => return,
+                Incoming::Unresponsive => return w.client.close(CLOSE_UNRESPONSIVE, "no pong in time"),
+            },
+            _ = shutdown.cancelled() => {
+                let sent = w.sent;
+                return w.client.close(1001, format!("gateway shutting down; resume_from={sent}"));
+            }
+        };
+    }
+    let sent = w.sent;
+    match step {
+        Ok(_) => w.client.close(1000, "build finished"),
+        Err(Gone) => {
+            tracing::info!(build = %w.build, resume_from = sent, "client stopped reading; cut off");
+            metrics::counter!("kiln_gateway_dropped_clients_total").increment(1);
+            w.client
+                .close(CLOSE_SLOW, format!("too slow; resume_from={sent}"));
+        }
+    }
+}
