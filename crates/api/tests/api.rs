@@ -702,3 +702,85 @@ async fn readiness_fails_when_redis_is_gone() {
     let r = app.call(Method::GET, "/api/v1/jobs/app", None).await;
     assert_eq!(r.status(), 503, "Redis down is 503, never 500");
 }
+
+#[tokio::test]
+async fn github_links_point_at_existing_jobs() {
+    let app = TestApp::spawn().await;
+    app.put_job("app", job(json!({}))).await;
+    let r = app
+        .call(
+            Method::PUT,
+            "/api/v1/github/MyOrg/Repo.js/pullrequest",
+            Some(json!({"job": "app"})),
+        )
+        .await;
+    assert_eq!(r.status(), 200);
+    assert_eq!(
+        app.get_json("/api/v1/redis/github_myorg_repo.js_pullrequest")
+            .await["value"],
+        "job_app"
+    );
+    assert_eq!(
+        app.get_json("/api/v1/github/myorg/repo.js/pullrequest")
+            .await["job"],
+        "app"
+    );
+    assert_eq!(
+        app.get_json("/api/v1/github/links").await["links"][0]["key"],
+        "github_myorg_repo.js_pullrequest"
+    );
+    let before = app.snapshot().await;
+    let bad = [
+        (
+            "/api/v1/github/o/r/branch",
+            json!({"job": "nope"}),
+            422,
+            "job",
+        ),
+        (
+            "/api/v1/github/o/r/tags",
+            json!({"job": "app"}),
+            400,
+            "kind",
+        ),
+        (
+            "/api/v1/github/o%20x/r/branch",
+            json!({"job": "app"}),
+            400,
+            "org",
+        ),
+        (
+            "/api/v1/github/o/r/branch",
+            json!({"job": "app_pr1"}),
+            400,
+            "job",
+        ),
+    ];
+    for (path, body, status, field) in bad {
+        let r = app.call(Method::PUT, path, Some(body)).await;
+        assert_eq!(
+            error_field(r, status).await.as_deref(),
+            Some(field),
+            "{path}"
+        );
+    }
+    assert_eq!(app.snapshot().await, before);
+    assert_eq!(
+        app.call(
+            Method::DELETE,
+            "/api/v1/github/myorg/repo.js/pullrequest",
+            None
+        )
+        .await
+        .status(),
+        204
+    );
+    assert_eq!(
+        app.redis_type("github_myorg_repo.js_pullrequest").await,
+        "none"
+    );
+    assert_eq!(
+        app.get_json("/api/v1/github/links").await["links"],
+        json!([])
+    );
+}

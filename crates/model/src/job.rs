@@ -43,6 +43,34 @@ pub struct JobDefinition {
     pub lost_retries: u32,
     #[serde(default)]
     pub disabled: bool,
+    /// Set on jobs github-ingest derived from a pull request or branch: where they came from.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub github: Option<GithubSource>,
+}
+
+/// The pull request or branch a derived job builds, recorded on every event.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GithubSource {
+    /// `pull_request` or `branch`.
+    pub kind: String,
+    /// `owner/name`, as GitHub spells it.
+    pub repository: String,
+    /// The user-chosen job this one copies.
+    pub base_job: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub number: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub title: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub author: Option<String>,
+    pub head_sha: String,
+    pub head_ref: String,
+    pub clone_url: String,
+    /// When the pull request was closed or the branch deleted (the job was disabled); the
+    /// cleanup task deletes the job a configured number of days later.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub closed_at: Option<chrono::DateTime<chrono::Utc>>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

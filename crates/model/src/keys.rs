@@ -29,6 +29,8 @@ pub mod prefix {
     pub const NODE: &str = "kiln:node:";
     pub const FINISHED: &str = "kiln:finished:";
     pub const OUTPUT: &str = "kiln:output:";
+    pub const PROCESSING: &str = "kiln:processing:";
+    pub const DEAD_LETTER: &str = "kiln:dead-letter:";
 }
 
 /// `folder_<name>`: list of the folder's entries.
@@ -82,6 +84,16 @@ pub fn github_link(org: &str, repo: &str, kind: GithubLinkKind) -> String {
         repo.to_lowercase(),
         kind.as_str()
     )
+}
+
+/// Set of every `github_<org>_<repo>_<kind>` link key, so links can be listed without
+/// scanning the keyspace.
+pub const GITHUB_LINKS: &str = "kiln:github-links";
+
+/// String with a one-day TTL: a GitHub delivery already handled (value: the build it queued,
+/// or `-`), so a redelivered event never queues a second build.
+pub fn github_delivery(delivery_id: &str) -> String {
+    format!("kiln:github-delivery:{delivery_id}")
 }
 
 /// Hash job name -> last build number handed out (HINCRBY), so numbers are never reused
@@ -138,6 +150,17 @@ pub fn node(worker: &Name) -> String {
 /// List of finished build keys, one list per registered consumer (durable hand-off).
 pub fn finished(consumer: &Name) -> String {
     format!("{}{consumer}", prefix::FINISHED)
+}
+
+/// List of the entries a consumer took from `kiln:finished:<consumer>` and has not finished
+/// handling; re-handled when the consumer starts, so a crash loses nothing.
+pub fn processing(consumer: &Name) -> String {
+    format!("{}{consumer}", prefix::PROCESSING)
+}
+
+/// List of entries a consumer gave up on for good (JSON with the reason), for operators.
+pub fn dead_letter(consumer: &Name) -> String {
+    format!("{}{consumer}", prefix::DEAD_LETTER)
 }
 
 /// Pub/sub channel of a build's output ([`crate::OutputMessage`] JSON).

@@ -15,7 +15,7 @@ pub mod storage;
 
 pub use build::{BuildDocument, BuildStatus, StepResult, Trigger, TriggerKind};
 pub use events::{BuildEvent, BuildEventKind};
-pub use job::{JobDefinition, Parameter, Repository, Retention, Step};
+pub use job::{GithubSource, JobDefinition, Parameter, Repository, Retention, Step};
 pub use keys::{BuildRef, Entry};
 pub use names::{BuildNumber, JobName, Name, NameError};
 pub use node::NodeInfo;

@@ -22,6 +22,9 @@ pub struct Trigger {
     pub job: JobName,
     pub parameters: BTreeMap<String, String>,
     pub trigger: BuildTrigger,
+    /// A delivery key (`keys::github_delivery`) and its TTL: when the key exists the event
+    /// was handled already and no build is queued; otherwise it is set in the same step.
+    pub dedup: Option<(String, u64)>,
 }
 
 /// What a trigger wrote: the new build, and the documents that fell out of retention (the
@@ -30,6 +33,8 @@ pub struct Trigger {
 pub struct TriggeredBuild {
     pub build: BuildDocument,
     pub dropped: Vec<BuildDocument>,
+    /// True when the delivery had been handled before: `build` is the build it queued then.
+    pub deduplicated: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -130,9 +135,25 @@ impl Store {
                 .arg(keys::EVENTS_CHANNEL)
                 .arg(&no_worker)
                 .arg(&raw_def)
+                .arg(req.dedup.as_ref().map_or("", |(k, _)| k.as_str()))
+                .arg(req.dedup.as_ref().map_or(0, |(_, ttl)| *ttl))
                 .invoke_async::<(u64, String, Vec<String>)>(&mut c)
                 .await;
             match r {
+                Ok((0, existing, _)) => {
+                    drop(c);
+                    let build = BuildRef::from_key(&existing)
+                        .map_err(|e| StoreError::Conflict(format!("{existing}: {e}")))?;
+                    let doc = self
+                        .get_build(&build)
+                        .await?
+                        .ok_or_else(|| StoreError::NotFound(format!("build {build}")))?;
+                    return Ok(TriggeredBuild {
+                        build: doc,
+                        dropped: Vec::new(),
+                        deduplicated: true,
+                    });
+                }
                 Ok((n, doc, dropped)) => {
                     let key = BuildRef::new(req.job.clone(), BuildNumber(n)).key();
                     return Ok(TriggeredBuild {
@@ -141,6 +162,7 @@ impl Store {
                             .iter()
                             .filter_map(|d| serde_json::from_str(d).ok())
                             .collect(),
+                        deduplicated: false,
                     });
                 }
                 Err(e) => match script_error(e, &what) {
@@ -195,6 +217,41 @@ impl Store {
             .map(|n| BuildRef::new(job.clone(), BuildNumber(n)).key())
             .collect();
         Ok((self.get_builds(&keys).await?, total))
+    }
+
+    /// The build numbers `job_<name>_recent` still holds.
+    pub async fn recent_numbers(&self, job: &JobName) -> Result<Vec<u64>, StoreError> {
+        let mut c = self.conn().await?;
+        Ok(c.lrange(keys::job_recent(job), 0, -1).await?)
+    }
+
+    /// Cancels every queued or running build of `job` among its recent ones (a new head
+    /// supersedes them, or the pull request closed). Returns how many were cancelled.
+    pub async fn cancel_active(&self, job: &JobName, reason: &str) -> Result<usize, StoreError> {
+        let (builds, _) = self.list_builds(job, 0, 200).await?;
+        let mut n = 0;
+        for b in builds.iter().filter(|b| !b.status.is_final()) {
+            match self.cancel(&b.build_ref(), reason).await {
+                Ok(_) => n += 1,
+                Err(StoreError::Conflict(_) | StoreError::NotFound(_)) => {}
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(n)
+    }
+
+    /// Records a delivery id as handled for `ttl_secs`; false if it had been already.
+    pub async fn mark_delivery(&self, key: &str, ttl_secs: u64) -> Result<bool, StoreError> {
+        let mut c = self.conn().await?;
+        let set: Option<String> = redis::cmd("SET")
+            .arg(key)
+            .arg("-")
+            .arg("NX")
+            .arg("EX")
+            .arg(ttl_secs)
+            .query_async(&mut c)
+            .await?;
+        Ok(set.is_some())
     }
 
     /// Cancels a queued build at once, or asks the worker running it to stop.

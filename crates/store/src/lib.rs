@@ -5,6 +5,8 @@
 mod builds;
 mod connect;
 mod error;
+mod finished;
+mod links;
 mod nodes;
 mod pubsub;
 mod queue;
@@ -15,6 +17,8 @@ mod tree;
 pub use builds::{CancelOutcome, Trigger as TriggerRequest, TriggeredBuild, WORKER_LIVENESS_MS};
 pub use connect::{redact, RedisHealth, Store, StoreOptions};
 pub use error::StoreError;
+pub use finished::DeadLetter;
+pub use links::{valid_repo_part, Link};
 pub use nodes::QueueStats;
 pub use queue::{Claimed, Heartbeat, Lease, ReapOutcome};
 pub use raw::{is_layout_key, RawValue};

@@ -27,4 +27,5 @@ script!(CANCEL, "lua/cancel.lua");
 script!(PUT_JOB, "lua/put_job.lua");
 script!(DELETE_JOB, "lua/delete_job.lua");
 script!(CREATE_FOLDER, "lua/create_folder.lua");
+script!(CLAIM_FINISHED, "lua/claim_finished.lua");
 script!(DELETE_FOLDER, "lua/delete_folder.lua");

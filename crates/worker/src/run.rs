@@ -144,6 +144,7 @@ async fn run_claimed(w: &Worker, claimed: Claimed, active: &Active) {
                     attempt: doc.attempt,
                 };
                 let _ = w.store.publish_output(&lease.build, &end).await;
+                prune_storage(w, &doc).await;
             }
         }
     }
@@ -179,6 +180,31 @@ async fn finish(w: &Worker, lease: &kiln_store::Lease, doc: &kiln_model::BuildDo
             Err(e) => {
                 tracing::error!(build = %lease.build, error = %e, "cannot record the result; the reaper will requeue it");
                 return false;
+            }
+        }
+    }
+}
+
+/// Removes the storage folders of this job's older builds that fell out of its retention
+/// (whoever triggered the build that pushed them out: the api, github-ingest...).
+async fn prune_storage(w: &Worker, doc: &kiln_model::BuildDocument) {
+    let Some(dir) = storage::build_dir(&w.settings.storage_root, &doc.storage_path) else {
+        return;
+    };
+    let Some(job_dir) = dir.parent() else { return };
+    let Ok(kept) = w.store.recent_numbers(&doc.job).await else {
+        return;
+    };
+    let Ok(mut entries) = tokio::fs::read_dir(job_dir).await else {
+        return;
+    };
+    while let Ok(Some(e)) = entries.next_entry().await {
+        let Some(n) = e.file_name().to_str().and_then(|s| s.parse::<u64>().ok()) else {
+            continue;
+        };
+        if n < doc.number.0 && !kept.contains(&n) {
+            if let Err(err) = tokio::fs::remove_dir_all(e.path()).await {
+                tracing::warn!(path = %e.path().display(), error = %err, "cannot remove an old build folder");
             }
         }
     }

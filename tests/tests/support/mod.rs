@@ -11,6 +11,7 @@ use kiln_testkit::{free_port, wait_for, RedisServer};
 use serde_json::{json, Value};
 
 pub const TOKEN: &str = "admin-token-for-tests-0123";
+pub const WEBHOOK_SECRET: &str = "webhook-secret-for-tests";
 pub const PERSISTENT: &[&str] = &["--appendonly", "yes", "--appendfsync", "always"];
 
 /// Where the workspace's binaries are: `KILN_BIN_DIR`, else the target directory this test
@@ -259,6 +260,26 @@ impl Cluster {
         );
         self.wait_healthy(port).await;
         (p, format!("ws://127.0.0.1:{port}"))
+    }
+
+    /// Starts github-ingest with `WEBHOOK_SECRET`, posting statuses to `github_api`.
+    pub async fn ingest(&self, github_api: &str, extra: &[(&str, &str)]) -> (Proc, String) {
+        let port = free_port();
+        let mut env = vec![
+            ("KILN_REDIS__URL", self.redis.url()),
+            (
+                "KILN_STORAGE__ROOT",
+                self.storage.path().display().to_string(),
+            ),
+            ("KILN_GITHUB__WEBHOOK_SECRET", WEBHOOK_SECRET.to_owned()),
+            ("KILN_GITHUB__TOKEN", "ghp_test_token".to_owned()),
+            ("KILN_GITHUB__API_URL", github_api.to_owned()),
+            ("KILN_GITHUB__PUBLIC_URL", self.url("")),
+        ];
+        env.extend(extra.iter().map(|(k, v)| (*k, (*v).to_owned())));
+        let p = spawn("kiln-github-ingest", port, &env, self.logs.path());
+        self.wait_healthy(port).await;
+        (p, format!("http://127.0.0.1:{port}"))
     }
 
     pub fn url(&self, path: &str) -> String {

@@ -73,6 +73,7 @@ pub(crate) async fn trigger(
                 sha: b.sha,
                 git_ref: b.git_ref,
             },
+            dedup: None,
         })
         .await?;
     remove_build_dirs(&state.storage_root, &t.dropped).await;

@@ -4,6 +4,7 @@
 
 mod builds;
 mod folders;
+mod github;
 mod jobs;
 mod logs;
 mod nodes;
@@ -49,6 +50,10 @@ routes! {
     get "/jobs/{name}/builds/{number}/log" => logs::get, "read", 200, "Read a build's output from ?offset=";
     get "/nodes" => nodes::list, "read", 200, "List live workers";
     get "/queue" => nodes::queue, "read", 200, "List queues with their depth and waiting builds";
+    get "/github/links" => github::list, "read", 200, "List every GitHub link";
+    put "/github/{org}/{repo}/{kind}" => github::put, "write", 200, "Link a repository's pullrequest or branch events to a job";
+    get "/github/{org}/{repo}/{kind}" => github::get, "read", 200, "Read a GitHub link";
+    delete "/github/{org}/{repo}/{kind}" => github::delete, "write", 204, "Remove a GitHub link";
     get "/redis/{key}" => raw::get, "admin", 200, "Read any key of Kiln's Redis layout";
     get "/openapi.json" => openapi_json, "none", 200, "This document";
 }

@@ -4,7 +4,9 @@
 -- ARGV: job name, document without its opening '{' and without number/storage_path/reason,
 --       storage prefix, retention, queue name, build key prefix, now (RFC 3339),
 --       liveness window ms, events channel, reason JSON when no worker is live ('' none),
---       expected definition
+--       expected definition, delivery key ('' none), delivery TTL seconds
+-- Returns {n, document, dropped documents}, or {0, existing build key, {}} when the
+-- delivery key shows this event was handled already.
 -- Refuse before writing anything if a key holds the wrong type: Redis does not roll back
 -- a script that fails half-way.
 local expected = {[2] = 'list', [3] = 'hash', [4] = 'list', [5] = 'zset', [6] = 'set',
@@ -19,6 +21,10 @@ local def = redis.call('GET', KEYS[1])
 if not def then return redis.error_reply('NOTFOUND job') end
 if def ~= ARGV[11] then return redis.error_reply('RETRY definition changed') end
 if cjson.decode(def).disabled == true then return redis.error_reply('DISABLED job') end
+if ARGV[12] ~= '' then
+  local seen = redis.call('GET', ARGV[12])
+  if seen then return {0, seen, {}} end
+end
 
 local n = redis.call('HINCRBY', KEYS[3], ARGV[1], 1)
 local key = ARGV[6] .. n
@@ -28,6 +34,7 @@ if ARGV[10] ~= '' and redis.call('ZCOUNT', KEYS[7], now_ms() - tonumber(ARGV[8])
 end
 local doc = '{"number":' .. n .. ',"storage_path":"' .. ARGV[3] .. '/' .. n .. '",' .. reason .. ARGV[2]
 redis.call('SET', key, doc)
+if ARGV[12] ~= '' then redis.call('SET', ARGV[12], key, 'EX', tonumber(ARGV[13])) end
 redis.call('LPUSH', KEYS[2], n)
 
 local dropped = {}

@@ -1,0 +1,138 @@
+//! Building and running github-ingest: the webhook server, the status reporter and the
+//! cleanup task, stopped together.
+
+use std::net::{SocketAddr, TcpListener};
+use std::path::PathBuf;
+
+use actix_web::{dev::Server, web, App, HttpServer};
+use kiln_model::Name;
+use kiln_service_kit::{health, ConfigError};
+use kiln_store::{Store, StoreError, StoreOptions};
+use tokio_util::sync::CancellationToken;
+
+use crate::config::{IngestConfig, Settings};
+use crate::reporter::Reporter;
+
+#[derive(Debug, thiserror::Error)]
+pub enum BuildError {
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("{0}")]
+    Github(String),
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        addr: String,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+pub(crate) struct State {
+    pub(crate) store: Store,
+    pub(crate) settings: Settings,
+    /// The reporter's consumer name when commit statuses are posted.
+    pub(crate) reporter: Option<Name>,
+}
+
+pub struct Application {
+    server: Server,
+    addr: SocketAddr,
+    store: Store,
+    settings: Settings,
+    storage_root: PathBuf,
+    reporter: Option<Reporter>,
+}
+
+impl Application {
+    pub async fn build(config: IngestConfig) -> Result<Self, BuildError> {
+        let settings = config.settings()?;
+        let mut opts = StoreOptions::new(&config.common.redis.url);
+        opts.pool_size = config.common.redis.pool_size;
+        opts.response_timeout = settings.redis_timeout;
+        let store = Store::new(&opts)?;
+        health::warn_about_redis(&store).await;
+        let reporter = Reporter::new(store.clone(), &settings).map_err(BuildError::Github)?;
+        match &reporter {
+            Some(r) => store.register_consumer(r.consumer()).await?,
+            None => {
+                tracing::warn!("github.token is not set: commit statuses are not posted");
+                store
+                    .unregister_consumer(
+                        &Name::parse(crate::reporter::CONSUMER).expect("valid name"),
+                    )
+                    .await?;
+            }
+        }
+        let state = web::Data::new(State {
+            store: store.clone(),
+            settings: settings.clone(),
+            reporter: reporter.as_ref().map(|r| r.consumer().clone()),
+        });
+        let bind = config.common.http.addr()?;
+        let listener = TcpListener::bind(bind).map_err(|source| BuildError::Bind {
+            addr: bind.to_string(),
+            source,
+        })?;
+        let addr = listener.local_addr().map_err(|source| BuildError::Bind {
+            addr: bind.to_string(),
+            source,
+        })?;
+        let path = settings.webhook_path.clone();
+        let server = HttpServer::new(move || {
+            App::new()
+                .app_data(state.clone())
+                .configure(health::configure)
+                .route("/readyz", web::get().to(crate::webhook::readyz))
+                .route(&path, web::post().to(crate::webhook::receive))
+                .default_service(web::to(crate::webhook::not_found))
+        })
+        .listen(listener)
+        .map_err(|source| BuildError::Bind {
+            addr: addr.to_string(),
+            source,
+        })?
+        .disable_signals()
+        .shutdown_timeout(10)
+        .run();
+        Ok(Self {
+            server,
+            addr,
+            store,
+            settings,
+            storage_root: config.common.storage.root.clone(),
+            reporter,
+        })
+    }
+
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    pub async fn run_until_stopped(self, shutdown: CancellationToken) -> std::io::Result<()> {
+        let handle = self.server.handle();
+        let tasks = CancellationToken::new();
+        let mut background = Vec::new();
+        if let Some(r) = self.reporter {
+            background.push(tokio::spawn(r.run(tasks.clone())));
+        }
+        background.push(tokio::spawn(crate::cleanup::cleanup_loop(
+            self.store.clone(),
+            self.settings.clone(),
+            self.storage_root.clone(),
+            tasks.clone(),
+        )));
+        let stopper = tokio::spawn(async move {
+            shutdown.cancelled().await;
+            handle.stop(true).await;
+        });
+        let result = self.server.await;
+        tasks.cancel();
+        for t in background {
+            let _ = t.await;
+        }
+        stopper.abort();
+        result
+    }
+}

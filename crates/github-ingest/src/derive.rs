@@ -1,0 +1,193 @@
+//! Derived jobs: a pull request or branch gets its own job (`<base>_pr<N>`,
+//! `<base>_branch-<slug>`), a copy of the linked job refreshed on every event, placed beside
+//! it, with the head it builds recorded in `github`.
+
+use chrono::Utc;
+use kiln_model::{
+    keys, BuildStatus, GithubSource, JobDefinition, JobName, Name, Repository, Trigger, TriggerKind,
+};
+use kiln_store::{Store, StoreError, TriggerRequest};
+use serde::Serialize;
+
+/// A delivery id is remembered this long, so a redelivered event never queues twice.
+pub(crate) const DELIVERY_TTL_SECS: u64 = 24 * 3600;
+
+/// What a delivery did, as answered to GitHub (and counted in metrics).
+#[derive(Debug, Serialize)]
+#[serde(tag = "outcome", rename_all = "snake_case")]
+pub(crate) enum Outcome {
+    Queued {
+        job: JobName,
+        number: u64,
+        /// Older builds of the same PR or branch cancelled by this new head.
+        superseded: usize,
+    },
+    Duplicate {
+        job: JobName,
+        number: u64,
+    },
+    Disabled {
+        job: JobName,
+        cancelled: usize,
+    },
+    Ignored {
+        reason: String,
+    },
+    Pong {
+        zen: String,
+    },
+}
+
+impl Outcome {
+    pub(crate) fn ignored(reason: impl Into<String>) -> Self {
+        Self::Ignored {
+            reason: reason.into(),
+        }
+    }
+
+    pub(crate) fn label(&self) -> &'static str {
+        match self {
+            Self::Queued { .. } => "queued",
+            Self::Duplicate { .. } => "duplicate",
+            Self::Disabled { .. } => "disabled",
+            Self::Ignored { .. } => "ignored",
+            Self::Pong { .. } => "pong",
+        }
+    }
+}
+
+/// The head of a pull request or branch to build.
+pub(crate) struct Head {
+    pub(crate) base: JobName,
+    pub(crate) job: JobName,
+    pub(crate) kind: TriggerKind,
+    pub(crate) source: GithubSource,
+}
+
+/// What the webhook handler shares with the derived-job logic.
+pub(crate) struct Ctx<'a> {
+    pub(crate) store: &'a Store,
+    pub(crate) cancel_superseded: bool,
+    /// The status reporter's consumer name, when statuses are posted.
+    pub(crate) reporter: Option<&'a Name>,
+}
+
+fn derived(base: &JobDefinition, source: GithubSource) -> JobDefinition {
+    let mut d = base.clone();
+    d.repository = Some(Repository {
+        url: source.clone_url.clone(),
+        git_ref: Some(source.head_ref.clone()),
+    });
+    d.disabled = false;
+    d.github = Some(source);
+    d
+}
+
+impl Ctx<'_> {
+    /// Refreshes the derived job from its base and queues a build of the head.
+    pub(crate) async fn build(&self, head: Head, delivery: &str) -> Result<Outcome, StoreError> {
+        let dedup = keys::github_delivery(delivery);
+        if let Some(build) = self.already_handled(&dedup).await? {
+            return Ok(Outcome::Duplicate {
+                job: build.job,
+                number: build.number.0,
+            });
+        }
+        let Some(base) = self.store.get_job(&head.base).await? else {
+            return Ok(Outcome::ignored(format!(
+                "the linked job {} does not exist",
+                head.base
+            )));
+        };
+        let sha = head.source.head_sha.clone();
+        let author = head.source.author.clone();
+        let git_ref = head.source.head_ref.clone();
+        self.store
+            .put_job(&head.job, &derived(&base, head.source))
+            .await?;
+        let superseded = if self.cancel_superseded {
+            let short = &sha[..sha.len().min(8)];
+            self.store
+                .cancel_active(&head.job, &format!("github (superseded by {short})"))
+                .await?
+        } else {
+            0
+        };
+        let t = self
+            .store
+            .trigger(&TriggerRequest {
+                job: head.job.clone(),
+                parameters: Default::default(),
+                trigger: Trigger {
+                    kind: head.kind,
+                    by: author,
+                    sha: Some(sha),
+                    git_ref: Some(git_ref),
+                },
+                dedup: Some((dedup, DELIVERY_TTL_SECS)),
+            })
+            .await?;
+        if t.deduplicated {
+            return Ok(Outcome::Duplicate {
+                job: head.job,
+                number: t.build.number.0,
+            });
+        }
+        if let Some(reporter) = self.reporter {
+            let entry = format!("{}{}", crate::reporter::PENDING, t.build.build_ref().key());
+            self.store.push_finished(reporter, &[entry]).await?;
+        }
+        Ok(Outcome::Queued {
+            job: head.job,
+            number: t.build.number.0,
+            superseded,
+        })
+    }
+
+    async fn already_handled(
+        &self,
+        dedup: &str,
+    ) -> Result<Option<kiln_model::BuildRef>, StoreError> {
+        Ok(self
+            .store
+            .delivery(dedup)
+            .await?
+            .and_then(|k| kiln_model::BuildRef::from_key(&k).ok()))
+    }
+
+    /// Disables the job of a closed PR or deleted branch and cancels its builds; its
+    /// history stays until the cleanup task deletes it.
+    pub(crate) async fn close(&self, job: &JobName, why: &str) -> Result<Outcome, StoreError> {
+        let Some(mut def) = self.store.get_job(job).await? else {
+            return Ok(Outcome::ignored(format!("no job {job} to disable")));
+        };
+        if !def.disabled {
+            def.disabled = true;
+            if let Some(g) = def.github.as_mut() {
+                g.closed_at = Some(Utc::now());
+            }
+            self.store.put_job(job, &def).await?;
+        }
+        let cancelled = self
+            .store
+            .cancel_active(job, &format!("github ({why})"))
+            .await?;
+        Ok(Outcome::Disabled {
+            job: job.clone(),
+            cancelled,
+        })
+    }
+}
+
+/// The GitHub commit state for a finished build.
+pub(crate) fn final_state(status: BuildStatus) -> (&'static str, String) {
+    match status {
+        BuildStatus::Success => ("success", "the build succeeded".into()),
+        BuildStatus::Failure => ("failure", "the build failed".into()),
+        BuildStatus::TimedOut => ("failure", "the build timed out".into()),
+        BuildStatus::Cancelled => ("error", "the build was cancelled".into()),
+        BuildStatus::Lost => ("error", "the build's worker was lost too often".into()),
+        BuildStatus::Error => ("error", "Kiln could not run the build".into()),
+        BuildStatus::Queued | BuildStatus::Running => ("pending", "the build is queued".into()),
+    }
+}

@@ -1,0 +1,16 @@
+//! Kiln's GitHub integration: a webhook endpoint that turns pull requests and branch pushes
+//! into their own jobs (copies of a linked job) and builds, a reporter that posts commit
+//! statuses back, and a cleanup task for jobs of closed pull requests and deleted branches.
+
+mod app;
+mod cleanup;
+mod config;
+mod derive;
+mod payload;
+mod reporter;
+mod signature;
+mod webhook;
+
+pub use app::{Application, BuildError};
+pub use config::{GithubSettings, IngestConfig};
+pub use signature::sign;
