@@ -69,6 +69,9 @@ if [ -x "$BIN/kiln-stream-gateway" ]; then
   start gateway "$GATEWAY_PORT" kiln-stream-gateway
   export KILN_GATEWAY_URL="ws://127.0.0.1:$GATEWAY_PORT"
 fi
+if [ -n "${KILN_ELASTICSEARCH__URL:-}" ]; then
+  start indexer 8093 kiln-es-indexer
+fi
 start worker-1 8091 kiln-worker KILN_WORKER__ID=local-1
 start worker-2 8092 kiln-worker KILN_WORKER__ID=local-2
 wait_healthy api "$API_PORT"
@@ -84,6 +87,7 @@ cat <<MSG
 Kiln is running (logs in var/logs/):
   api        http://127.0.0.1:$API_PORT/api/v1   (OpenAPI: /api/v1/openapi.json)
   gateway    ${KILN_GATEWAY_URL:-not built}
+  indexer    ${KILN_ELASTICSEARCH__URL:+http://127.0.0.1:8093/readyz -> $KILN_ELASTICSEARCH__URL}${KILN_ELASTICSEARCH__URL:-not started (set KILN_ELASTICSEARCH__URL)}
   workers    local-1, local-2 (health: http://127.0.0.1:8091/healthz, :8092)
   redis      $KILN_REDIS__URL
   token      $TOKEN   (also in var/token)

@@ -196,6 +196,16 @@ impl Store {
             .collect()
     }
 
+    /// The stored JSON of several build keys, in order (`None` where a key is gone), for
+    /// consumers that must tell an unreadable document from a missing one.
+    pub async fn get_raw(&self, keys: &[String]) -> Result<Vec<Option<String>>, StoreError> {
+        if keys.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut c = self.conn().await?;
+        Ok(redis::cmd("MGET").arg(keys).query_async(&mut c).await?)
+    }
+
     /// A page of the job's recent builds, newest first, and how many it keeps in all.
     pub async fn list_builds(
         &self,

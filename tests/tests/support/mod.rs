@@ -432,3 +432,100 @@ pub fn alive(pid: u32) -> bool {
             .map(|s| s.split_whitespace().nth(2) == Some("Z"))
             .unwrap_or(true)
 }
+
+/// An OpenSearch-compatible server (`osmem-server` from PyPI) of the test's own, killed on
+/// drop. A missing server fails the test loudly (`pip install osmem-server`).
+pub struct SearchServer {
+    child: Child,
+    pub url: String,
+    port: u16,
+}
+
+fn osmem_binary() -> PathBuf {
+    if let Some(p) = std::env::var_os("OSMEM_SERVER") {
+        return PathBuf::from(p);
+    }
+    let out = Command::new("python3")
+        .args([
+            "-c",
+            "from osmem_server import resolve_binary; print(resolve_binary())",
+        ])
+        .output()
+        .expect("python3 runs");
+    assert!(
+        out.status.success(),
+        "osmem-server is missing: `pip install osmem-server` (or set OSMEM_SERVER)"
+    );
+    PathBuf::from(String::from_utf8_lossy(&out.stdout).trim())
+}
+
+impl SearchServer {
+    pub fn start() -> Self {
+        Self::start_on(0)
+    }
+
+    /// Starts on `port` (0: any free one) and waits for its URL.
+    pub fn start_on(port: u16) -> Self {
+        use std::io::BufRead;
+        let mut child = Command::new(osmem_binary())
+            .args([
+                "--addr",
+                &format!("127.0.0.1:{port}"),
+                "--no-stdin-watch",
+                "--no-ja",
+            ])
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("osmem-server starts");
+        let stdout = child.stdout.take().expect("stdout");
+        let mut line = String::new();
+        std::io::BufReader::new(stdout)
+            .read_line(&mut line)
+            .expect("osmem-server prints its URL");
+        let v: Value = serde_json::from_str(&line).expect("osmem-server's JSON line");
+        let url = v["url"].as_str().expect("url").to_owned();
+        let port = url
+            .rsplit(':')
+            .next()
+            .and_then(|p| p.parse().ok())
+            .expect("port");
+        Self { child, url, port }
+    }
+
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    pub fn stop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for SearchServer {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+impl Cluster {
+    /// Starts an es-indexer against `search_url`.
+    pub async fn indexer(&self, search_url: &str) -> Proc {
+        let port = free_port();
+        let p = spawn(
+            "kiln-es-indexer",
+            port,
+            &[
+                ("KILN_REDIS__URL", self.redis.url()),
+                ("KILN_ELASTICSEARCH__URL", search_url.to_owned()),
+                ("KILN_ELASTICSEARCH__BATCH_WAIT_MS", "50".into()),
+                ("KILN_ELASTICSEARCH__MAX_BACKOFF_MS", "500".into()),
+            ],
+            self.logs.path(),
+        );
+        self.wait_healthy(port).await;
+        p
+    }
+}

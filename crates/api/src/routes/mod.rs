@@ -3,6 +3,7 @@
 //! disagree.
 
 mod builds;
+mod dead_letters;
 mod folders;
 mod github;
 mod jobs;
@@ -54,6 +55,7 @@ routes! {
     put "/github/{org}/{repo}/{kind}" => github::put, "write", 200, "Link a repository's pullrequest or branch events to a job";
     get "/github/{org}/{repo}/{kind}" => github::get, "read", 200, "Read a GitHub link";
     delete "/github/{org}/{repo}/{kind}" => github::delete, "write", 204, "Remove a GitHub link";
+    get "/dead-letters/{consumer}" => dead_letters::list, "read", 200, "List what a consumer (es, github) gave up on, newest first";
     get "/redis/{key}" => raw::get, "admin", 200, "Read any key of Kiln's Redis layout";
     get "/openapi.json" => openapi_json, "none", 200, "This document";
 }
