@@ -2,7 +2,7 @@
 SHELL := /bin/bash
 CARGO ?= cargo
 
-.PHONY: help build test lint run fmt
+.PHONY: help build test lint run fmt deploy-check docker
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-14s %s\n", $$1, $$2}'
@@ -22,3 +22,9 @@ lint: ## Formatting and clippy, as CI runs them
 
 fmt: ## Format the code
 	$(CARGO) fmt --all
+
+deploy-check: ## Validate the Dockerfile, compose file and Helm chart offline (fetches its tools into .tools/)
+	bash deploy/check.sh
+
+docker: ## Build the image (needs a Docker engine)
+	docker build -f deploy/Dockerfile -t kiln:dev .

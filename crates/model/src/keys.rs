@@ -26,6 +26,7 @@ pub mod prefix {
     pub const QUEUE_MARKER: &str = "kiln:queue-marker:";
     pub const QUEUE_WORKERS: &str = "kiln:queue-workers:";
     pub const INFLIGHT: &str = "kiln:inflight:";
+    pub const RUNNING: &str = "kiln:running:";
     pub const NODE: &str = "kiln:node:";
     pub const FINISHED: &str = "kiln:finished:";
     pub const OUTPUT: &str = "kiln:output:";
@@ -106,8 +107,8 @@ pub const FOLDER_PARENTS: &str = "kiln:folder-parents";
 pub const QUEUES: &str = "kiln:queues";
 /// Sorted set build key -> lease deadline (ms since the epoch, Redis clock).
 pub const LEASES: &str = "kiln:leases";
-/// Hash build key -> `<worker> <token>`: who holds the build's lease, and the fencing token
-/// every worker write must present.
+/// Hash build key -> `<worker> <token> <queue>`: who holds the build's lease, the fencing
+/// token every worker write must present, and the queue it came from.
 pub const LEASE_OWNERS: &str = "kiln:lease-owners";
 /// Sorted set worker id -> last heartbeat (ms since the epoch).
 pub const WORKERS: &str = "kiln:workers";
@@ -135,6 +136,13 @@ pub fn queue_marker(queue: &Name) -> String {
 /// Sorted set worker id -> last heartbeat, for the workers serving `queue`.
 pub fn queue_workers(queue: &Name) -> String {
     format!("{}{queue}", prefix::QUEUE_WORKERS)
+}
+
+/// List of the build keys of `queue` that workers hold now. With the queue's length it is
+/// the autoscaling signal (KEDA's Redis list scaler reads list lengths only): scaling on
+/// both never takes a busy worker's capacity away.
+pub fn running(queue: &Name) -> String {
+    format!("{}{queue}", prefix::RUNNING)
 }
 
 /// List of the build keys a worker holds (claimed atomically out of the queue).

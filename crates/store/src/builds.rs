@@ -124,6 +124,7 @@ impl Store {
                 .key(keys::queue_workers(&def.queue))
                 .key(keys::LEASES)
                 .key(keys::LEASE_OWNERS)
+                .key(keys::running(&def.queue))
                 .arg(req.job.as_str())
                 .arg(rest)
                 .arg(&path)

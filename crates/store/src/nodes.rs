@@ -14,7 +14,8 @@ pub struct QueueStats {
     pub queue: Name,
     /// Builds waiting.
     pub depth: u64,
-    /// Builds being run by workers of any queue, counted from the leases.
+    /// Builds of this queue that workers hold now.
+    pub running: u64,
     pub oldest_queued_at: Option<DateTime<Utc>>,
     /// Seconds the oldest waiting build has waited.
     pub oldest_age_secs: Option<f64>,
@@ -59,8 +60,9 @@ impl Store {
     pub async fn queue_stats(&self, queue: &Name) -> Result<QueueStats, StoreError> {
         let mut c = self.conn().await?;
         let now_ms = Utc::now().timestamp_millis();
-        let (depth, oldest, live): (u64, Option<String>, u64) = redis::pipe()
+        let (depth, running, oldest, live): (u64, u64, Option<String>, u64) = redis::pipe()
             .llen(keys::queue(queue))
+            .llen(keys::running(queue))
             .lindex(keys::queue(queue), -1)
             .zcount(
                 keys::queue_workers(queue),
@@ -77,6 +79,7 @@ impl Store {
         Ok(QueueStats {
             queue: queue.clone(),
             depth,
+            running,
             oldest_age_secs: oldest_queued_at
                 .map(|t| (Utc::now() - t).num_milliseconds().max(0) as f64 / 1000.0),
             oldest_queued_at,

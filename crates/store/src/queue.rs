@@ -23,11 +23,13 @@ pub struct Lease {
     pub build: BuildRef,
     pub worker: Name,
     pub token: String,
+    /// The queue the build was claimed from.
+    pub queue: Name,
 }
 
 impl Lease {
     fn owner(&self) -> String {
-        format!("{} {}", self.worker, self.token)
+        format!("{} {} {}", self.worker, self.token, self.queue)
     }
 }
 
@@ -82,6 +84,7 @@ impl Store {
         lease: Duration,
     ) -> Result<Option<Claimed>, StoreError> {
         let token = uuid::Uuid::new_v4().simple().to_string();
+        let owner = format!("{worker} {token} {queue}");
         let mut c = self.conn().await?;
         let r: Option<(String, String)> = scripts::CLAIM
             .key(keys::queue(queue))
@@ -89,8 +92,8 @@ impl Store {
             .key(keys::inflight(worker))
             .key(keys::LEASES)
             .key(keys::LEASE_OWNERS)
-            .arg(worker.as_str())
-            .arg(&token)
+            .key(keys::running(queue))
+            .arg(owner)
             .arg(lease.as_millis() as u64)
             .invoke_async(&mut c)
             .await?;
@@ -103,6 +106,7 @@ impl Store {
                 build,
                 worker: worker.clone(),
                 token,
+                queue: queue.clone(),
             },
         }))
     }
@@ -171,6 +175,7 @@ impl Store {
             .key(keys::LEASES)
             .key(keys::inflight(&lease.worker))
             .key(keys::FINISHED_CONSUMERS)
+            .key(keys::running(&lease.queue))
             .arg(lease.owner())
             .arg(to_json(doc)?)
             .arg(keys::prefix::FINISHED)
@@ -197,6 +202,7 @@ impl Store {
             .key(keys::inflight(&lease.worker))
             .key(keys::queue(&doc.queue))
             .key(keys::queue_marker(&doc.queue))
+            .key(keys::running(&lease.queue))
             .arg(lease.owner())
             .arg(to_json(doc)?)
             .arg(keys::EVENTS_CHANNEL)
@@ -229,7 +235,7 @@ impl Store {
             .arg(lease.as_millis() as u64)
             .arg(keys::NODES_CHANNEL);
         for l in leases {
-            inv.arg(l.build.key()).arg(&l.token);
+            inv.arg(l.build.key()).arg(l.owner());
         }
         let mut c = self.conn().await?;
         let (stale, cancelled): (Vec<String>, Vec<String>) = inv.invoke_async(&mut c).await?;
@@ -251,6 +257,7 @@ impl Store {
             .arg(keys::prefix::FINISHED)
             .arg(keys::EVENTS_CHANNEL)
             .arg(limit)
+            .arg(keys::prefix::RUNNING)
             .invoke_async(&mut c)
             .await?;
         Ok(ReapOutcome { requeued, lost })

@@ -235,6 +235,7 @@ impl Store {
                 .key(keys::LEASES)
                 .key(keys::LEASE_OWNERS)
                 .key(keys::queue(&def.queue))
+                .key(keys::running(&def.queue))
                 .arg(&raw)
                 .arg(Entry::Job(name.clone()).to_string())
                 .arg(name.as_str())

@@ -1,6 +1,6 @@
 -- Deletes a job with its entry, counter and every build document it still has; queued
 -- builds leave their queue and running ones lose their lease (their worker stops them).
--- KEYS: job, recent, folder list, counters, leases, owners, queue
+-- KEYS: job, recent, folder list, counters, leases, owners, queue, running list
 -- ARGV: expected definition, entry, job name, build key prefix
 local def = redis.call('GET', KEYS[1])
 if not def then return redis.error_reply('NOTFOUND job') end
@@ -14,6 +14,7 @@ for _, n in ipairs(redis.call('LRANGE', KEYS[2], 0, -1)) do
   redis.call('LREM', KEYS[7], 0, key)
   redis.call('ZREM', KEYS[5], key)
   redis.call('HDEL', KEYS[6], key)
+  redis.call('LREM', KEYS[8], 0, key)
 end
 redis.call('DEL', KEYS[1], KEYS[2])
 redis.call('LREM', KEYS[3], 0, ARGV[2])

@@ -1,6 +1,6 @@
 -- Records a build's final state, releases its lease and hands it to every durable consumer
 -- in the same atomic step, so a finished build is never missing from the indexer's list.
--- KEYS: build, owners, leases, inflight, consumers set
+-- KEYS: build, owners, leases, inflight, consumers set, running list
 -- ARGV: owner, document, finished prefix, events channel, event JSON
 if redis.call('HGET', KEYS[2], KEYS[1]) ~= ARGV[1] then return redis.error_reply('STALE lease') end
 local old = redis.call('GET', KEYS[1])
@@ -9,6 +9,7 @@ redis.call('SET', KEYS[1], keep_cancel_flag(old, ARGV[2]))
 redis.call('ZREM', KEYS[3], KEYS[1])
 redis.call('HDEL', KEYS[2], KEYS[1])
 redis.call('LREM', KEYS[4], 0, KEYS[1])
+redis.call('LREM', KEYS[6], 0, KEYS[1])
 push_finished(KEYS[5], ARGV[3], KEYS[1])
 redis.call('PUBLISH', ARGV[4], ARGV[5])
 return 1

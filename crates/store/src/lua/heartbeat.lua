@@ -1,11 +1,11 @@
 -- One call per worker per renew interval: extends the leases it still holds, says which
 -- are stale (taken from it) or cancelled, and records the worker as alive.
 -- KEYS: workers, queue workers, node, leases, owners
--- ARGV: worker, node JSON, node ttl ms, lease ms, nodes channel, then key, token pairs
+-- ARGV: worker, node JSON, node ttl ms, lease ms, nodes channel, then key, owner pairs
 local now = now_ms()
 local stale, cancelled = {}, {}
 for i = 6, #ARGV, 2 do
-  local key, owner = ARGV[i], ARGV[1] .. ' ' .. ARGV[i + 1]
+  local key, owner = ARGV[i], ARGV[i + 1]
   if redis.call('HGET', KEYS[5], key) == owner and redis.call('ZSCORE', KEYS[4], key) then
     redis.call('ZADD', KEYS[4], 'XX', now + tonumber(ARGV[4]), key)
     local doc = redis.call('GET', key)

@@ -2,7 +2,7 @@
 -- ends them as `lost` past the job's lost_retries. Idempotent: every worker runs it.
 -- KEYS: leases, owners, consumers set
 -- ARGV: now (RFC 3339), job prefix, queue prefix, marker prefix, inflight prefix,
---       finished prefix, events channel, batch limit
+--       finished prefix, events channel, batch limit, running prefix
 local requeued, lost = 0, 0
 local expired = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', now_ms(), 'LIMIT', 0, tonumber(ARGV[8]))
 for _, key in ipairs(expired) do
@@ -10,7 +10,11 @@ for _, key in ipairs(expired) do
   local worker = owner and string.match(owner, '^(%S+)') or 'unknown'
   redis.call('ZREM', KEYS[1], key)
   redis.call('HDEL', KEYS[2], key)
-  if owner then redis.call('LREM', ARGV[5] .. worker, 0, key) end
+  if owner then
+    redis.call('LREM', ARGV[5] .. worker, 0, key)
+    local queue = string.match(owner, '(%S+)$')
+    redis.call('LREM', ARGV[9] .. queue, 0, key)
+  end
   local raw = redis.call('GET', key)
   if raw then
     local doc = cjson.decode(raw)

@@ -1,6 +1,7 @@
 -- Takes a build number, writes the build document, records it in job_<name>_recent,
 -- trims to the retention (deleting the documents that fall out) and queues it: all or nothing.
--- KEYS: job, recent, counters, queue, marker, queues set, queue workers, leases, owners
+-- KEYS: job, recent, counters, queue, marker, queues set, queue workers, leases, owners,
+--       running list of the queue
 -- ARGV: job name, document without its opening '{' and without number/storage_path/reason,
 --       storage prefix, retention, queue name, build key prefix, now (RFC 3339),
 --       liveness window ms, events channel, reason JSON when no worker is live ('' none),
@@ -10,7 +11,7 @@
 -- Refuse before writing anything if a key holds the wrong type: Redis does not roll back
 -- a script that fails half-way.
 local expected = {[2] = 'list', [3] = 'hash', [4] = 'list', [5] = 'zset', [6] = 'set',
-  [7] = 'zset', [8] = 'zset', [9] = 'hash'}
+  [7] = 'zset', [8] = 'zset', [9] = 'hash', [10] = 'list'}
 for i, t in pairs(expected) do
   local actual = redis.call('TYPE', KEYS[i]).ok
   if actual ~= 'none' and actual ~= t then
@@ -47,6 +48,7 @@ for _, m in ipairs(redis.call('LRANGE', KEYS[2], keep, -1)) do
   redis.call('LREM', KEYS[4], 0, old_key)
   redis.call('ZREM', KEYS[8], old_key)
   redis.call('HDEL', KEYS[9], old_key)
+  redis.call('LREM', KEYS[10], 0, old_key)
 end
 redis.call('LTRIM', KEYS[2], 0, keep - 1)
 
