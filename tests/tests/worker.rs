@@ -300,8 +300,20 @@ async fn under_concurrency_and_crashes_no_build_is_lost_or_run_twice_at_once() {
     // Nothing is left half-done: no lease, no in-flight or running entry, an empty queue.
     let pool = c.redis.pool();
     let mut conn = pool.get().await.unwrap();
-    for key in ["kiln:leases", "kiln:lease-owners", "kiln:running:default", "kiln:queue:default", "kiln:inflight:a", "kiln:inflight:b", "kiln:inflight:a2"] {
-        let t: String = deadpool_redis::redis::cmd("TYPE").arg(key).query_async(&mut conn).await.unwrap();
+    for key in [
+        "kiln:leases",
+        "kiln:lease-owners",
+        "kiln:running:default",
+        "kiln:queue:default",
+        "kiln:inflight:a",
+        "kiln:inflight:b",
+        "kiln:inflight:a2",
+    ] {
+        let t: String = deadpool_redis::redis::cmd("TYPE")
+            .arg(key)
+            .query_async(&mut conn)
+            .await
+            .unwrap();
         assert_eq!(t, "none", "{key} still exists");
     }
 }

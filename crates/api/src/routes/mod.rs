@@ -87,7 +87,8 @@ pub(crate) async fn metrics(
             if let Ok(s) = state.store.queue_stats(&q).await {
                 let label = q.to_string();
                 metrics::gauge!("kiln_queue_depth", "queue" => label.clone()).set(s.depth as f64);
-                metrics::gauge!("kiln_queue_running", "queue" => label.clone()).set(s.running as f64);
+                metrics::gauge!("kiln_queue_running", "queue" => label.clone())
+                    .set(s.running as f64);
                 metrics::gauge!("kiln_queue_oldest_age_seconds", "queue" => label.clone())
                     .set(s.oldest_age_secs.unwrap_or(0.0));
                 metrics::gauge!("kiln_queue_live_workers", "queue" => label)
