@@ -2,7 +2,7 @@
 SHELL := /bin/bash
 CARGO ?= cargo
 
-.PHONY: help build test lint run fmt deploy-check docker
+.PHONY: help build test lint run fmt deploy-check docker bench bench-quick bench-peers
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-14s %s\n", $$1, $$2}'
@@ -28,3 +28,14 @@ deploy-check: ## Validate the Dockerfile, compose file and Helm chart offline (f
 
 docker: ## Build the image (needs a Docker engine)
 	docker build -f deploy/Dockerfile -t kiln:dev .
+
+bench: ## Every benchmark figure at full size, against same-run baselines (release build)
+	$(CARGO) build --release --bins
+	target/release/kiln-bench
+
+bench-quick: ## Every figure at reduced size (a few minutes after the build)
+	$(CARGO) build --release --bins
+	target/release/kiln-bench --quick
+
+bench-peers: ## Install the peers make bench compares with (BullMQ, from npm)
+	npm install --silent --prefix crates/bench/peers

@@ -1,0 +1,589 @@
+//! Every figure with its same-run baseline.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use chrono::{DateTime, Utc};
+use deadpool_redis::redis::{self, AsyncCommands};
+use futures::StreamExt;
+use serde_json::{json, Value};
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+use tokio_tungstenite::tungstenite::Message;
+
+use crate::cluster::{Cluster, TOKEN};
+use crate::report::Report;
+use crate::stats::Samples;
+use crate::Size;
+
+pub(crate) async fn run_all(size: Size, report: &mut Report) -> anyhow::Result<()> {
+    let mut c = Cluster::start().await?;
+    trigger_to_start(&mut c, size, report).await?;
+    throughput(&mut c, size, report).await?;
+    output_latency(&mut c, size, report).await?;
+    api(&mut c, size, report).await?;
+    scale(size, report).await?;
+    peers(&c, size, report).await?;
+    Ok(())
+}
+
+fn job(run: &str) -> Value {
+    json!({"steps": [{"name": "s", "run": run}], "retention": {"builds": 10000}})
+}
+
+/// Figure 1: `POST /builds` -> the first step's process being spawned (the worker's timestamp of
+/// the step's start), sequentially. Baseline: LPUSH -> BLMOVE on another connection, plus
+/// spawning `sh -c true`.
+async fn trigger_to_start(c: &mut Cluster, size: Size, report: &mut Report) -> anyhow::Result<()> {
+    c.workers(1, 1).await?;
+    c.apply("t2s", job("true")).await?;
+    let mut kiln = Samples::new();
+    for _ in 0..size.trigger_builds {
+        let t0 = Utc::now();
+        let n = c.trigger("t2s").await?;
+        let doc = wait_final(c, "t2s", n).await?;
+        let started: DateTime<Utc> = doc["steps"][0]["started_at"]
+            .as_str()
+            .context("no step start")?
+            .parse()?;
+        kiln.push_ms((started - t0).num_microseconds().unwrap_or(0) as f64 / 1000.0);
+    }
+    let mut base = Samples::new();
+    let pool = c.redis.pool();
+    let mut blocked = pool.get().await?;
+    let mut pusher = pool.get().await?;
+    for i in 0..size.trigger_builds {
+        let waiter = tokio::spawn(async move {
+            let r: Option<String> = redis::cmd("BLMOVE")
+                .arg("bench:q")
+                .arg("bench:p")
+                .arg("RIGHT")
+                .arg("LEFT")
+                .arg(1)
+                .query_async(&mut blocked)
+                .await
+                .unwrap_or(None);
+            (r, blocked)
+        });
+        tokio::time::sleep(Duration::from_millis(1)).await;
+        let t0 = Instant::now();
+        let _: () = pusher.lpush("bench:q", i).await?;
+        let (_, conn) = waiter.await?;
+        blocked = conn;
+        tokio::process::Command::new("sh")
+            .args(["-c", "true"])
+            .status()
+            .await?;
+        base.push(t0.elapsed());
+    }
+    let note = format!("{} sequential builds of `true`", size.trigger_builds);
+    report.add(
+        "trigger_to_start_p50",
+        kiln.pct(50.0),
+        "ms",
+        base.pct(50.0),
+        &note,
+    );
+    report.add(
+        "trigger_to_start_p99",
+        kiln.pct(99.0),
+        "ms",
+        base.pct(99.0),
+        &note,
+    );
+    c.stop_extras();
+    Ok(())
+}
+
+async fn wait_final(c: &Cluster, job: &str, n: u64) -> anyhow::Result<Value> {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let b = c.build(job, n).await?;
+        let s = b["status"].as_str().unwrap_or("");
+        if s != "queued" && s != "running" {
+            return Ok(b);
+        }
+        anyhow::ensure!(Instant::now() < deadline, "{job}#{n} did not finish");
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+}
+
+/// Spawns `sh -c true` from `threads` tasks for `total` runs: the ceiling of any runner.
+async fn spawn_ceiling(total: usize, threads: usize) -> anyhow::Result<f64> {
+    let left = Arc::new(AtomicU64::new(total as u64));
+    let t0 = Instant::now();
+    let mut tasks = Vec::new();
+    for _ in 0..threads {
+        let left = left.clone();
+        tasks.push(tokio::spawn(async move {
+            while left.fetch_sub(1, Ordering::Relaxed) as i64 > 0 {
+                let _ = tokio::process::Command::new("sh")
+                    .args(["-c", "true"])
+                    .status()
+                    .await;
+            }
+        }));
+    }
+    for t in tasks {
+        t.await?;
+    }
+    Ok(total as f64 / t0.elapsed().as_secs_f64())
+}
+
+async fn commandstats(c: &Cluster) -> anyhow::Result<(u64, u64)> {
+    let mut conn = c.redis().await?;
+    let info: String = redis::cmd("INFO")
+        .arg("commandstats")
+        .query_async(&mut conn)
+        .await?;
+    let mut all = 0;
+    let mut scripts = 0;
+    for line in info.lines() {
+        let Some((name, rest)) = line
+            .strip_prefix("cmdstat_")
+            .and_then(|l| l.split_once(':'))
+        else {
+            continue;
+        };
+        let calls: u64 = rest
+            .split(',')
+            .find_map(|kv| kv.strip_prefix("calls="))
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0);
+        all += calls;
+        if name == "evalsha" || name == "eval" {
+            scripts += calls;
+        }
+    }
+    Ok((all, scripts))
+}
+
+/// Figure 2: Builds of `true` through 1 and 4 workers (concurrency 4 each), triggered all at once,
+/// until every one finished; against the spawn-only ceiling. Figure 6: Redis commands per build.
+async fn throughput(c: &mut Cluster, size: Size, report: &mut Report) -> anyhow::Result<()> {
+    let ceiling1 = spawn_ceiling(size.throughput_builds, 1).await?;
+    let ceiling4 = spawn_ceiling(size.throughput_builds, 4).await?;
+    for (workers, ceiling) in [(1usize, ceiling1), (4, ceiling4)] {
+        c.workers(workers, 4).await?;
+        let name = format!("tp{workers}");
+        c.apply(&name, job("true")).await?;
+        let mut conn = c.redis().await?;
+        let _: () = conn.sadd("kiln:finished-consumers", "bench").await?;
+        let _: () = conn.del("kiln:finished:bench").await?;
+        let (cmds0, scripts0) = commandstats(c).await?;
+        let t0 = Instant::now();
+        for _ in 0..size.throughput_builds {
+            c.trigger(&name).await?;
+        }
+        loop {
+            let done: u64 = conn.llen("kiln:finished:bench").await?;
+            if done as usize >= size.throughput_builds {
+                break;
+            }
+            anyhow::ensure!(
+                t0.elapsed() < Duration::from_secs(300),
+                "throughput run did not finish"
+            );
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        let rate = size.throughput_builds as f64 / t0.elapsed().as_secs_f64();
+        let (cmds1, scripts1) = commandstats(c).await?;
+        let _: () = conn.srem("kiln:finished-consumers", "bench").await?;
+        report.add(
+            &format!("throughput_{workers}_workers"),
+            rate,
+            "builds/s",
+            ceiling,
+            &format!(
+                "{} builds, concurrency 4 per worker; baseline: `sh -c true` spawned by {} tasks",
+                size.throughput_builds,
+                workers.min(4)
+            ),
+        );
+        if workers == 4 {
+            let n = size.throughput_builds as f64;
+            report.add(
+                "redis_commands_per_build",
+                (cmds1 - cmds0) as f64 / n,
+                "commands",
+                f64::NAN,
+                "INFO commandstats delta (script-internal commands included), api + worker + heartbeats",
+            );
+            report.add(
+                "redis_scripts_per_build",
+                (scripts1 - scripts0) as f64 / n,
+                "EVALSHA",
+                f64::NAN,
+                "atomic scripts: trigger, claim, start, step result, finish (+ renewals)",
+            );
+        }
+        c.stop_extras();
+    }
+    Ok(())
+}
+
+/// Figure 3: A worker writes ~1000 lines/s; latency from the worker's timestamp of each line to a
+/// WebSocket client receiving it, for several watcher counts. Baseline: PUBLISH -> a
+/// subscriber on the same Redis.
+async fn output_latency(c: &mut Cluster, size: Size, report: &mut Report) -> anyhow::Result<()> {
+    c.workers(1, 1).await?;
+    let gw = c.spawn("kiln-stream-gateway", &[]).await?;
+    let lines = size.output_lines;
+    let script = format!(
+        "sleep 1; i=0; while [ $i -lt {lines} ]; do echo line-$i; i=$((i+1)); [ $((i % 50)) -eq 0 ] && sleep 0.05; done; true"
+    );
+    c.apply("out", job(&script)).await?;
+    for &watchers in size.watchers {
+        let n = c.trigger("out").await?;
+        let mut tasks = Vec::new();
+        for _ in 0..watchers {
+            let mut req = format!("ws://127.0.0.1:{gw}/ws/builds/out/{n}").into_client_request()?;
+            req.headers_mut()
+                .insert("authorization", format!("Bearer {TOKEN}").parse()?);
+            let (ws, _) = tokio_tungstenite::connect_async(req).await?;
+            tasks.push(tokio::spawn(watch(ws)));
+        }
+        let mut all = Samples::new();
+        for t in tasks {
+            all.extend(t.await??);
+        }
+        wait_final(c, "out", n).await?;
+        let base = pubsub_baseline(c, 2_000).await?;
+        let mut b = base;
+        let note = format!("{watchers} watchers, {} latency samples", all.len());
+        report.add(
+            &format!("output_latency_p50_{watchers}_watchers"),
+            all.pct(50.0),
+            "ms",
+            b.pct(50.0),
+            &note,
+        );
+        report.add(
+            &format!("output_latency_p99_{watchers}_watchers"),
+            all.pct(99.0),
+            "ms",
+            b.pct(99.0),
+            &note,
+        );
+    }
+    c.stop_extras();
+    Ok(())
+}
+
+/// Reads one build stream; returns receive time minus the line's worker timestamp, for
+/// live lines only (the replay of lines written before the client joined is not latency).
+async fn watch(
+    mut ws: tokio_tungstenite::WebSocketStream<
+        tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>,
+    >,
+) -> anyhow::Result<Samples> {
+    let mut s = Samples::new();
+    let joined = Utc::now();
+    while let Some(m) = ws.next().await {
+        let Message::Text(t) = m? else { continue };
+        let now = Utc::now();
+        let v: Value = serde_json::from_str(&t)?;
+        match v["type"].as_str() {
+            Some("lines") => {
+                for l in v["lines"].as_array().into_iter().flatten() {
+                    let ts: DateTime<Utc> = l["ts"].as_str().unwrap_or_default().parse()?;
+                    if ts > joined && l["stream"] == "stdout" {
+                        s.push_ms((now - ts).num_microseconds().unwrap_or(0) as f64 / 1000.0);
+                    }
+                }
+            }
+            Some("end") => break,
+            _ => {}
+        }
+    }
+    Ok(s)
+}
+
+async fn pubsub_baseline(c: &Cluster, n: usize) -> anyhow::Result<Samples> {
+    let client = deadpool_redis::redis::Client::open(c.redis.url())?;
+    let mut sub = client.get_async_pubsub().await?;
+    sub.subscribe("bench:latency").await?;
+    let mut stream = sub.into_on_message();
+    let mut publisher = c.redis().await?;
+    let mut s = Samples::new();
+    for _ in 0..n {
+        let t0 = Instant::now();
+        let _: i64 = publisher.publish("bench:latency", "x").await?;
+        stream.next().await.context("subscriber closed")?;
+        s.push(t0.elapsed());
+    }
+    Ok(s)
+}
+
+/// Figure 4: 64 concurrent connections reading a page of 50 builds and one build, for a fixed time;
+/// baseline: the same reads straight from Redis (LRANGE + MGET, GET) with 64 tasks.
+async fn api(c: &mut Cluster, size: Size, report: &mut Report) -> anyhow::Result<()> {
+    c.apply("hist", job("true")).await?;
+    let mut conn = c.redis().await?;
+    // Fill history directly (document shape as the worker writes it).
+    for n in 1..=200u64 {
+        c.trigger("hist").await?;
+        let _: () = conn
+            .set(format!("job_hist_{n}"), sample_doc("hist", n))
+            .await?;
+    }
+    let _: () = conn.del("kiln:queue:default").await?;
+    for (name, path, key_read) in [
+        ("api_builds_page", "/api/v1/jobs/hist/builds?limit=50", true),
+        ("api_build_get", "/api/v1/jobs/hist/builds/100", false),
+    ] {
+        let url = c.url(path);
+        let api_op: Op = Arc::new(move |client: reqwest::Client| {
+            let url = url.clone();
+            Box::pin(async move {
+                let r = client.get(url).bearer_auth(TOKEN).send().await?;
+                anyhow::ensure!(r.status().is_success(), "{}", r.status());
+                r.bytes().await?;
+                Ok(())
+            })
+        });
+        let (rate, mut lat) = load(size.api_secs, 64, api_op).await?;
+        let pool = deadpool_redis::Config::from_url(c.redis.url())
+            .builder()?
+            .max_size(64)
+            .runtime(deadpool_redis::Runtime::Tokio1)
+            .build()?;
+        let redis_op: Op = Arc::new(move |_| {
+            let pool = pool.clone();
+            Box::pin(async move {
+                let mut conn = pool.get().await?;
+                if key_read {
+                    let nums: Vec<u64> = conn.lrange("job_hist_recent", 0, 49).await?;
+                    let keys: Vec<String> = nums.iter().map(|n| format!("job_hist_{n}")).collect();
+                    let _: Vec<Option<String>> =
+                        redis::cmd("MGET").arg(&keys).query_async(&mut conn).await?;
+                } else {
+                    let _: Option<String> = conn.get("job_hist_100").await?;
+                }
+                Ok(())
+            })
+        });
+        let (base_rate, mut base_lat) = load(size.api_secs, 64, redis_op).await?;
+        report.add(
+            &format!("{name}_rate"),
+            rate,
+            "req/s",
+            base_rate,
+            "64 connections; baseline: the same reads from Redis, 64 tasks",
+        );
+        report.add(
+            &format!("{name}_p99"),
+            lat.pct(99.0),
+            "ms",
+            base_lat.pct(99.0),
+            "64 connections",
+        );
+    }
+    Ok(())
+}
+
+type Op = Arc<
+    dyn Fn(reqwest::Client) -> Pin<Box<dyn Future<Output = anyhow::Result<()>> + Send>>
+        + Send
+        + Sync,
+>;
+
+/// Runs `op` back to back from `tasks` concurrent tasks for `secs`; returns ops/s and the
+/// latency of every op.
+async fn load(secs: u64, tasks: usize, op: Op) -> anyhow::Result<(f64, Samples)> {
+    let client = reqwest::Client::builder()
+        .pool_max_idle_per_host(tasks)
+        .build()?;
+    let end = Instant::now() + Duration::from_secs(secs);
+    let t0 = Instant::now();
+    let mut set = tokio::task::JoinSet::new();
+    for _ in 0..tasks {
+        let op = op.clone();
+        let client = client.clone();
+        set.spawn(async move {
+            let mut s = Samples::new();
+            let mut n = 0u64;
+            while Instant::now() < end {
+                let t = Instant::now();
+                op(client.clone()).await?;
+                s.push(t.elapsed());
+                n += 1;
+            }
+            Ok::<_, anyhow::Error>((s, n))
+        });
+    }
+    let mut all = Samples::new();
+    let mut total = 0;
+    while let Some(r) = set.join_next().await {
+        let (s, n) = r??;
+        all.extend(s);
+        total += n;
+    }
+    Ok((total as f64 / t0.elapsed().as_secs_f64(), all))
+}
+
+/// A finished build document as the worker writes it, for bulk-loaded history.
+fn sample_doc(job: &str, n: u64) -> String {
+    json!({
+        "number": n, "storage_path": format!("jobs/{job}/{n}"), "schema_version": 1, "job": job,
+        "folder": null, "status": "success", "trigger": {"kind": "api", "by": "bench"},
+        "parameters": {}, "queue": "default", "queued_at": "2026-11-30T00:00:00Z",
+        "started_at": "2026-11-30T00:00:00.010Z", "finished_at": "2026-11-30T00:00:00.030Z",
+        "duration_ms": 20, "exit_code": 0,
+        "steps": [{"name": "s", "status": "success", "exit_code": 0, "started_at": "2026-11-30T00:00:00.011Z",
+                   "finished_at": "2026-11-30T00:00:00.029Z", "duration_ms": 18}],
+        "node": "bench-0", "attempt": 1, "reason": null, "cancel_requested": false
+    })
+    .to_string()
+}
+
+/// Loads `jobs` jobs of `per_job` builds each, in folders of 100 jobs, with pipelined writes
+/// that lay out exactly what the api and workers would have written.
+async fn load_history(
+    c: &Cluster,
+    first_job: usize,
+    jobs: usize,
+    per_job: usize,
+) -> anyhow::Result<()> {
+    let mut conn = c.redis().await?;
+    let def = job("true").to_string();
+    for j in first_job..first_job + jobs {
+        let folder = format!("f{}", j / 100);
+        let name = format!("j{j}");
+        let mut p = redis::pipe();
+        if j % 100 == 0 {
+            p.hset("kiln:folder-parents", &folder, "").ignore();
+            p.rpush("jobs", format!("folder_{folder}")).ignore();
+        }
+        let def = def.replacen("{", &format!("{{\"folder\":\"{folder}\","), 1);
+        p.set(format!("job_{name}"), def).ignore();
+        p.rpush(format!("folder_{folder}"), format!("job_{name}"))
+            .ignore();
+        p.hset("kiln:build-counters", &name, per_job).ignore();
+        for n in (1..=per_job as u64).rev() {
+            p.rpush(format!("job_{name}_recent"), n).ignore();
+        }
+        for n in 1..=per_job as u64 {
+            p.set(format!("job_{name}_{n}"), sample_doc(&name, n))
+                .ignore();
+        }
+        let _: () = p.query_async(&mut conn).await?;
+    }
+    Ok(())
+}
+
+async fn used_memory(c: &Cluster) -> anyhow::Result<f64> {
+    let mut conn = c.redis().await?;
+    let info: String = redis::cmd("INFO")
+        .arg("memory")
+        .query_async(&mut conn)
+        .await?;
+    info.lines()
+        .find_map(|l| l.strip_prefix("used_memory:"))
+        .and_then(|v| v.trim().parse().ok())
+        .context("no used_memory")
+}
+
+async fn latency_of(c: &Cluster, path: &str, n: usize) -> anyhow::Result<f64> {
+    let mut s = Samples::new();
+    for _ in 0..n {
+        let t = Instant::now();
+        let r = c.http.get(c.url(path)).bearer_auth(TOKEN).send().await?;
+        anyhow::ensure!(r.status().is_success(), "{path}: {}", r.status());
+        r.bytes().await?;
+        s.push(t.elapsed());
+    }
+    Ok(s.pct(50.0))
+}
+
+/// Figure 5: Memory per build document and read latency with a small (1,000 builds) and a large
+/// history loaded: the large one must not be slower.
+async fn scale(size: Size, report: &mut Report) -> anyhow::Result<()> {
+    let c = Cluster::start().await?;
+    let small_jobs = 10;
+    let m0 = used_memory(&c).await?;
+    load_history(&c, 0, small_jobs, size.scale_builds_per_job).await?;
+    let page_small = latency_of(&c, "/api/v1/jobs/j5/builds?limit=50", 200).await?;
+    let folder_small = latency_of(&c, "/api/v1/folders/f0", 200).await?;
+    load_history(
+        &c,
+        small_jobs,
+        size.scale_jobs - small_jobs,
+        size.scale_builds_per_job,
+    )
+    .await?;
+    let m1 = used_memory(&c).await?;
+    let total = (size.scale_jobs * size.scale_builds_per_job) as f64;
+    let page_big = latency_of(&c, "/api/v1/jobs/j5/builds?limit=50", 200).await?;
+    let folder_big = latency_of(&c, "/api/v1/folders/f0", 200).await?;
+    report.add(
+        "redis_memory_per_build",
+        (m1 - m0) / total,
+        "bytes",
+        f64::NAN,
+        &format!(
+            "{} jobs x {} builds; includes the job's list entries and definitions",
+            size.scale_jobs, size.scale_builds_per_job
+        ),
+    );
+    let note = format!(
+        "p50 with {} builds; baseline: the same read with 1,000 builds",
+        total as u64
+    );
+    report.add(
+        "history_page_latency_at_scale",
+        page_big,
+        "ms",
+        page_small,
+        &note,
+    );
+    report.add(
+        "folder_listing_latency_at_scale",
+        folder_big,
+        "ms",
+        folder_small,
+        &note,
+    );
+    Ok(())
+}
+
+/// Figure 7: BullMQ running the same `sh -c true` job through the same Redis, when installed.
+async fn peers(c: &Cluster, size: Size, report: &mut Report) -> anyhow::Result<()> {
+    let script = std::path::Path::new("crates/bench/peers/bullmq.mjs");
+    if !std::path::Path::new("crates/bench/peers/node_modules/bullmq").exists() {
+        println!("peers: BullMQ skipped (not installed: run `make bench-peers`)");
+        return Ok(());
+    }
+    let out = tokio::process::Command::new("node")
+        .arg(script)
+        .arg(c.redis.url())
+        .arg(size.trigger_builds.to_string())
+        .arg(size.throughput_builds.to_string())
+        .output()
+        .await?;
+    anyhow::ensure!(
+        out.status.success(),
+        "bullmq bench failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: Value = serde_json::from_slice(&out.stdout)?;
+    let note = "BullMQ, same Redis, processor spawns `sh -c true`";
+    for (name, key, unit) in [
+        ("bullmq_add_to_start_p50", "p50_ms", "ms"),
+        ("bullmq_add_to_start_p99", "p99_ms", "ms"),
+        ("bullmq_throughput_concurrency_4", "rate_c4", "builds/s"),
+        ("bullmq_throughput_concurrency_16", "rate_c16", "builds/s"),
+    ] {
+        report.add(
+            name,
+            v[key].as_f64().unwrap_or(f64::NAN),
+            unit,
+            f64::NAN,
+            note,
+        );
+    }
+    Ok(())
+}
