@@ -230,6 +230,46 @@ impl Store {
         Ok((self.get_builds(&keys).await?, total))
     }
 
+    /// The oldest build number the job keeps (the tail of `job_<name>_recent`).
+    pub async fn oldest_recent_number(&self, job: &JobName) -> Result<Option<u64>, StoreError> {
+        let mut c = self.conn().await?;
+        Ok(c.lindex(keys::job_recent(job), -1).await?)
+    }
+
+    /// A page of the job's recent builds as stored (each validated as JSON, not decoded),
+    /// newest first, and how many it keeps: the api serves these without re-encoding.
+    pub async fn list_builds_raw(
+        &self,
+        job: &JobName,
+        offset: usize,
+        limit: usize,
+    ) -> Result<(Vec<Box<serde_json::value::RawValue>>, usize), StoreError> {
+        let mut c = self.conn().await?;
+        let recent = keys::job_recent(job);
+        let (numbers, total): (Vec<u64>, usize) = redis::pipe()
+            .lrange(&recent, offset as isize, (offset + limit) as isize - 1)
+            .llen(&recent)
+            .query_async(&mut c)
+            .await?;
+        drop(c);
+        let keys: Vec<String> = numbers
+            .into_iter()
+            .filter(|n| *n > 0)
+            .map(|n| BuildRef::new(job.clone(), BuildNumber(n)).key())
+            .collect();
+        let raws = self.get_raw(&keys).await?;
+        keys.iter()
+            .zip(raws)
+            .filter_map(|(k, r)| {
+                r.map(|r| {
+                    serde_json::value::RawValue::from_string(r)
+                        .map_err(|e| StoreError::corrupt(k, e))
+                })
+            })
+            .collect::<Result<Vec<_>, _>>()
+            .map(|docs| (docs, total))
+    }
+
     /// The build numbers `job_<name>_recent` still holds.
     pub async fn recent_numbers(&self, job: &JobName) -> Result<Vec<u64>, StoreError> {
         let mut c = self.conn().await?;

@@ -19,7 +19,7 @@ use tokio::io::{AsyncReadExt, AsyncSeekExt};
 use tokio::sync::broadcast::error::RecvError;
 use tokio_util::sync::CancellationToken;
 
-use crate::hub::{Frame, Hub};
+use crate::hub::{Frame, Header, Hub, Published};
 use crate::session::{
     Client, Gone, Incoming, CLOSE_NOT_FOUND, CLOSE_SLOW, CLOSE_UNAVAILABLE, CLOSE_UNRESPONSIVE,
 };
@@ -143,39 +143,31 @@ impl Watcher {
     }
 
     /// Handles one published message.
-    async fn on_message(&mut self, text: ByteString) -> Result<Step, Gone> {
-        let Ok(msg) = serde_json::from_str::<OutputMessage>(&text) else {
-            return Ok(Step::Continue);
-        };
-        match msg {
-            OutputMessage::Lines { lines } => {
-                let (Some(first), Some(last)) = (lines.first(), lines.last()) else {
-                    return Ok(Step::Continue);
-                };
-                if first.attempt < self.attempt
-                    || (first.attempt == self.attempt && last.seq <= self.sent)
-                {
+    async fn on_message(&mut self, m: &Published) -> Result<Step, Gone> {
+        match m.header() {
+            None => Ok(Step::Continue),
+            Some(Header::Lines {
+                attempt,
+                first,
+                last,
+            }) => {
+                if attempt < self.attempt || (attempt == self.attempt && last <= self.sent) {
                     // An old attempt, or a duplicate replayed after a reconnect.
                     return Ok(Step::Continue);
                 }
-                if first.attempt == self.attempt
-                    && first.seq == self.sent + 1
-                    && text.len() <= MAX_FRAME
-                {
+                if attempt == self.attempt && first == self.sent + 1 && m.text.len() <= MAX_FRAME {
                     // The common case: forward the published text unchanged.
-                    let last = last.seq;
-                    self.client.send(text).await?;
+                    self.client.send(m.text.clone()).await?;
                     self.sent = last;
-                } else if first.attempt == self.attempt && first.seq == self.sent + 1 {
-                    let mut lines = lines;
-                    self.flush(&mut lines).await?;
                 } else {
+                    // A gap, a new attempt, or a batch too large for one frame: the file has
+                    // every line, in frames of the right size.
                     self.catch_up().await?;
                 }
                 Ok(Step::Continue)
             }
-            OutputMessage::End { attempt, .. } if attempt < self.attempt => Ok(Step::Continue),
-            OutputMessage::End { .. } => self.finish_if_final().await,
+            Some(Header::End { attempt }) if attempt < self.attempt => Ok(Step::Continue),
+            Some(Header::End { .. }) => self.finish_if_final().await,
         }
     }
 
@@ -247,9 +239,9 @@ pub(crate) async fn stream_build(
     while let Ok(Step::Continue) = step {
         step = tokio::select! {
             f = watch.rx.recv() => match f {
-                Ok(Frame::Message(text)) => {
+                Ok(Frame::Message(m)) => {
                     poll.reset();
-                    w.on_message(text).await
+                    w.on_message(&m).await
                 }
                 // Missed messages (a reconnect, or this process fell behind): the file has them.
                 Ok(Frame::Resync) | Err(RecvError::Lagged(_)) => w.finish_if_final().await,

@@ -4,20 +4,66 @@
 //! and fred may replay ones it buffered, so watchers deduplicate by sequence number).
 
 use std::collections::HashMap;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use bytestring::ByteString;
 use fred::clients::SubscriberClient;
 use fred::error::Error as FredError;
 use fred::prelude::*;
+use serde::Deserialize;
 use tokio::sync::{broadcast, Mutex};
+
+/// A published message, shared by every watcher of its channel. Its header (which lines
+/// it carries) is decoded at most once, by the first watcher that needs it, however many
+/// watchers there are.
+#[derive(Debug)]
+pub(crate) struct Published {
+    pub(crate) text: ByteString,
+    header: OnceLock<Option<Header>>,
+}
+
+/// What a build output message carries, without its line texts.
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum Header {
+    Lines { attempt: u32, first: u64, last: u64 },
+    End { attempt: u32 },
+}
+
+#[derive(Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+enum LightMessage {
+    Lines { lines: Vec<LightLine> },
+    End { attempt: u32 },
+}
+
+/// A log line's numbers; its text and other fields are skipped while parsing.
+#[derive(Deserialize)]
+struct LightLine {
+    seq: u64,
+    attempt: u32,
+}
+
+impl Published {
+    pub(crate) fn header(&self) -> Option<Header> {
+        *self.header.get_or_init(|| {
+            match serde_json::from_str::<LightMessage>(&self.text).ok()? {
+                LightMessage::Lines { lines } => Some(Header::Lines {
+                    attempt: lines.first()?.attempt,
+                    first: lines.first()?.seq,
+                    last: lines.last()?.seq,
+                }),
+                LightMessage::End { attempt } => Some(Header::End { attempt }),
+            }
+        })
+    }
+}
 
 /// What watchers receive.
 #[derive(Clone, Debug)]
 pub(crate) enum Frame {
     /// A message exactly as published (JSON text).
-    Message(ByteString),
+    Message(Arc<Published>),
     /// Redis reconnected: messages may have been missed; catch up from the source of truth.
     Resync,
 }
@@ -76,7 +122,10 @@ impl Hub {
                         let channels = self.channels.lock().await;
                         if let Some(c) = channels.get(&channel) {
                             metrics::counter!("kiln_gateway_messages_total").increment(1);
-                            let _ = c.tx.send(Frame::Message(ByteString::from(text)));
+                            let _ = c.tx.send(Frame::Message(Arc::new(Published {
+                                text: ByteString::from(text),
+                                header: OnceLock::new(),
+                            })));
                         }
                     }
                     Err(broadcast::error::RecvError::Lagged(n)) => {

@@ -45,8 +45,9 @@ pub(crate) async fn stream_nodes(
     loop {
         let sent = tokio::select! {
             f = watch.rx.recv() => match f {
-                Ok(Frame::Message(text)) => {
-                    if let Ok(n) = serde_json::from_str::<kiln_model::NodeInfo>(&text) {
+                Ok(Frame::Message(m)) => {
+                    let text = &m.text;
+                    if let Ok(n) = serde_json::from_str::<kiln_model::NodeInfo>(text) {
                         known.insert(n.id.to_string());
                     }
                     client.send(ByteString::from(format!(r#"{{"type":"heartbeat","node":{text}}}"#))).await
@@ -115,7 +116,8 @@ pub(crate) async fn stream_events(
     loop {
         let sent = tokio::select! {
             f = watch.rx.recv() => match f {
-                Ok(Frame::Message(text)) if filter.matches(&text) => {
+                Ok(Frame::Message(m)) if filter.matches(&m.text) => {
+                    let text = &m.text;
                     client.send(ByteString::from(format!(r#"{{"type":"event","event":{text}}}"#))).await
                 }
                 Ok(_) => Ok(()),

@@ -185,26 +185,28 @@ async fn finish(w: &Worker, lease: &kiln_store::Lease, doc: &kiln_model::BuildDo
     }
 }
 
-/// Removes the storage folders of this job's older builds that fell out of its retention
+/// How far below the oldest kept build the worker looks for folders to remove. Builds
+/// leave retention in order, so the folders of those trimmed since the last finished build
+/// sit just below it.
+const PRUNE_WINDOW: u64 = 64;
+
+/// Removes the storage folders of this job's builds that fell out of its retention
 /// (whoever triggered the build that pushed them out: the api, github-ingest...).
 async fn prune_storage(w: &Worker, doc: &kiln_model::BuildDocument) {
     let Some(dir) = storage::build_dir(&w.settings.storage_root, &doc.storage_path) else {
         return;
     };
     let Some(job_dir) = dir.parent() else { return };
-    let Ok(kept) = w.store.recent_numbers(&doc.job).await else {
+    let Ok(Some(oldest_kept)) = w.store.oldest_recent_number(&doc.job).await else {
         return;
     };
-    let Ok(mut entries) = tokio::fs::read_dir(job_dir).await else {
-        return;
-    };
-    while let Ok(Some(e)) = entries.next_entry().await {
-        let Some(n) = e.file_name().to_str().and_then(|s| s.parse::<u64>().ok()) else {
-            continue;
-        };
-        if n < doc.number.0 && !kept.contains(&n) {
-            if let Err(err) = tokio::fs::remove_dir_all(e.path()).await {
-                tracing::warn!(path = %e.path().display(), error = %err, "cannot remove an old build folder");
+    for n in oldest_kept.saturating_sub(PRUNE_WINDOW).max(1)..oldest_kept {
+        let old = job_dir.join(n.to_string());
+        match tokio::fs::remove_dir_all(&old).await {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => {
+                tracing::warn!(path = %old.display(), error = %e, "cannot remove an old build folder")
             }
         }
     }
