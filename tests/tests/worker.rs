@@ -446,3 +446,27 @@ async fn a_build_on_a_queue_nobody_serves_says_why_it_waits() {
     let _g = c.worker(opts).await;
     c.wait_status("gpu", n, "success", T).await;
 }
+
+#[tokio::test]
+async fn services_reach_redis_through_sentinel() {
+    let redis = kiln_testkit::RedisServer::start();
+    let sentinel = kiln_testkit::SentinelServer::start(redis.port());
+    let c = Cluster::start_with_url(redis, sentinel.url()).await;
+    let _w = c.worker(WorkerOpts::new("w1")).await;
+    c.apply("via-sentinel", job(&["echo through sentinel; sleep 30"]))
+        .await;
+    let n = c.trigger("via-sentinel").await;
+    c.wait_log_contains("via-sentinel", n, "through sentinel", T)
+        .await;
+    // Cancelling travels over pub/sub (fred, through the sentinel too).
+    let r = c
+        .call(
+            Method::POST,
+            &format!("/api/v1/jobs/via-sentinel/builds/{n}/cancel"),
+            None,
+        )
+        .await;
+    assert_eq!(r.status(), 202);
+    c.wait_status("via-sentinel", n, "cancelled", Duration::from_secs(5))
+        .await;
+}

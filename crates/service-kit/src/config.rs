@@ -199,10 +199,17 @@ impl Common {
     pub fn validate(&self, needs_tokens: bool) -> Result<(), ConfigError> {
         self.http.addr()?;
         let u = &self.redis.url;
-        if !(u.starts_with("redis://") || u.starts_with("rediss://") || u.starts_with("unix://")) {
+        let schemes = [
+            "redis://",
+            "rediss://",
+            "unix://",
+            "redis-sentinel://",
+            "rediss-sentinel://",
+        ];
+        if !schemes.iter().any(|s| u.starts_with(s)) {
             return Err(ConfigError::invalid(
                 "redis.url",
-                "must start with redis://, rediss:// or unix://",
+                "must start with redis://, rediss://, unix://, redis-sentinel:// or rediss-sentinel://",
             ));
         }
         if self.redis.pool_size == 0 {

@@ -118,7 +118,7 @@ impl From<StoreError> for ApiError {
             StoreError::Conflict(m) => Self::Conflict(m),
             StoreError::Invalid { field, message } => Self::Unprocessable { field, message },
             StoreError::Stale(m) => Self::Conflict(m),
-            StoreError::Pool(_) | StoreError::Redis(_) => {
+            StoreError::Pool(_) | StoreError::Unavailable(_) | StoreError::Redis(_) => {
                 tracing::warn!(error = %e, "Redis unavailable");
                 Self::Unavailable("Redis is unavailable; try again".into())
             }

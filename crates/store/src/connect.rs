@@ -3,9 +3,10 @@
 use std::time::Duration;
 
 use deadpool_redis::redis::{self, AsyncConnectionConfig};
-use deadpool_redis::{Connection, Manager, Pool, Runtime};
+use deadpool_redis::{Manager, Pool, Runtime};
 
 use crate::error::StoreError;
+use crate::sentinel::{self, SentinelPool};
 
 /// How a [`Store`] connects.
 #[derive(Debug, Clone)]
@@ -31,7 +32,76 @@ impl StoreOptions {
 /// A handle on Kiln's Redis. Cheap to clone; every operation takes a pooled connection.
 #[derive(Clone)]
 pub struct Store {
-    pool: Pool,
+    backend: Backend,
+}
+
+/// A single Redis (`redis://`, `rediss://`, `unix://`) or Redis behind Sentinel.
+#[derive(Clone)]
+enum Backend {
+    Direct(Pool),
+    Sentinel(SentinelPool),
+}
+
+/// A pooled connection of either kind; it speaks the redis-rs protocol, so commands,
+/// pipelines and scripts take it as they are.
+pub(crate) enum Conn {
+    Direct(deadpool_redis::Connection),
+    Sentinel(deadpool::managed::Object<sentinel::SentinelManager>),
+}
+
+impl redis::aio::ConnectionLike for Conn {
+    fn req_packed_command<'a>(
+        &'a mut self,
+        cmd: &'a redis::Cmd,
+    ) -> redis::RedisFuture<'a, redis::Value> {
+        match self {
+            Conn::Direct(c) => c.req_packed_command(cmd),
+            Conn::Sentinel(c) => c.req_packed_command(cmd),
+        }
+    }
+
+    fn req_packed_commands<'a>(
+        &'a mut self,
+        cmd: &'a redis::Pipeline,
+        offset: usize,
+        count: usize,
+    ) -> redis::RedisFuture<'a, Vec<redis::Value>> {
+        match self {
+            Conn::Direct(c) => c.req_packed_commands(cmd, offset, count),
+            Conn::Sentinel(c) => c.req_packed_commands(cmd, offset, count),
+        }
+    }
+
+    fn get_db(&self) -> i64 {
+        match self {
+            Conn::Direct(c) => c.get_db(),
+            Conn::Sentinel(c) => c.get_db(),
+        }
+    }
+}
+
+/// Installs the TLS crypto provider (ring) once, before any `rediss://` connection.
+fn tls_provider() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        let _ = rustls::crypto::ring::default_provider().install_default();
+    });
+}
+
+fn backend(
+    url: &str,
+    size: usize,
+    response_timeout: Option<Duration>,
+) -> Result<Backend, StoreError> {
+    tls_provider();
+    if sentinel::is_sentinel_url(url) {
+        return Ok(Backend::Sentinel(sentinel::pool(
+            url,
+            size,
+            response_timeout,
+        )?));
+    }
+    Ok(Backend::Direct(pool(url, size, response_timeout)?))
 }
 
 /// What `/readyz` and the start-up check report about Redis.
@@ -52,7 +122,7 @@ pub(crate) fn pool(
     if !(url.starts_with("redis://") || url.starts_with("rediss://") || url.starts_with("unix://"))
     {
         return Err(StoreError::Url(format!(
-            "{:?} must start with redis://, rediss:// or unix://",
+            "{:?} must start with redis://, rediss://, unix:// or redis-sentinel://",
             redact(url)
         )));
     }
@@ -86,7 +156,7 @@ impl Store {
     /// start while Redis is still coming up and report it through `/readyz`.
     pub fn new(options: &StoreOptions) -> Result<Self, StoreError> {
         Ok(Self {
-            pool: pool(
+            backend: backend(
                 &options.url,
                 options.pool_size,
                 Some(options.response_timeout),
@@ -94,15 +164,24 @@ impl Store {
         })
     }
 
-    pub(crate) async fn conn(&self) -> Result<Connection, StoreError> {
-        Ok(self.pool.get().await?)
+    pub(crate) async fn conn(&self) -> Result<Conn, StoreError> {
+        match &self.backend {
+            Backend::Direct(p) => Ok(Conn::Direct(p.get().await?)),
+            Backend::Sentinel(p) => p
+                .get()
+                .await
+                .map(Conn::Sentinel)
+                .map_err(|e| StoreError::Unavailable(e.to_string())),
+        }
     }
 
-    /// A pool of one connection for blocking pops, whose response timeout exceeds the
+    /// A store of one connection for blocking pops, whose response timeout exceeds the
     /// longest block (`block_for` + margin), so a dead connection is noticed and rebuilt
     /// rather than waited on forever.
-    pub fn blocking(url: &str, block_for: Duration) -> Result<Pool, StoreError> {
-        pool(url, 1, Some(block_for + Duration::from_secs(2)))
+    pub fn blocking(url: &str, block_for: Duration) -> Result<Self, StoreError> {
+        Ok(Self {
+            backend: backend(url, 1, Some(block_for + Duration::from_secs(2)))?,
+        })
     }
 
     pub async fn ping(&self) -> Result<(), StoreError> {

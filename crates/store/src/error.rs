@@ -22,6 +22,8 @@ pub enum StoreError {
     },
     #[error("cannot reach Redis: {0}")]
     Pool(#[from] deadpool_redis::PoolError),
+    #[error("cannot reach Redis: {0}")]
+    Unavailable(String),
     #[error("Redis command failed: {0}")]
     Redis(#[from] RedisError),
     #[error("invalid Redis URL: {0}")]
@@ -39,7 +41,7 @@ impl StoreError {
     /// True when the error says Redis is unreachable or failing, not that the request was
     /// wrong: callers retry these.
     pub fn is_unavailable(&self) -> bool {
-        matches!(self, Self::Pool(_) | Self::Redis(_))
+        matches!(self, Self::Pool(_) | Self::Unavailable(_) | Self::Redis(_))
     }
 }
 

@@ -12,6 +12,7 @@ mod pubsub;
 mod queue;
 mod raw;
 mod scripts;
+mod sentinel;
 mod tree;
 
 pub use builds::{CancelOutcome, Trigger as TriggerRequest, TriggeredBuild, WORKER_LIVENESS_MS};
@@ -26,5 +27,3 @@ pub use tree::PutOutcome;
 
 /// Re-exported so services can build pools and commands without naming the crate twice.
 pub use deadpool_redis::redis;
-/// The connection pool type, for the dedicated blocking pool of [`Store::blocking`].
-pub use deadpool_redis::Pool;

@@ -5,7 +5,6 @@ use std::time::Duration;
 
 use chrono::Utc;
 use deadpool_redis::redis::{self, AsyncCommands};
-use deadpool_redis::Pool;
 use kiln_model::{
     keys, BuildDocument, BuildEvent, BuildEventKind, BuildRef, JobDefinition, Name, NodeInfo,
 };
@@ -111,14 +110,10 @@ impl Store {
         }))
     }
 
-    /// Blocks until `queue` may hold work or `timeout` passes. Runs on the dedicated
-    /// blocking pool from [`Store::blocking`]; `true` means "try to claim now".
-    pub async fn wait_for_work(
-        blocking: &Pool,
-        queue: &Name,
-        timeout: Duration,
-    ) -> Result<bool, StoreError> {
-        let mut c = blocking.get().await?;
+    /// Blocks until `queue` may hold work or `timeout` passes. Call it on the dedicated
+    /// store from [`Store::blocking`]; `true` means "try to claim now".
+    pub async fn wait_for_work(&self, queue: &Name, timeout: Duration) -> Result<bool, StoreError> {
+        let mut c = self.conn().await?;
         let r: Option<(String, String, f64)> = redis::cmd("BZPOPMIN")
             .arg(keys::queue_marker(queue))
             .arg(timeout.as_secs_f64())

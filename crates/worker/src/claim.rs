@@ -5,7 +5,6 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
-use kiln_store::Store;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
@@ -40,8 +39,9 @@ pub(crate) async fn claim_loop(w: Arc<Worker>, stop: CancellationToken, builds: 
             Ok(None) => {
                 drop(slot);
                 backoff = Duration::from_millis(100);
-                let wait =
-                    Store::wait_for_work(&w.blocking, &w.settings.queue, w.settings.claim_block);
+                let wait = w
+                    .blocking
+                    .wait_for_work(&w.settings.queue, w.settings.claim_block);
                 tokio::select! {
                     r = wait => if let Err(e) = r {
                         w.record_redis_failure();

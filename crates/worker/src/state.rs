@@ -5,7 +5,6 @@ use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use chrono::{DateTime, Utc};
-use kiln_store::Pool;
 use kiln_store::{Lease, Store};
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
@@ -58,7 +57,8 @@ pub(crate) fn now_ms() -> i64 {
 
 pub(crate) struct Worker {
     pub(crate) store: Store,
-    pub(crate) blocking: Pool,
+    /// One connection for the blocking wait for work (see `Store::blocking`).
+    pub(crate) blocking: Store,
     pub(crate) settings: Settings,
     pub(crate) active: Mutex<HashMap<String, Arc<Active>>>,
     pub(crate) slots: Arc<Semaphore>,

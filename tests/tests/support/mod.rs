@@ -86,6 +86,8 @@ impl Drop for Proc {
 
 pub struct Cluster {
     pub redis: RedisServer,
+    /// The URL the services are given (the server's own, or a Sentinel URL).
+    pub redis_url: String,
     pub storage: tempfile::TempDir,
     pub work: tempfile::TempDir,
     pub api: Proc,
@@ -152,6 +154,12 @@ impl Cluster {
     }
 
     async fn start_on(redis: RedisServer) -> Self {
+        let url = redis.url();
+        Self::start_with_url(redis, url).await
+    }
+
+    /// A cluster whose services reach `redis` through `url` (e.g. a Sentinel).
+    pub async fn start_with_url(redis: RedisServer, url: String) -> Self {
         let storage = tempfile::tempdir().unwrap();
         let work = tempfile::tempdir().unwrap();
         // KILN_TEST_LOG_DIR keeps the services' logs for a failing test to be read.
@@ -167,7 +175,7 @@ impl Cluster {
             "kiln-api",
             port,
             &[
-                ("KILN_REDIS__URL", redis.url()),
+                ("KILN_REDIS__URL", url.clone()),
                 ("KILN_STORAGE__ROOT", storage.path().display().to_string()),
                 ("KILN_AUTH__TOKENS", format!("tests:admin:{TOKEN}")),
                 ("KILN_API__WORKERS", "1".into()),
@@ -176,6 +184,7 @@ impl Cluster {
         );
         let c = Self {
             redis,
+            redis_url: url,
             storage,
             work,
             api,
@@ -203,7 +212,7 @@ impl Cluster {
     }
 
     pub fn redis_url(&self) -> String {
-        self.redis.url()
+        self.redis_url.clone()
     }
 
     pub async fn worker(&self, opts: WorkerOpts) -> Proc {
@@ -212,7 +221,7 @@ impl Cluster {
             "kiln-worker",
             port,
             &[
-                ("KILN_REDIS__URL", self.redis.url()),
+                ("KILN_REDIS__URL", self.redis_url.clone()),
                 (
                     "KILN_STORAGE__ROOT",
                     self.storage.path().display().to_string(),
@@ -246,7 +255,7 @@ impl Cluster {
             "kiln-stream-gateway",
             port,
             &[
-                ("KILN_REDIS__URL", self.redis.url()),
+                ("KILN_REDIS__URL", self.redis_url.clone()),
                 (
                     "KILN_STORAGE__ROOT",
                     self.storage.path().display().to_string(),
@@ -266,7 +275,7 @@ impl Cluster {
     pub async fn ingest(&self, github_api: &str, extra: &[(&str, &str)]) -> (Proc, String) {
         let port = free_port();
         let mut env = vec![
-            ("KILN_REDIS__URL", self.redis.url()),
+            ("KILN_REDIS__URL", self.redis_url.clone()),
             (
                 "KILN_STORAGE__ROOT",
                 self.storage.path().display().to_string(),
@@ -518,7 +527,7 @@ impl Cluster {
             "kiln-es-indexer",
             port,
             &[
-                ("KILN_REDIS__URL", self.redis.url()),
+                ("KILN_REDIS__URL", self.redis_url.clone()),
                 ("KILN_ELASTICSEARCH__URL", search_url.to_owned()),
                 ("KILN_ELASTICSEARCH__BATCH_WAIT_MS", "50".into()),
                 ("KILN_ELASTICSEARCH__MAX_BACKOFF_MS", "500".into()),
