@@ -784,3 +784,17 @@ async fn github_links_point_at_existing_jobs() {
         json!([])
     );
 }
+
+#[tokio::test]
+async fn the_api_works_over_tls_to_redis() {
+    let (redis, url) = kiln_testkit::RedisServer::start_tls();
+    assert!(url.starts_with("rediss://"));
+    let app = TestApp::spawn_with(redis, &url).await;
+    assert_eq!(app.put_job("app", job(json!({}))).await.status(), 201);
+    assert_eq!(app.trigger("app").await.status(), 201);
+    assert_eq!(
+        app.get_json("/api/v1/jobs/app/builds/1").await["status"],
+        "queued"
+    );
+    assert_eq!(app.get_json("/readyz").await["ready"], true);
+}

@@ -57,6 +57,10 @@ impl RedisServer {
             .spawn()
             .expect("redis-server must be installed to run Kiln's tests");
         self.child = Some(child);
+        self.wait_ready()
+    }
+
+    fn wait_ready(&mut self) -> bool {
         let deadline = Instant::now() + Duration::from_secs(10);
         while Instant::now() < deadline {
             if std::net::TcpStream::connect(("127.0.0.1", self.port)).is_ok() {
@@ -72,6 +76,77 @@ impl RedisServer {
 
     pub fn url(&self) -> String {
         format!("redis://127.0.0.1:{}", self.port)
+    }
+
+    /// A server that speaks only TLS, with a fresh self-signed certificate (made with the
+    /// `openssl` command). Returns it with a `rediss://` URL that skips certificate checks.
+    pub fn start_tls() -> (Self, String) {
+        let certs = tempfile::tempdir().expect("temp dir for certificates");
+        let (cert, key) = (certs.path().join("cert.pem"), certs.path().join("key.pem"));
+        let ok = Command::new("openssl")
+            .args([
+                "req",
+                "-x509",
+                "-newkey",
+                "rsa:2048",
+                "-nodes",
+                "-days",
+                "1",
+                "-subj",
+                "/CN=127.0.0.1",
+            ])
+            .args(["-addext", "subjectAltName=IP:127.0.0.1", "-keyout"])
+            .arg(&key)
+            .arg("-out")
+            .arg(&cert)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .expect("openssl must be installed to test TLS");
+        assert!(ok.success(), "openssl could not make a certificate");
+        let (cert, key) = (cert.display().to_string(), key.display().to_string());
+        // The TLS port is the server's port; plain TCP is off.
+        let mut s = Self {
+            child: None,
+            port: 0,
+            dir: certs,
+        };
+        for _ in 0..20 {
+            s.port = free_port();
+            let port = s.port.to_string();
+            let args = [
+                "--port",
+                "0",
+                "--tls-port",
+                &port,
+                "--tls-cert-file",
+                &cert,
+                "--tls-key-file",
+                &key,
+                "--tls-auth-clients",
+                "no",
+            ];
+            if s.spawn_plain(&args) {
+                let url = format!("rediss://127.0.0.1:{}/#insecure", s.port);
+                return (s, url);
+            }
+        }
+        panic!("could not start a TLS redis-server");
+    }
+
+    /// Starts `redis-server` with exactly `args` (plus a data folder) and waits for its port.
+    fn spawn_plain(&mut self, args: &[&str]) -> bool {
+        let child = Command::new("redis-server")
+            .args(["--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
+            .arg("--dir")
+            .arg(self.dir.path())
+            .args(args)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("redis-server must be installed to run Kiln's tests");
+        self.child = Some(child);
+        self.wait_ready()
     }
 
     pub fn port(&self) -> u16 {

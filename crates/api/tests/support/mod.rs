@@ -58,8 +58,14 @@ pub(crate) fn config(redis_url: &str, storage: PathBuf) -> ApiConfig {
 impl TestApp {
     pub(crate) async fn spawn() -> Self {
         let redis = RedisServer::start();
+        let url = redis.url();
+        Self::spawn_with(redis, &url).await
+    }
+
+    /// The api on `redis`, reached through `url` (TLS, Sentinel...).
+    pub(crate) async fn spawn_with(redis: RedisServer, url: &str) -> Self {
         let storage = tempfile::tempdir().unwrap();
-        let app = Application::build(config(&redis.url(), storage.path().to_path_buf()))
+        let app = Application::build(config(url, storage.path().to_path_buf()))
             .await
             .expect("api builds");
         let base = format!("http://{}", app.addr());
