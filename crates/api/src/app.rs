@@ -1,32 +1,21 @@
 //! Building and running the api server: all fallible set-up happens in `build`, which
 //! binds the port (0 in tests) so callers learn the real address before serving.
 
-use std::net::{SocketAddr, TcpListener};
+use std::net::SocketAddr;
 use std::path::PathBuf;
 
 use actix_web::{dev::Server, middleware, web, App, HttpServer};
 use kiln_service_kit::auth::Authenticator;
 use kiln_service_kit::error::ApiError;
-use kiln_service_kit::{health, ConfigError};
-use kiln_store::{Store, StoreError, StoreOptions};
+use kiln_service_kit::health;
+use kiln_store::{Store, StoreOptions};
 use tokio_util::sync::CancellationToken;
 
 use crate::config::ApiConfig;
 use crate::routes;
 
-#[derive(Debug, thiserror::Error)]
-pub enum BuildError {
-    #[error(transparent)]
-    Config(#[from] ConfigError),
-    #[error(transparent)]
-    Store(#[from] StoreError),
-    #[error("cannot listen on {addr}: {source}")]
-    Bind {
-        addr: String,
-        #[source]
-        source: std::io::Error,
-    },
-}
+/// Why the service could not start.
+pub type BuildError = kiln_service_kit::StartError;
 
 /// What every handler shares.
 #[derive(Clone)]
@@ -51,15 +40,7 @@ impl Application {
             store,
             storage_root: config.common.storage.root.clone(),
         };
-        let bind = config.common.http.addr()?;
-        let listener = TcpListener::bind(bind).map_err(|source| BuildError::Bind {
-            addr: bind.to_string(),
-            source,
-        })?;
-        let addr = listener.local_addr().map_err(|source| BuildError::Bind {
-            addr: bind.to_string(),
-            source,
-        })?;
+        let (listener, addr) = kiln_service_kit::server::bind(&config.common.http)?;
         let auth = Authenticator::new(&config.common.auth);
         let max_body = config.common.http.max_body_bytes;
         let prometheus = health::prometheus();
@@ -85,10 +66,7 @@ impl Application {
                 .default_service(web::to(routes::not_found))
         })
         .listen(listener)
-        .map_err(|source| BuildError::Bind {
-            addr: addr.to_string(),
-            source,
-        })?
+        .map_err(|e| BuildError::bind(addr, e))?
         .disable_signals()
         .shutdown_timeout(10);
         if config.api.workers > 0 {

@@ -1,14 +1,14 @@
 //! Building and running the indexer (`/healthz`, `/readyz` when the cluster is reachable,
 //! `/metrics`), and the one-shot backfill.
 
-use std::net::{SocketAddr, TcpListener};
+use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use actix_web::{dev::Server, web, App, HttpResponse, HttpServer};
 use kiln_model::{BuildNumber, BuildRef, Name};
-use kiln_service_kit::{health, ConfigError};
-use kiln_store::{Store, StoreError, StoreOptions};
+use kiln_service_kit::health;
+use kiln_store::{Store, StoreOptions};
 use serde_json::json;
 use tokio_util::sync::CancellationToken;
 
@@ -16,21 +16,8 @@ use crate::client::Es;
 use crate::config::IndexerConfig;
 use crate::indexer::{Indexer, CONSUMER};
 
-#[derive(Debug, thiserror::Error)]
-pub enum BuildError {
-    #[error(transparent)]
-    Config(#[from] ConfigError),
-    #[error(transparent)]
-    Store(#[from] StoreError),
-    #[error("{0}")]
-    Elasticsearch(String),
-    #[error("cannot listen on {addr}: {source}")]
-    Bind {
-        addr: String,
-        #[source]
-        source: std::io::Error,
-    },
-}
+/// Why the service could not start.
+pub type BuildError = kiln_service_kit::StartError;
 
 struct State {
     store: Store,
@@ -57,22 +44,14 @@ impl Application {
         health::warn_about_redis(&store).await;
         // From now on every finished build is kept for us, even while we are down.
         store.register_consumer(&consumer()).await?;
-        let es = Arc::new(Es::new(&settings).map_err(BuildError::Elasticsearch)?);
+        let es = Arc::new(Es::new(&settings).map_err(BuildError::Dependency)?);
         let ready = Arc::new(AtomicBool::new(false));
         let state = web::Data::new(State {
             store: store.clone(),
             es: es.clone(),
             ready: ready.clone(),
         });
-        let bind = config.common.http.addr()?;
-        let listener = TcpListener::bind(bind).map_err(|source| BuildError::Bind {
-            addr: bind.to_string(),
-            source,
-        })?;
-        let addr = listener.local_addr().map_err(|source| BuildError::Bind {
-            addr: bind.to_string(),
-            source,
-        })?;
+        let (listener, addr) = kiln_service_kit::server::bind(&config.common.http)?;
         let server = HttpServer::new(move || {
             App::new()
                 .app_data(state.clone())
@@ -80,10 +59,7 @@ impl Application {
                 .route("/readyz", web::get().to(readyz))
         })
         .listen(listener)
-        .map_err(|source| BuildError::Bind {
-            addr: addr.to_string(),
-            source,
-        })?
+        .map_err(|e| BuildError::bind(addr, e))?
         .workers(1)
         .disable_signals()
         .shutdown_timeout(5)

@@ -1,33 +1,20 @@
 //! Building and running github-ingest: the webhook server, the status reporter and the
 //! cleanup task, stopped together.
 
-use std::net::{SocketAddr, TcpListener};
+use std::net::SocketAddr;
 use std::path::PathBuf;
 
 use actix_web::{dev::Server, web, App, HttpServer};
 use kiln_model::Name;
-use kiln_service_kit::{health, ConfigError};
-use kiln_store::{Store, StoreError, StoreOptions};
+use kiln_service_kit::health;
+use kiln_store::{Store, StoreOptions};
 use tokio_util::sync::CancellationToken;
 
 use crate::config::{IngestConfig, Settings};
 use crate::reporter::Reporter;
 
-#[derive(Debug, thiserror::Error)]
-pub enum BuildError {
-    #[error(transparent)]
-    Config(#[from] ConfigError),
-    #[error(transparent)]
-    Store(#[from] StoreError),
-    #[error("{0}")]
-    Github(String),
-    #[error("cannot listen on {addr}: {source}")]
-    Bind {
-        addr: String,
-        #[source]
-        source: std::io::Error,
-    },
-}
+/// Why the service could not start.
+pub type BuildError = kiln_service_kit::StartError;
 
 pub(crate) struct State {
     pub(crate) store: Store,
@@ -53,7 +40,7 @@ impl Application {
         opts.response_timeout = settings.redis_timeout;
         let store = Store::new(&opts)?;
         health::warn_about_redis(&store).await;
-        let reporter = Reporter::new(store.clone(), &settings).map_err(BuildError::Github)?;
+        let reporter = Reporter::new(store.clone(), &settings).map_err(BuildError::Dependency)?;
         match &reporter {
             Some(r) => store.register_consumer(r.consumer()).await?,
             None => {
@@ -70,15 +57,7 @@ impl Application {
             settings: settings.clone(),
             reporter: reporter.as_ref().map(|r| r.consumer().clone()),
         });
-        let bind = config.common.http.addr()?;
-        let listener = TcpListener::bind(bind).map_err(|source| BuildError::Bind {
-            addr: bind.to_string(),
-            source,
-        })?;
-        let addr = listener.local_addr().map_err(|source| BuildError::Bind {
-            addr: bind.to_string(),
-            source,
-        })?;
+        let (listener, addr) = kiln_service_kit::server::bind(&config.common.http)?;
         let path = settings.webhook_path.clone();
         let server = HttpServer::new(move || {
             App::new()
@@ -89,10 +68,7 @@ impl Application {
                 .default_service(web::to(crate::webhook::not_found))
         })
         .listen(listener)
-        .map_err(|source| BuildError::Bind {
-            addr: addr.to_string(),
-            source,
-        })?
+        .map_err(|e| BuildError::bind(addr, e))?
         .disable_signals()
         .shutdown_timeout(10)
         .run();

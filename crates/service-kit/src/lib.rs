@@ -6,9 +6,11 @@ pub mod auth;
 pub mod config;
 pub mod error;
 pub mod health;
+pub mod server;
 pub mod shutdown;
 pub mod telemetry;
 
 pub use auth::{Principal, Role};
 pub use config::{Common, ConfigError};
 pub use error::{ApiError, ErrorBody};
+pub use server::StartError;

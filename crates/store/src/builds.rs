@@ -214,6 +214,17 @@ impl Store {
         offset: usize,
         limit: usize,
     ) -> Result<(Vec<BuildDocument>, usize), StoreError> {
+        let (keys, total) = self.page_keys(job, offset, limit).await?;
+        Ok((self.get_builds(&keys).await?, total))
+    }
+
+    /// The build keys of a page of `job_<name>_recent` (newest first), and its length.
+    async fn page_keys(
+        &self,
+        job: &JobName,
+        offset: usize,
+        limit: usize,
+    ) -> Result<(Vec<String>, usize), StoreError> {
         let mut c = self.conn().await?;
         let recent = keys::job_recent(job);
         let (numbers, total): (Vec<u64>, usize) = redis::pipe()
@@ -221,13 +232,12 @@ impl Store {
             .llen(&recent)
             .query_async(&mut c)
             .await?;
-        drop(c);
-        let keys: Vec<String> = numbers
+        let keys = numbers
             .into_iter()
             .filter(|n| *n > 0)
             .map(|n| BuildRef::new(job.clone(), BuildNumber(n)).key())
             .collect();
-        Ok((self.get_builds(&keys).await?, total))
+        Ok((keys, total))
     }
 
     /// The oldest build number the job keeps (the tail of `job_<name>_recent`).
@@ -244,19 +254,7 @@ impl Store {
         offset: usize,
         limit: usize,
     ) -> Result<(Vec<Box<serde_json::value::RawValue>>, usize), StoreError> {
-        let mut c = self.conn().await?;
-        let recent = keys::job_recent(job);
-        let (numbers, total): (Vec<u64>, usize) = redis::pipe()
-            .lrange(&recent, offset as isize, (offset + limit) as isize - 1)
-            .llen(&recent)
-            .query_async(&mut c)
-            .await?;
-        drop(c);
-        let keys: Vec<String> = numbers
-            .into_iter()
-            .filter(|n| *n > 0)
-            .map(|n| BuildRef::new(job.clone(), BuildNumber(n)).key())
-            .collect();
+        let (keys, total) = self.page_keys(job, offset, limit).await?;
         let raws = self.get_raw(&keys).await?;
         keys.iter()
             .zip(raws)

@@ -2,7 +2,7 @@
 //! WebSocket upgrade, and graceful shutdown (clients get a close frame with their resume
 //! position).
 
-use std::net::{SocketAddr, TcpListener};
+use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
 
@@ -10,8 +10,8 @@ use actix_web::{dev::Server, web, App, HttpRequest, HttpResponse, HttpServer};
 use kiln_model::{BuildNumber, BuildRef, JobName};
 use kiln_service_kit::auth::Authenticator;
 use kiln_service_kit::error::ApiError;
-use kiln_service_kit::{health, ConfigError, Role};
-use kiln_store::{Store, StoreError, StoreOptions};
+use kiln_service_kit::{health, Role};
+use kiln_store::{Store, StoreOptions};
 use serde::Deserialize;
 use tokio_util::sync::CancellationToken;
 
@@ -20,21 +20,8 @@ use crate::hub::Hub;
 use crate::live_streams::EventFilter;
 use crate::session::Client;
 
-#[derive(Debug, thiserror::Error)]
-pub enum BuildError {
-    #[error(transparent)]
-    Config(#[from] ConfigError),
-    #[error(transparent)]
-    Store(#[from] StoreError),
-    #[error("cannot create the Redis subscriber: {0}")]
-    Subscriber(String),
-    #[error("cannot listen on {addr}: {source}")]
-    Bind {
-        addr: String,
-        #[source]
-        source: std::io::Error,
-    },
-}
+/// Why the service could not start.
+pub type BuildError = kiln_service_kit::StartError;
 
 #[derive(Clone)]
 struct State {
@@ -61,7 +48,7 @@ impl Application {
         let store = Store::new(&opts)?;
         health::warn_about_redis(&store).await;
         let hub = Hub::start(&config.common.redis.url, limits.channel_buffer)
-            .map_err(|e| BuildError::Subscriber(e.to_string()))?;
+            .map_err(|e| BuildError::Dependency(e.to_string()))?;
         let shutdown = CancellationToken::new();
         let state = State {
             hub: hub.clone(),
@@ -71,15 +58,7 @@ impl Application {
             auth: Authenticator::new(&config.common.auth),
             shutdown: shutdown.clone(),
         };
-        let bind = config.common.http.addr()?;
-        let listener = TcpListener::bind(bind).map_err(|source| BuildError::Bind {
-            addr: bind.to_string(),
-            source,
-        })?;
-        let addr = listener.local_addr().map_err(|source| BuildError::Bind {
-            addr: bind.to_string(),
-            source,
-        })?;
+        let (listener, addr) = kiln_service_kit::server::bind(&config.common.http)?;
         let mut server = HttpServer::new(move || {
             App::new()
                 .app_data(web::Data::new(state.clone()))
@@ -90,10 +69,7 @@ impl Application {
                 .route("/ws/events", web::get().to(ws_events))
         })
         .listen(listener)
-        .map_err(|source| BuildError::Bind {
-            addr: addr.to_string(),
-            source,
-        })?
+        .map_err(|e| BuildError::bind(addr, e))?
         .disable_signals()
         .shutdown_timeout(5);
         if config.gateway.workers > 0 {

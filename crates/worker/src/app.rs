@@ -3,15 +3,15 @@
 //! listener until shutdown, drains, and hands back what is left.
 
 use std::collections::HashMap;
-use std::net::{SocketAddr, TcpListener};
+use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use actix_web::{dev::Server, web, App, HttpServer};
 use chrono::Utc;
 use kiln_model::Name;
-use kiln_service_kit::{health, ConfigError};
-use kiln_store::{Store, StoreError, StoreOptions};
+use kiln_service_kit::health;
+use kiln_store::{Store, StoreOptions};
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -19,19 +19,8 @@ use tokio_util::task::TaskTracker;
 use crate::config::WorkerConfig;
 use crate::state::{now_ms, StopReason, Worker};
 
-#[derive(Debug, thiserror::Error)]
-pub enum BuildError {
-    #[error(transparent)]
-    Config(#[from] ConfigError),
-    #[error(transparent)]
-    Store(#[from] StoreError),
-    #[error("cannot listen on {addr}: {source}")]
-    Bind {
-        addr: String,
-        #[source]
-        source: std::io::Error,
-    },
-}
+/// Why the service could not start.
+pub type BuildError = kiln_service_kit::StartError;
 
 pub struct Application {
     worker: Arc<Worker>,
@@ -62,15 +51,7 @@ impl Application {
             redis_failed_ms: AtomicI64::new(0),
             renewed_ms: AtomicI64::new(now_ms()),
         });
-        let bind = config.common.http.addr()?;
-        let listener = TcpListener::bind(bind).map_err(|source| BuildError::Bind {
-            addr: bind.to_string(),
-            source,
-        })?;
-        let addr = listener.local_addr().map_err(|source| BuildError::Bind {
-            addr: bind.to_string(),
-            source,
-        })?;
+        let (listener, addr) = kiln_service_kit::server::bind(&config.common.http)?;
         let data = web::Data::new(worker.clone());
         let server = HttpServer::new(move || {
             App::new()
@@ -80,10 +61,7 @@ impl Application {
                 .route("/readyz", web::get().to(crate::http::readyz))
         })
         .listen(listener)
-        .map_err(|source| BuildError::Bind {
-            addr: addr.to_string(),
-            source,
-        })?
+        .map_err(|e| BuildError::bind(addr, e))?
         .workers(1)
         .disable_signals()
         .shutdown_timeout(2)
