@@ -210,7 +210,7 @@ async fn a_killed_workers_build_is_recovered_by_another_and_its_orphans_die() {
     c.apply(
         "crash",
         job(&[&format!(
-            "echo start $KILN_ATTEMPT >> {m}; echo running; sleep 4; echo end $KILN_ATTEMPT >> {m}",
+            "echo start $KILN_ATTEMPT >> {m}; [ $KILN_ATTEMPT = 1 ] && sleep 60 & echo $! > {m}.pid-$KILN_ATTEMPT; echo running; wait; echo end $KILN_ATTEMPT >> {m}",
             m = marks.display()
         )]),
     )
@@ -218,19 +218,24 @@ async fn a_killed_workers_build_is_recovered_by_another_and_its_orphans_die() {
     let mut a = c.worker(WorkerOpts::new("a")).await;
     let n = c.trigger("crash").await;
     c.wait_log_contains("crash", n, "running", T).await;
+    let orphan: u32 = std::fs::read_to_string(format!("{}.pid-1", marks.display()))
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
     a.kill();
+    // The step's processes die with their worker (they would otherwise write `end 1`).
+    // Well before the 60 s sleep would end by itself.
+    kiln_testkit::wait_for(
+        "attempt 1's processes to die with the worker",
+        Duration::from_secs(10),
+        || async { (!alive(orphan)).then_some(()) },
+    )
+    .await;
     let _b = c.worker(WorkerOpts::new("b")).await;
     let b = c.wait_status("crash", n, "success", T).await;
     assert_eq!(b["attempt"], 2);
     assert_eq!(b["node"], "b");
-    // Give an orphan of attempt 1 time to write its end mark if it had survived.
-    let deadline = std::time::Instant::now() + Duration::from_secs(5);
-    kiln_testkit::wait_for(
-        "attempt 1's sleep to be over",
-        Duration::from_secs(10),
-        || async { (std::time::Instant::now() > deadline).then_some(()) },
-    )
-    .await;
     let m = std::fs::read_to_string(&marks).unwrap();
     assert_eq!(
         m, "start 1\nstart 2\nend 2\n",
