@@ -475,3 +475,64 @@ async fn services_reach_redis_through_sentinel() {
     c.wait_status("via-sentinel", n, "cancelled", Duration::from_secs(5))
         .await;
 }
+
+#[tokio::test]
+async fn a_build_whose_workers_keep_dying_ends_lost_with_a_reason() {
+    let c = Cluster::start().await;
+    let mut def = job(&["echo running; sleep 60"]);
+    def["lost_retries"] = json!(0);
+    c.apply("doomed", def).await;
+    let mut a = c.worker(WorkerOpts::new("a")).await;
+    let n = c.trigger("doomed").await;
+    c.wait_log_contains("doomed", n, "running", T).await;
+    a.kill();
+    // Another worker's reaper judges the expired lease: no retry is left.
+    let _b = c.worker(WorkerOpts::new("b")).await;
+    let b = c.wait_status("doomed", n, "lost", T).await;
+    assert_eq!(b["attempt"], 1);
+    let reason = b["reason"].as_str().unwrap();
+    assert!(
+        reason.contains("worker a stopped renewing its lease"),
+        "{reason}"
+    );
+    assert!(b["finished_at"].is_string());
+}
+
+#[tokio::test]
+async fn a_worker_that_cannot_renew_kills_its_build_and_the_build_runs_again() {
+    let mut c = Cluster::start_persistent().await;
+    let marks = c.work.path().join("marks");
+    c.apply(
+        "fenced",
+        job(&[&format!(
+            "echo start $KILN_ATTEMPT >> {m}; [ $KILN_ATTEMPT = 1 ] && sleep 60 & echo $! > {m}.pid-$KILN_ATTEMPT; echo running; wait",
+            m = marks.display()
+        )]),
+    )
+    .await;
+    let _w = c.worker(WorkerOpts::new("w1")).await;
+    let n = c.trigger("fenced").await;
+    c.wait_log_contains("fenced", n, "running", T).await;
+    let pid: u32 = std::fs::read_to_string(format!("{}.pid-1", marks.display()))
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    // Redis goes away: the worker cannot renew its 1.5 s lease and must stop the build
+    // itself (another worker may be handed it once the lease expires).
+    c.redis.stop();
+    kiln_testkit::wait_for(
+        "the worker to kill its build",
+        Duration::from_secs(10),
+        || async { (!alive(pid)).then_some(()) },
+    )
+    .await;
+    c.redis.restart(support::PERSISTENT);
+    let b = c.wait_status("fenced", n, "success", T).await;
+    assert_eq!(
+        b["attempt"], 2,
+        "the fenced attempt was discarded and the build ran again"
+    );
+    let m = std::fs::read_to_string(&marks).unwrap();
+    assert_eq!(m, "start 1\nstart 2\n");
+}
