@@ -214,7 +214,7 @@ async fn watchers_lose_no_line_when_redis_restarts_mid_stream() {
 async fn a_client_that_stops_reading_is_cut_off_with_a_resume_position() {
     let c = Cluster::start().await;
     let _w = c.worker(WorkerOpts::new("w1")).await;
-    let (_g, gw) = c.gateway().await;
+    let (_g, gw) = c.gateway_with_send_timeout_ms(2_000).await;
     c.apply(
         "flood",
         job(&["sleep 1; for i in $(seq 1 60); do head -c 500000 /dev/zero | tr '\\0' a | fold -w 1000; echo; sleep 0.1; done"]),

@@ -31,7 +31,8 @@ pub(crate) struct Gone;
 
 pub(crate) struct Client {
     session: Session,
-    stream: MessageStream,
+    /// The client's side; taken by `close`, which keeps reading it until the close is sent.
+    stream: Option<MessageStream>,
     limits: Limits,
     last_pong: Instant,
     ping: tokio::time::Interval,
@@ -54,7 +55,7 @@ impl Client {
         ping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         Self {
             session,
-            stream: stream.max_frame_size(64 * 1024),
+            stream: Some(stream.max_frame_size(64 * 1024)),
             limits,
             last_pong: Instant::now(),
             ping,
@@ -77,8 +78,11 @@ impl Client {
     /// Waits for the next thing the client does, or the next ping time (answered here).
     /// Returns `Left` when the client is gone or stopped answering pings.
     pub(crate) async fn next(&mut self) -> Incoming {
+        let Some(stream) = self.stream.as_mut() else {
+            return Incoming::Left;
+        };
         tokio::select! {
-            m = self.stream.next() => match m {
+            m = stream.next() => match m {
                 Some(Ok(Message::Ping(p))) => {
                     let _ = tokio::time::timeout(self.limits.send_timeout, self.session.pong(&p)).await;
                     Incoming::Nothing
@@ -102,8 +106,10 @@ impl Client {
         }
     }
 
-    /// Closes with `code` and `description`, in the background and bounded in time.
-    pub(crate) fn close(self, code: u16, description: impl Into<String>) {
+    /// Closes with `code` and `description`, in the background and bounded in time. The
+    /// incoming half stays open until the close frame is queued (dropping it first would
+    /// reset the connection, and the client would never see the reason).
+    pub(crate) fn close(mut self, code: u16, description: impl Into<String>) {
         let reason = CloseReason {
             code: if code == 1000 {
                 CloseCode::Normal
@@ -113,8 +119,21 @@ impl Client {
             description: Some(description.into()),
         };
         let session = self.session.clone();
-        tokio::spawn(async move {
-            let _ = tokio::time::timeout(CLOSE_TIMEOUT, session.close(Some(reason))).await;
+        let stream = self.stream.take();
+        // The client's stream is tied to this worker thread: a local task.
+        actix_web::rt::spawn(async move {
+            let closing = async {
+                let _ = session.close(Some(reason)).await;
+                // Let the client answer the close (or go away) before the socket is dropped.
+                if let Some(mut stream) = stream {
+                    while let Some(Ok(m)) = stream.next().await {
+                        if matches!(m, Message::Close(_)) {
+                            break;
+                        }
+                    }
+                }
+            };
+            let _ = tokio::time::timeout(CLOSE_TIMEOUT, closing).await;
         });
     }
 }

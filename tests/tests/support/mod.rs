@@ -250,6 +250,12 @@ impl Cluster {
 
     /// Starts a stream gateway; returns it with its `ws://` base URL.
     pub async fn gateway(&self) -> (Proc, String) {
+        // Generous: on a loaded 2-core CI machine a healthy client may lag a few seconds.
+        self.gateway_with_send_timeout_ms(10_000).await
+    }
+
+    /// A gateway that cuts off a client which accepts no frame for `ms`.
+    pub async fn gateway_with_send_timeout_ms(&self, ms: u64) -> (Proc, String) {
         let port = free_port();
         let p = spawn(
             "kiln-stream-gateway",
@@ -263,7 +269,7 @@ impl Cluster {
                 ("KILN_AUTH__TOKENS", format!("tests:admin:{TOKEN}")),
                 ("KILN_GATEWAY__PING_SECS", "1".into()),
                 ("KILN_GATEWAY__CLIENT_TIMEOUT_SECS", "20".into()),
-                ("KILN_GATEWAY__SEND_TIMEOUT_MS", "3000".into()),
+                ("KILN_GATEWAY__SEND_TIMEOUT_MS", ms.to_string()),
             ],
             self.logs.path(),
         );
