@@ -82,7 +82,7 @@ impl Execution<'_> {
             let step = self.run_step("checkout", &program, ws, &env).await;
             let ok = step.status == BuildStatus::Success;
             let code = step.exit_code;
-            self.record(doc, step).await;
+            self.record(doc, step, ok).await;
             if !ok {
                 return self.ended(doc, code, true);
             }
@@ -91,13 +91,14 @@ impl Execution<'_> {
             }
         }
         let mut last_code = None;
-        for s in &self.def.steps {
+        let steps = self.def.steps.len();
+        for (i, s) in self.def.steps.iter().enumerate() {
             let mut program = self.worker.settings.shell.clone();
             program.push(s.run.clone());
             let step = self.run_step(&s.name, &program, ws, &env).await;
             let ok = step.status == BuildStatus::Success;
             last_code = step.exit_code;
-            self.record(doc, step).await;
+            self.record(doc, step, ok && i + 1 < steps).await;
             if !ok {
                 self.collect_artifacts(ws).await;
                 return self.ended(doc, last_code, false);
@@ -168,14 +169,19 @@ impl Execution<'_> {
         env
     }
 
-    /// Appends a step's result to the document and records it, fenced by the lease.
-    async fn record(&self, doc: &mut BuildDocument, step: StepResult) {
+    /// Appends a step's result to the document and its storage folder; while more steps
+    /// follow it is also written to Redis (fenced by the lease). After the last step the
+    /// final write carries it, one round trip fewer per build.
+    async fn record(&self, doc: &mut BuildDocument, step: StepResult, more_follow: bool) {
         doc.steps.push(step);
         let steps_file = self.build_dir.join(output::STEPS_FILE);
         if let Ok(json) = serde_json::to_vec_pretty(&doc.steps) {
             if let Err(e) = tokio::fs::write(&steps_file, json).await {
                 tracing::warn!(error = %e, "cannot write step results");
             }
+        }
+        if !more_follow {
+            return;
         }
         match self
             .worker
