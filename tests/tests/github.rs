@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use reqwest::Method;
 use serde_json::{json, Value};
-use support::{job, Cluster, WorkerOpts, WEBHOOK_SECRET};
+use support::{git, job, Cluster, WorkerOpts, WEBHOOK_SECRET};
 use wiremock::matchers::{method, path_regex};
 use wiremock::{Mock, MockServer, ResponseTemplate};
 
@@ -71,24 +71,6 @@ impl Hook {
     }
 }
 
-fn git(dir: &Path, args: &[&str]) -> String {
-    let out = std::process::Command::new("git")
-        .args(args)
-        .current_dir(dir)
-        .env("GIT_AUTHOR_NAME", "t")
-        .env("GIT_AUTHOR_EMAIL", "t@example.com")
-        .env("GIT_COMMITTER_NAME", "t")
-        .env("GIT_COMMITTER_EMAIL", "t@example.com")
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "git {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).trim().to_owned()
-}
-
 /// A local repository with one commit per content; returns (file:// URL, shas).
 fn repository(dir: &Path, contents: &[&str]) -> (String, Vec<String>) {
     git(dir, &["init", "-q", "-b", "main"]);
@@ -135,6 +117,21 @@ async fn link(c: &Cluster, kind: &str, job_name: &str) {
         )
         .await;
     assert_eq!(r.status(), 200);
+}
+
+/// The common arrangement: a cluster (no worker), a fake GitHub, github-ingest, and the job
+/// `app` (running `true`) linked for `kind` events of Codertocat/Hello-World.
+async fn linked(kind: &str) -> (Cluster, MockServer, Hook, support::Proc) {
+    let c = Cluster::start().await;
+    let gh = github_fake().await;
+    let (ingest, url) = c.ingest(&gh.uri(), &[]).await;
+    let hook = Hook {
+        url,
+        client: reqwest::Client::new(),
+    };
+    c.apply("app", job(&["true"])).await;
+    link(&c, kind, "app").await;
+    (c, gh, hook, ingest)
 }
 
 #[tokio::test]
@@ -236,15 +233,7 @@ async fn a_pull_request_gets_its_own_job_builds_its_head_and_reports_statuses() 
 #[tokio::test]
 async fn closing_a_pull_request_disables_its_job_and_cancels_queued_builds() {
     let Some(fx) = fixtures() else { return };
-    let c = Cluster::start().await;
-    let gh = github_fake().await;
-    let (_i, url) = c.ingest(&gh.uri(), &[]).await;
-    let hook = Hook {
-        url,
-        client: reqwest::Client::new(),
-    };
-    c.apply("app", job(&["true"])).await;
-    link(&c, "pullrequest", "app").await;
+    let (c, gh, hook, _i) = linked("pullrequest").await;
     let (status, _) = hook
         .send(
             "pull_request",
@@ -298,15 +287,7 @@ async fn closing_a_pull_request_disables_its_job_and_cancels_queued_builds() {
 #[tokio::test]
 async fn branch_pushes_get_collision_free_jobs_and_deleted_branches_are_disabled() {
     let Some(fx) = fixtures() else { return };
-    let c = Cluster::start().await;
-    let gh = github_fake().await;
-    let (_i, url) = c.ingest(&gh.uri(), &[]).await;
-    let hook = Hook {
-        url,
-        client: reqwest::Client::new(),
-    };
-    c.apply("app", job(&["true"])).await;
-    link(&c, "branch", "app").await;
+    let (c, _gh, hook, _i) = linked("branch").await;
     let base = payload(&fx, "push/with-new-branch.payload.json");
     let mut jobs = Vec::new();
     for (i, branch) in ["feature/x", "feature-x", "feature_x", "fix/ünïcode"]
@@ -371,15 +352,7 @@ async fn branch_pushes_get_collision_free_jobs_and_deleted_branches_are_disabled
 #[tokio::test]
 async fn bad_deliveries_are_refused_and_change_nothing() {
     let Some(fx) = fixtures() else { return };
-    let c = Cluster::start().await;
-    let gh = github_fake().await;
-    let (_i, url) = c.ingest(&gh.uri(), &[]).await;
-    let hook = Hook {
-        url,
-        client: reqwest::Client::new(),
-    };
-    c.apply("app", job(&["true"])).await;
-    link(&c, "pullrequest", "app").await;
+    let (c, gh, hook, _i) = linked("pullrequest").await;
     let pool = c.redis.pool();
     let before = kiln_testkit::snapshot(&pool).await;
     let body = std::fs::read(fx.join("pull_request/opened.payload.json")).unwrap();
@@ -456,15 +429,7 @@ async fn bad_deliveries_are_refused_and_change_nothing() {
 #[tokio::test]
 async fn a_redelivered_event_queues_one_build() {
     let Some(fx) = fixtures() else { return };
-    let c = Cluster::start().await;
-    let gh = github_fake().await;
-    let (_i, url) = c.ingest(&gh.uri(), &[]).await;
-    let hook = Hook {
-        url,
-        client: reqwest::Client::new(),
-    };
-    c.apply("app", job(&["true"])).await;
-    link(&c, "pullrequest", "app").await;
+    let (c, _gh, hook, _i) = linked("pullrequest").await;
     let opened = payload(&fx, "pull_request/opened.payload.json");
     let (s1, b1) = hook.send("pull_request", "same", &opened).await;
     let (s2, b2) = hook.send("pull_request", "same", &opened).await;
@@ -527,15 +492,7 @@ async fn a_failing_github_api_is_retried_until_the_status_arrives() {
 #[tokio::test]
 async fn fork_pull_requests_are_not_built_by_default() {
     let Some(fx) = fixtures() else { return };
-    let c = Cluster::start().await;
-    let gh = github_fake().await;
-    let (_i, url) = c.ingest(&gh.uri(), &[]).await;
-    let hook = Hook {
-        url,
-        client: reqwest::Client::new(),
-    };
-    c.apply("app", job(&["true"])).await;
-    link(&c, "pullrequest", "app").await;
+    let (c, _gh, hook, _i) = linked("pullrequest").await;
     let mut fork = payload(&fx, "pull_request/opened.payload.json");
     fork["pull_request"]["head"]["repo"]["full_name"] = json!("mallory/Hello-World");
     let (status, body) = hook.send("pull_request", "f-1", &fork).await;

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use reqwest::Method;
 use serde_json::json;
-use support::{alive, job, Cluster, WorkerOpts};
+use support::{alive, git, job, Cluster, WorkerOpts};
 
 const T: Duration = Duration::from_secs(30);
 
@@ -153,24 +153,6 @@ async fn artifacts_matching_the_globs_are_copied_to_storage() {
         !dir.join("dist/link.tar.gz").exists(),
         "symlinks are not followed"
     );
-}
-
-fn git(dir: &std::path::Path, args: &[&str]) -> String {
-    let out = std::process::Command::new("git")
-        .args(args)
-        .current_dir(dir)
-        .env("GIT_AUTHOR_NAME", "t")
-        .env("GIT_AUTHOR_EMAIL", "t@example.com")
-        .env("GIT_COMMITTER_NAME", "t")
-        .env("GIT_COMMITTER_EMAIL", "t@example.com")
-        .output()
-        .expect("git");
-    assert!(
-        out.status.success(),
-        "git {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).trim().to_owned()
 }
 
 #[tokio::test]
