@@ -518,3 +518,22 @@ async fn a_worker_that_cannot_renew_kills_its_build_and_the_build_runs_again() {
     let m = std::fs::read_to_string(&marks).unwrap();
     assert_eq!(m, "start 1\nstart 2\n");
 }
+
+#[tokio::test]
+async fn the_worker_removes_folders_of_builds_that_left_retention() {
+    let c = Cluster::start().await;
+    let mut def = job(&["true"]);
+    def["retention"] = json!({"builds": 2});
+    c.apply("kept", def).await;
+    for _ in 0..3 {
+        c.trigger("kept").await;
+    }
+    // Build 1 left retention at the third trigger; its folder appears only now, as after a
+    // trim by a service that does not touch the storage (github-ingest).
+    let stale = c.build_dir("kept", 1);
+    std::fs::create_dir_all(&stale).unwrap();
+    let _w = c.worker(WorkerOpts::new("w1")).await;
+    c.wait_status("kept", 3, "success", T).await;
+    assert!(!stale.exists(), "the worker prunes what retention dropped");
+    assert!(c.build_dir("kept", 2).exists() && c.build_dir("kept", 3).exists());
+}

@@ -127,25 +127,34 @@ async fn handle(
     }
 }
 
+/// The job a repository is linked to for `kind` events, or the answer for an event that
+/// changes nothing (no link, or a link to a derived job).
+async fn linked_base(
+    ctx: &Ctx<'_>,
+    repo: &Repository,
+    kind: GithubLinkKind,
+) -> Result<Result<kiln_model::Name, Outcome>, ApiError> {
+    let (org, name) = link_parts(repo)?;
+    let Some(job) = ctx.store.get_link(&org, &name, kind).await? else {
+        return Ok(Err(Outcome::ignored(format!(
+            "{} has no {} link",
+            repo.full_name,
+            kind.as_str()
+        ))));
+    };
+    Ok(kiln_model::Name::parse(job.as_str())
+        .map_err(|_| Outcome::ignored("the link does not name a job you defined")))
+}
+
 async fn pull_request(
     ctx: &Ctx<'_>,
     state: &State,
     delivery: &str,
     e: PullRequestEvent,
 ) -> Result<Outcome, ApiError> {
-    let (org, repo) = link_parts(&e.repository)?;
-    let Some(base) = ctx
-        .store
-        .get_link(&org, &repo, GithubLinkKind::Pullrequest)
-        .await?
-    else {
-        return Ok(Outcome::ignored(format!(
-            "{} has no pull request link",
-            e.repository.full_name
-        )));
-    };
-    let Some(base_name) = kiln_model::Name::parse(base.as_str()).ok() else {
-        return Ok(Outcome::ignored("the link does not name a job you defined"));
+    let base_name = match linked_base(ctx, &e.repository, GithubLinkKind::Pullrequest).await? {
+        Ok(b) => b,
+        Err(ignored) => return Ok(ignored),
     };
     let job = JobName::pull_request(&base_name, e.number);
     match e.action.as_str() {
@@ -175,7 +184,7 @@ async fn pull_request(
         ));
     }
     let head = Head {
-        base,
+        base: JobName::from_name(&base_name),
         job,
         kind: TriggerKind::GithubPullRequest,
         source: GithubSource {
@@ -201,19 +210,9 @@ async fn push(ctx: &Ctx<'_>, delivery: &str, e: PushEvent) -> Result<Outcome, Ap
             e.git_ref
         )));
     };
-    let (org, repo) = link_parts(&e.repository)?;
-    let Some(base) = ctx
-        .store
-        .get_link(&org, &repo, GithubLinkKind::Branch)
-        .await?
-    else {
-        return Ok(Outcome::ignored(format!(
-            "{} has no branch link",
-            e.repository.full_name
-        )));
-    };
-    let Some(base_name) = kiln_model::Name::parse(base.as_str()).ok() else {
-        return Ok(Outcome::ignored("the link does not name a job you defined"));
+    let base_name = match linked_base(ctx, &e.repository, GithubLinkKind::Branch).await? {
+        Ok(b) => b,
+        Err(ignored) => return Ok(ignored),
     };
     let Some(job) = JobName::branch(&base_name, branch) else {
         return Ok(Outcome::ignored(
@@ -224,7 +223,7 @@ async fn push(ctx: &Ctx<'_>, delivery: &str, e: PushEvent) -> Result<Outcome, Ap
         return Ok(mark(ctx, delivery, ctx.close(&job, "branch deleted").await?).await?);
     }
     let head = Head {
-        base,
+        base: JobName::from_name(&base_name),
         job,
         kind: TriggerKind::GithubPush,
         source: GithubSource {
@@ -250,21 +249,11 @@ async fn delete(ctx: &Ctx<'_>, delivery: &str, e: DeleteEvent) -> Result<Outcome
             e.ref_type
         )));
     }
-    let (org, repo) = link_parts(&e.repository)?;
-    let Some(base) = ctx
-        .store
-        .get_link(&org, &repo, GithubLinkKind::Branch)
-        .await?
-    else {
-        return Ok(Outcome::ignored(format!(
-            "{} has no branch link",
-            e.repository.full_name
-        )));
+    let base_name = match linked_base(ctx, &e.repository, GithubLinkKind::Branch).await? {
+        Ok(b) => b,
+        Err(ignored) => return Ok(ignored),
     };
-    let Some(job) = kiln_model::Name::parse(base.as_str())
-        .ok()
-        .and_then(|b| JobName::branch(&b, &e.git_ref))
-    else {
+    let Some(job) = JobName::branch(&base_name, &e.git_ref) else {
         return Ok(Outcome::ignored("no job for this branch"));
     };
     Ok(mark(ctx, delivery, ctx.close(&job, "branch deleted").await?).await?)

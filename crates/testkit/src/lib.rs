@@ -46,18 +46,10 @@ impl RedisServer {
     }
 
     fn spawn(&mut self, extra: &[&str]) -> bool {
-        let child = Command::new("redis-server")
-            .args(["--port", &self.port.to_string(), "--bind", "127.0.0.1"])
-            .args(["--save", "", "--appendonly", "no"])
-            .arg("--dir")
-            .arg(self.dir.path())
-            .args(extra)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("redis-server must be installed to run Kiln's tests");
-        self.child = Some(child);
-        self.wait_ready()
+        let port = self.port.to_string();
+        let mut args = vec!["--port", port.as_str()];
+        args.extend_from_slice(extra);
+        self.spawn_plain(&args)
     }
 
     fn wait_ready(&mut self) -> bool {
