@@ -1,6 +1,7 @@
 //! `make bench` / `make bench-quick`: starts a private redis-server and the real (release)
 //! services, measures each figure next to a baseline taken in the same run, and prints a
 //! table plus one JSON line per figure (also written to `target/bench/results.jsonl`).
+//! `--quick` shrinks every figure; `--only=throughput,api` measures just those figures.
 
 mod cluster;
 mod figures;
@@ -49,7 +50,20 @@ impl Size {
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    let quick = std::env::args().any(|a| a == "--quick");
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let quick = args.iter().any(|a| a == "--quick");
+    let only: Vec<String> = args
+        .iter()
+        .filter_map(|a| a.strip_prefix("--only="))
+        .flat_map(|list| list.split(','))
+        .map(str::to_owned)
+        .collect();
+    if let Some(bad) = only.iter().find(|o| !figures::NAMES.contains(&o.as_str())) {
+        anyhow::bail!(
+            "--only: unknown figure {bad:?}; figures are {}",
+            figures::NAMES.join(", ")
+        );
+    }
     let size = Size::new(quick);
     let mut report = report::Report::new().context("cannot open target/bench/results.jsonl")?;
     println!(
@@ -58,7 +72,7 @@ async fn main() -> anyhow::Result<()> {
         std::thread::available_parallelism().map_or(0, |n| n.get()),
         chrono::Utc::now().format("%Y-%m-%d %H:%M UTC")
     );
-    figures::run_all(size, &mut report).await?;
+    figures::run(size, &only, &mut report).await?;
     report.print_table();
     Ok(())
 }

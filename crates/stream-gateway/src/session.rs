@@ -91,7 +91,18 @@ impl Client {
                     self.last_pong = Instant::now();
                     Incoming::Nothing
                 }
-                Some(Ok(Message::Close(_))) | None | Some(Err(_)) => Incoming::Left,
+                Some(Ok(Message::Close(reason))) => {
+                    tracing::debug!(?reason, "client closed");
+                    Incoming::Left
+                }
+                None => {
+                    tracing::debug!("client connection ended");
+                    Incoming::Left
+                }
+                Some(Err(e)) => {
+                    tracing::debug!(error = %e, "client protocol error");
+                    Incoming::Left
+                }
                 Some(Ok(_)) => Incoming::Nothing,
             },
             _ = self.ping.tick() => {
@@ -100,7 +111,10 @@ impl Client {
                 }
                 match tokio::time::timeout(self.limits.send_timeout, self.session.ping(b"kiln")).await {
                     Ok(Ok(())) => Incoming::Nothing,
-                    _ => Incoming::Left,
+                    _ => {
+                        tracing::debug!("cannot ping the client");
+                        Incoming::Left
+                    }
                 }
             }
         }
@@ -119,6 +133,12 @@ impl Client {
             description: Some(description.into()),
         };
         let session = self.session.clone();
+        // `Session::close` drops its handle; when the last one is gone the response ends and
+        // the server closes the socket at once. Input the client sent meanwhile (a pong) is
+        // then unread and the kernel resets the connection, discarding whatever the client
+        // had not read yet: the end of the log. This handle keeps it open until the client
+        // has answered the close, so it has read everything before.
+        let open = self.session.clone();
         let stream = self.stream.take();
         // The client's stream is tied to this worker thread: a local task.
         actix_web::rt::spawn(async move {
@@ -134,6 +154,7 @@ impl Client {
                 }
             };
             let _ = tokio::time::timeout(CLOSE_TIMEOUT, closing).await;
+            drop(open);
         });
     }
 }

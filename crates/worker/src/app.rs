@@ -18,6 +18,7 @@ use tokio_util::task::TaskTracker;
 
 use crate::config::WorkerConfig;
 use crate::state::{now_ms, StopReason, Worker};
+use crate::workspace::Workspaces;
 
 /// Why the service could not start.
 pub type BuildError = kiln_service_kit::StartError;
@@ -42,6 +43,7 @@ impl Application {
         let worker = Arc::new(Worker {
             store,
             blocking,
+            workspaces: Workspaces::new(settings.workspace_root.clone(), settings.id.as_str()),
             settings,
             active: Mutex::new(HashMap::new()),
             slots,

@@ -38,7 +38,7 @@ pub struct WorkerSettings {
     pub shutdown_grace_secs: u64,
     /// The shell each step runs under; the step's script is its last argument.
     pub shell: Vec<String>,
-    /// Where fresh build workspaces are created (and removed afterwards).
+    /// Where build workspaces live: one per build slot, emptied after each build.
     pub workspace_root: PathBuf,
 }
 
@@ -70,7 +70,7 @@ pub(crate) struct Settings {
     pub(crate) reap: Duration,
     pub(crate) claim_block: Duration,
     pub(crate) grace: Duration,
-    pub(crate) shell: Vec<String>,
+    pub(crate) launcher: crate::process::Launcher,
     pub(crate) workspace_root: PathBuf,
     pub(crate) storage_root: PathBuf,
 }
@@ -129,9 +129,8 @@ impl WorkerConfig {
                 "reap_ms must be positive and claim_block_ms at least 100",
             ));
         }
-        if w.shell.is_empty() {
-            return Err(ConfigError::invalid("worker.shell", "must name a program"));
-        }
+        let launcher = crate::process::Launcher::new(&w.shell)
+            .map_err(|e| ConfigError::invalid("worker.shell", e))?;
         Ok(Settings {
             id,
             queue,
@@ -141,7 +140,7 @@ impl WorkerConfig {
             reap: Duration::from_millis(w.reap_ms),
             claim_block: Duration::from_millis(w.claim_block_ms),
             grace: Duration::from_secs(w.shutdown_grace_secs),
-            shell: w.shell.clone(),
+            launcher,
             workspace_root: w.workspace_root.clone(),
             storage_root: self.common.storage.root.clone(),
         })

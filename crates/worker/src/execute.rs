@@ -1,4 +1,4 @@
-//! Running a build's steps in a fresh workspace: optional git checkout, each step under the
+//! Running a build's steps in an empty workspace: optional git checkout, each step under the
 //! configured shell with the job's environment, the build's deadline and its stop signal,
 //! then the artifacts copied into file storage.
 
@@ -53,20 +53,12 @@ impl Execution<'_> {
     /// Runs everything; `doc.steps` grows as steps finish and each change is recorded
     /// (fenced by the lease).
     pub(crate) async fn run(&self, doc: &mut BuildDocument) -> Outcome {
-        let ws = self.worker.settings.workspace_root.join(format!(
-            "{}-{}-{}-{:08x}",
-            doc.job,
-            doc.number,
-            doc.attempt,
-            rand::random::<u32>()
-        ));
-        if let Err(e) = tokio::fs::create_dir_all(&ws).await {
-            return error(format!("cannot create workspace {}: {e}", ws.display()));
-        }
+        let ws = match self.worker.workspaces.take().await {
+            Ok(ws) => ws,
+            Err(e) => return error(format!("cannot create a workspace: {e}")),
+        };
         let outcome = self.run_in(&ws, doc).await;
-        if let Err(e) = tokio::fs::remove_dir_all(&ws).await {
-            tracing::warn!(path = %ws.display(), error = %e, "cannot remove workspace");
-        }
+        self.worker.workspaces.give_back(ws).await;
         outcome
     }
 
@@ -77,9 +69,7 @@ impl Execution<'_> {
             if let Some(r) = doc.trigger.git_ref.as_ref().or(repo.git_ref.as_ref()) {
                 env.insert("KILN_GIT_REF".into(), r.clone());
             }
-            let mut program = self.worker.settings.shell.clone();
-            program.push(CHECKOUT.into());
-            let step = self.run_step("checkout", &program, ws, &env).await;
+            let step = self.run_step("checkout", CHECKOUT, ws, &env).await;
             let ok = step.status == BuildStatus::Success;
             let code = step.exit_code;
             self.record(doc, step, ok).await;
@@ -93,9 +83,7 @@ impl Execution<'_> {
         let mut last_code = None;
         let steps = self.def.steps.len();
         for (i, s) in self.def.steps.iter().enumerate() {
-            let mut program = self.worker.settings.shell.clone();
-            program.push(s.run.clone());
-            let step = self.run_step(&s.name, &program, ws, &env).await;
+            let step = self.run_step(&s.name, &s.run, ws, &env).await;
             let ok = step.status == BuildStatus::Success;
             last_code = step.exit_code;
             self.record(doc, step, ok && i + 1 < steps).await;
@@ -201,7 +189,7 @@ impl Execution<'_> {
     async fn run_step(
         &self,
         name: &str,
-        program: &[String],
+        script: &str,
         ws: &Path,
         env: &BTreeMap<String, String>,
     ) -> StepResult {
@@ -219,7 +207,7 @@ impl Execution<'_> {
         if self.active.stop.is_cancelled() {
             return result(BuildStatus::Cancelled, None);
         }
-        let mut p = match process::spawn(program, ws, env) {
+        let mut p = match self.worker.settings.launcher.spawn(script, ws, env) {
             Ok(p) => p,
             Err(e) => {
                 self.sink

@@ -13,6 +13,7 @@ mod process;
 mod reaper;
 mod run;
 mod state;
+mod workspace;
 
 pub use app::{Application, BuildError};
 pub use config::{WorkerConfig, WorkerSettings};

@@ -10,6 +10,7 @@ use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::Settings;
+use crate::workspace::Workspaces;
 
 /// Why a running build is being stopped before its steps end.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -60,6 +61,7 @@ pub(crate) struct Worker {
     /// One connection for the blocking wait for work (see `Store::blocking`).
     pub(crate) blocking: Store,
     pub(crate) settings: Settings,
+    pub(crate) workspaces: Workspaces,
     pub(crate) active: Mutex<HashMap<String, Arc<Active>>>,
     pub(crate) slots: Arc<Semaphore>,
     pub(crate) started_at: DateTime<Utc>,

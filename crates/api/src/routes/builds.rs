@@ -114,9 +114,26 @@ pub(crate) async fn list(
     if total == 0 && state.store.get_job(&name).await?.is_none() {
         return Err(ApiError::NotFound(format!("job {name} not found")));
     }
-    Ok(HttpResponse::Ok().json(json!({
-        "builds": builds, "total": total, "offset": page.offset, "limit": limit
-    })))
+    // The stored documents are written out as they are: putting them in a `json!` value
+    // would parse each one into a tree only to encode it again.
+    let mut body = Vec::with_capacity(builds.iter().map(|b| b.get().len() + 1).sum::<usize>() + 80);
+    body.extend_from_slice(b"{\"builds\":[");
+    for (i, b) in builds.iter().enumerate() {
+        if i > 0 {
+            body.push(b',');
+        }
+        body.extend_from_slice(b.get().as_bytes());
+    }
+    body.extend_from_slice(
+        format!(
+            "],\"total\":{total},\"offset\":{},\"limit\":{limit}}}",
+            page.offset
+        )
+        .as_bytes(),
+    );
+    Ok(HttpResponse::Ok()
+        .content_type("application/json")
+        .body(body))
 }
 
 pub(crate) fn build_ref(name: &str, number: &str) -> Result<BuildRef, ApiError> {
