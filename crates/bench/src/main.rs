@@ -5,6 +5,7 @@
 
 mod cluster;
 mod figures;
+mod http1;
 mod report;
 mod stats;
 

@@ -236,18 +236,27 @@ pub(crate) async fn stream_build(
     let mut step = w.finish_if_final().await;
     let mut poll = tokio::time::interval(POLL);
     poll.reset();
+    // While messages flow the poll is skipped; noting the time is cheaper than re-arming a
+    // timer per message for every watcher.
+    let mut last_message = std::time::Instant::now();
     while let Ok(Step::Continue) = step {
         step = tokio::select! {
             f = watch.rx.recv() => match f {
                 Ok(Frame::Message(m)) => {
-                    poll.reset();
+                    last_message = std::time::Instant::now();
                     w.on_message(&m).await
                 }
                 // Missed messages (a reconnect, or this process fell behind): the file has them.
                 Ok(Frame::Resync) | Err(RecvError::Lagged(_)) => w.finish_if_final().await,
                 Err(RecvError::Closed) => Ok(Step::Done),
             },
-            _ = poll.tick() => w.finish_if_final().await,
+            _ = poll.tick() => {
+                if last_message.elapsed() < POLL {
+                    Ok(Step::Continue)
+                } else {
+                    w.finish_if_final().await
+                }
+            }
             i = w.client.next() => match i {
                 Incoming::Nothing => Ok(Step::Continue),
                 Incoming::Left => return,
