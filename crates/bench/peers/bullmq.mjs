@@ -33,7 +33,8 @@ async function latency() {
   await events.waitUntilReady();
   for (let i = 0; i < sequential; i++) {
     const t0 = performance.now();
-    const job = await queue.add("true", {}, { removeOnComplete: true });
+    // Kept until the queue is obliterated: waitUntilFinished fails on a job already removed.
+    const job = await queue.add("true", {}, { removeOnComplete: false });
     starts.set(job.id, t0);
     await job.waitUntilFinished(events);
   }
