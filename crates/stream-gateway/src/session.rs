@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use actix_ws::{CloseCode, CloseReason, Message, MessageStream, Session};
 use bytestring::ByteString;
-use futures::{FutureExt, StreamExt};
+use futures::StreamExt;
 use tokio::time::Instant;
 
 use crate::config::Limits;
@@ -65,11 +65,6 @@ impl Client {
     /// Queues a text frame, failing if the client has not made room within the send
     /// timeout.
     pub(crate) async fn send(&mut self, text: ByteString) -> Result<(), Gone> {
-        // Usually there is room at once: then no timer is armed (one per frame per watcher
-        // adds up with a thousand watchers).
-        if let Some(sent) = self.session.text(text.clone()).now_or_never() {
-            return sent.map_err(|_| Gone);
-        }
         match tokio::time::timeout(self.limits.send_timeout, self.session.text(text)).await {
             Ok(Ok(())) => Ok(()),
             _ => Err(Gone),
