@@ -270,6 +270,22 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn another_program_is_execd_with_the_script_and_its_exit_code_comes_back() {
+        let l = Launcher::new(&shell(&["env", "sh", "-c"])).expect("env");
+        assert_eq!(l.exec_prefix, shell(&["env", "sh", "-c"]));
+        let mut p = l
+            .spawn(
+                "if read x; then exit 5; fi; exit 4",
+                &std::env::temp_dir(),
+                &BTreeMap::new(),
+            )
+            .expect("spawn");
+        let status = p.child.wait().await.expect("wait");
+        assert_eq!(status.code(), Some(4));
+        kill_group(p.pgid);
+    }
+
+    #[tokio::test]
     async fn a_step_sees_no_guard_arguments_nor_stdin_and_stops_under_set_e() {
         let l = Launcher::new(&shell(&["sh", "-e", "-c"])).expect("sh");
         let dir = std::env::temp_dir();
