@@ -3,9 +3,10 @@
 //! earlier attempt.
 //!
 //! The worker holds the write end of one pipe (the *lifeline*) for its whole life and
-//! never writes to it; every step gets the read end as its stdin. A small watcher in the
-//! step's process group blocks reading it: when the worker exits, however it exits, the
-//! kernel closes the write end, the read returns, and the watcher kills the group. Unlike
+//! never writes to it; every step's guard shell gets the read end as its stdin and hands it
+//! to a small watcher in the step's process group, which blocks reading it (the step itself
+//! reads `/dev/null`): when the worker exits, however it exits, the kernel closes the write
+//! end, the read returns, and the watcher kills the group. Unlike
 //! `PR_SET_PDEATHSIG` this needs no code between fork and exec, so the standard library
 //! starts steps with `posix_spawn` (vfork) instead of copying the worker's page tables for
 //! every step, and it cannot miss a worker that died while the step was starting.
@@ -22,11 +23,17 @@ use tokio::process::{Child, Command};
 use crate::output::LogSink;
 use kiln_model::Stream;
 
-/// Starts the watcher (a grandchild, so a step's `wait` never waits for it), gives the step
-/// `/dev/null` as stdin, then runs the step. One line, so shells that count lines across
-/// `eval` (bash) report the step script's own line numbers.
-const PROLOGUE: &str =
-    "exec 3<&0 </dev/null; ( { read x <&3; kill -KILL 0; } >/dev/null 2>&1 & ); exec 3<&-; ";
+/// The guard around every step, `{}` being how the step runs. It hands the lifeline to a
+/// watcher in the background, runs the step in a subshell with `/dev/null` as stdin (a
+/// subshell's `wait` never waits for the watcher, which is not its child), then kills and
+/// reaps the watcher and exits with the step's status. The watcher is never left behind
+/// as an orphan, so a worker running as PID 1 without an init collects no zombies.
+fn guard(run: &str) -> String {
+    format!(
+        "exec 3<&0 </dev/null; {{ read x <&3; kill -KILL 0; }} >/dev/null 2>&1 & exec 3<&-; \
+         ( {run} ); rc=$?; kill -KILL $! 2>/dev/null; wait $! 2>/dev/null; exit $rc"
+    )
+}
 
 /// Shells known to run the guard and to take their `-c` options through `set`.
 const POSIX_SHELLS: [&str; 7] = ["sh", "bash", "dash", "ash", "ksh", "mksh", "zsh"];
@@ -42,10 +49,10 @@ pub(crate) struct StepProcess {
 
 /// How step processes are started, decided once from `worker.shell` at start-up.
 ///
-/// With a POSIX shell (the default `sh -e -c`) the step's script runs inside the guard
-/// shell itself, after the watcher is started, with the configured options applied by
-/// `set`: one exec per step, like running the shell directly. Any other program (say
-/// `python3 -c`) is exec'd by a plain `sh` guard.
+/// With a POSIX shell (the default `sh -e -c`) the guard is that shell and the step's
+/// script runs in its subshell with the configured options applied by `set`: one exec per
+/// step, like running the shell directly. Any other program (say `python3 -c`) is exec'd
+/// from a plain `sh` guard.
 #[derive(Debug, Clone)]
 pub(crate) struct Launcher {
     /// Absolute path of the guard shell: the standard library uses `posix_spawn` only when
@@ -78,7 +85,7 @@ impl Launcher {
             return Ok(Self {
                 guard_shell: find_program(program)?,
                 arg0: name.to_owned(),
-                guard: format!("{PROLOGUE}eval \"set {options}--;$1\""),
+                guard: guard(&format!("eval \"set {options}--;$1\"")),
                 exec_prefix: Vec::new(),
             });
         }
@@ -86,7 +93,7 @@ impl Launcher {
         Ok(Self {
             guard_shell: find_program("sh")?,
             arg0: "kiln-step".into(),
-            guard: format!("{PROLOGUE}exec \"$@\""),
+            guard: guard("exec \"$@\""),
             exec_prefix: shell.to_vec(),
         })
     }
@@ -240,7 +247,7 @@ mod tests {
     fn a_posix_shell_runs_the_script_itself_with_its_options_set() {
         let l = Launcher::new(&shell(&["bash", "-e", "-o", "pipefail", "-c"])).expect("bash");
         assert!(l.exec_prefix.is_empty());
-        assert!(l.guard.ends_with("eval \"set -e -o pipefail --;$1\""));
+        assert!(l.guard.contains("( eval \"set -e -o pipefail --;$1\" )"));
         assert_eq!(l.arg0, "bash");
         assert!(l.guard_shell.is_absolute());
     }
@@ -258,7 +265,7 @@ mod tests {
                 continue;
             };
             assert_eq!(l.exec_prefix, shell(words), "{words:?}");
-            assert!(l.guard.ends_with("exec \"$@\""));
+            assert!(l.guard.contains("( exec \"$@\" )"));
         }
     }
 
@@ -283,6 +290,29 @@ mod tests {
         let status = p.child.wait().await.expect("wait");
         assert_eq!(status.code(), Some(4));
         kill_group(p.pgid);
+    }
+
+    #[tokio::test]
+    async fn a_steps_wait_does_not_wait_for_the_watcher_and_nothing_is_left_behind() {
+        let l = Launcher::new(&shell(&["sh", "-e", "-c"])).expect("sh");
+        let mut p = l
+            .spawn(
+                "sleep 0.1 & wait; exit 3",
+                &std::env::temp_dir(),
+                &BTreeMap::new(),
+            )
+            .expect("spawn");
+        let status = tokio::time::timeout(std::time::Duration::from_secs(10), p.child.wait())
+            .await
+            .expect("`wait` in the step returned")
+            .expect("wait");
+        assert_eq!(status.code(), Some(3));
+        let group_alive = std::process::Command::new("kill")
+            .args(["-0", "--", &format!("-{}", p.pgid)])
+            .stderr(Stdio::null())
+            .status()
+            .expect("kill -0");
+        assert!(!group_alive.success(), "the guard reaped its watcher");
     }
 
     #[tokio::test]
