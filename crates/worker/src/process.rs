@@ -23,7 +23,7 @@ use tokio::process::{Child, Command};
 use crate::output::LogSink;
 use kiln_model::Stream;
 
-/// The guard around every step, `{}` being how the step runs. It hands the lifeline to a
+/// The guard around every step, `run` being how the step runs. It hands the lifeline to a
 /// watcher in the background, runs the step in a subshell with `/dev/null` as stdin (a
 /// subshell's `wait` never waits for the watcher, which is not its child), then kills and
 /// reaps the watcher and exits with the step's status. The watcher is never left behind
@@ -77,11 +77,11 @@ impl Launcher {
             .file_name()
             .and_then(|n| n.to_str())
             .unwrap_or_default();
-        let fused = POSIX_SHELLS.contains(&name)
-            && rest.last().is_some_and(|l| l == "-c")
-            && set_options(&rest[..rest.len() - 1]).is_some();
-        if fused {
-            let options = set_options(&rest[..rest.len() - 1]).unwrap_or_default();
+        let posix_options = rest
+            .split_last()
+            .filter(|(last, _)| *last == "-c" && POSIX_SHELLS.contains(&name))
+            .and_then(|(_, options)| set_options(options));
+        if let Some(options) = posix_options {
             return Ok(Self {
                 guard_shell: find_program(program)?,
                 arg0: name.to_owned(),
