@@ -53,17 +53,10 @@ impl RedisServer {
     }
 
     fn wait_ready(&mut self) -> bool {
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while Instant::now() < deadline {
-            if std::net::TcpStream::connect(("127.0.0.1", self.port)).is_ok() {
-                return true;
-            }
-            if let Some(Ok(Some(_))) = self.child.as_mut().map(Child::try_wait) {
-                return false;
-            }
-            std::thread::sleep(Duration::from_millis(10));
+        match self.child.as_mut() {
+            Some(child) => accepts_within(self.port, child, Duration::from_secs(10)),
+            None => false,
         }
-        false
     }
 
     pub fn url(&self) -> String {
@@ -210,18 +203,13 @@ impl SentinelServer {
             .stderr(Stdio::null())
             .spawn()
             .expect("redis-server --sentinel");
-        let s = Self {
+        let mut s = Self {
             child,
             port,
             _dir: dir,
         };
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while Instant::now() < deadline {
-            let ok = std::net::TcpStream::connect(("127.0.0.1", port)).is_ok();
-            if ok {
-                return s;
-            }
-            std::thread::sleep(Duration::from_millis(20));
+        if accepts_within(port, &mut s.child, Duration::from_secs(10)) {
+            return s;
         }
         panic!("redis sentinel did not start");
     }
@@ -240,6 +228,22 @@ impl Drop for SentinelServer {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// Polls until `port` accepts connections (true) or `child` exits or `within` passes
+/// (false). Synchronous: servers are started before a test's runtime does anything.
+fn accepts_within(port: u16, child: &mut Child, within: Duration) -> bool {
+    let deadline = Instant::now() + within;
+    while Instant::now() < deadline {
+        if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
+            return true;
+        }
+        if let Ok(Some(_)) = child.try_wait() {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    false
 }
 
 /// Polls `check` until it yields `Some`, or panics with `what` after `timeout`.
