@@ -35,7 +35,6 @@ async fn a_triggered_build_runs_and_its_output_is_stored() {
     assert!(file
         .lines()
         .any(|l| l.contains("\"stream\":\"stderr\"") && l.contains("second")));
-    assert!(c.build_dir("hello", n).join("steps.json").exists());
     let recent = c
         .call(Method::GET, "/api/v1/redis/job_hello_recent", None)
         .await;

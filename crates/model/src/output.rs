@@ -12,8 +12,6 @@ use crate::build::BuildStatus;
 
 /// Name of the log file inside a build's storage folder.
 pub const LOG_FILE: &str = "log.jsonl";
-/// Name of the step results file inside a build's storage folder.
-pub const STEPS_FILE: &str = "steps.json";
 /// Folder holding a build's artifacts inside its storage folder.
 pub const ARTIFACTS_DIR: &str = "artifacts";
 

@@ -45,6 +45,7 @@ impl Application {
             blocking,
             workspaces: Workspaces::new(settings.workspace_root.clone(), settings.id.as_str()),
             settings,
+            pruned: Default::default(),
             active: Mutex::new(HashMap::new()),
             slots,
             started_at: Utc::now(),

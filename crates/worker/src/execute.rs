@@ -157,17 +157,11 @@ impl Execution<'_> {
         env
     }
 
-    /// Appends a step's result to the document and its storage folder; while more steps
-    /// follow it is also written to Redis (fenced by the lease). After the last step the
-    /// final write carries it, one round trip fewer per build.
+    /// Appends a step's result to the document; while more steps follow it is also written
+    /// to Redis (fenced by the lease). After the last step the final write carries it, one
+    /// round trip fewer per build.
     async fn record(&self, doc: &mut BuildDocument, step: StepResult, more_follow: bool) {
         doc.steps.push(step);
-        let steps_file = self.build_dir.join(output::STEPS_FILE);
-        if let Ok(json) = serde_json::to_vec_pretty(&doc.steps) {
-            if let Err(e) = tokio::fs::write(&steps_file, json).await {
-                tracing::warn!(error = %e, "cannot write step results");
-            }
-        }
         if !more_follow {
             return;
         }

@@ -10,6 +10,7 @@ mod heartbeat;
 mod http;
 mod output;
 mod process;
+mod prune;
 mod reaper;
 mod run;
 mod state;

@@ -3,10 +3,10 @@
 //! go out as one write and one PUBLISH, so a chatty build does not cost a round trip per
 //! line, while a quiet one is not delayed at all.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use chrono::Utc;
-use kiln_model::{BuildRef, LogLine, OutputMessage, Stream};
+use kiln_model::{output, BuildRef, LogLine, OutputMessage, Stream};
 use kiln_store::Store;
 use tokio::io::AsyncWriteExt;
 use tokio::sync::mpsc;
@@ -39,19 +39,20 @@ pub(crate) struct LogSummary {
     pub(crate) write_error: Option<String>,
 }
 
-/// Starts the writer for one attempt of a build. `path` is truncated first; the previous
-/// attempt's log is kept beside it as `log.attempt-<n>.jsonl`.
+/// Creates the build's storage folder `dir` and starts the writer of `dir/log.jsonl` for
+/// one attempt of the build (the previous attempt's log is kept beside it as
+/// `log.attempt-<n>.jsonl`). The folder and the file are made in one blocking task: this
+/// sits between a build's claim and its first step.
 pub(crate) async fn start(
     store: Store,
     build: BuildRef,
     attempt: u32,
-    path: PathBuf,
+    dir: PathBuf,
 ) -> std::io::Result<(LogSink, JoinHandle<LogSummary>)> {
-    if attempt > 1 && tokio::fs::try_exists(&path).await.unwrap_or(false) {
-        let old = path.with_file_name(format!("log.attempt-{}.jsonl", attempt - 1));
-        tokio::fs::rename(&path, old).await?;
-    }
-    let mut file = tokio::fs::File::create(&path).await?;
+    let file = tokio::task::spawn_blocking(move || create_log(&dir, attempt))
+        .await
+        .map_err(std::io::Error::other)??;
+    let mut file = tokio::fs::File::from_std(file);
     let (tx, mut rx) = mpsc::channel::<(Stream, String)>(4096);
     let handle = tokio::spawn(async move {
         let mut seq = 0u64;
@@ -99,6 +100,18 @@ pub(crate) async fn start(
         }
     });
     Ok((LogSink { tx }, handle))
+}
+
+fn create_log(dir: &Path, attempt: u32) -> std::io::Result<std::fs::File> {
+    std::fs::create_dir_all(dir)?;
+    let path = dir.join(output::LOG_FILE);
+    if attempt > 1 && path.try_exists()? {
+        std::fs::rename(
+            &path,
+            dir.join(format!("log.attempt-{}.jsonl", attempt - 1)),
+        )?;
+    }
+    std::fs::File::create(path)
 }
 
 async fn write_all(file: &mut tokio::fs::File, bytes: &[u8]) -> std::io::Result<()> {

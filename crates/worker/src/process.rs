@@ -2,41 +2,25 @@
 //! whole tree, and dies with the worker, so a requeued build never overlaps an orphan of its
 //! earlier attempt.
 //!
-//! The worker holds the write end of one pipe (the *lifeline*) for its whole life and
-//! never writes to it; every step's guard shell gets the read end as its stdin and hands it
-//! to a small watcher in the step's process group, which blocks reading it (the step itself
-//! reads `/dev/null`): when the worker exits, however it exits, the kernel closes the write
-//! end, the read returns, and the watcher kills the group. Unlike
-//! `PR_SET_PDEATHSIG` this needs no code between fork and exec, so the standard library
-//! starts steps with `posix_spawn` (vfork) instead of copying the worker's page tables for
-//! every step, and it cannot miss a worker that died while the step was starting.
+//! Dying with the worker is left to the kernel. For every step the worker opens a pipe, the
+//! step's *lifeline*, and keeps both ends itself; each end is armed (`O_ASYNC` with
+//! `F_SETOWN` and `F_SETSIG`) to send SIGKILL to the step's process group when the pipe's
+//! other side loses its last holder. When the worker exits, however it exits, the kernel
+//! closes its files: whichever end goes first, the other one fires. No helper process runs
+//! beside the step and nothing runs between fork and exec, so a step costs one `posix_spawn`
+//! of the configured shell, like running that shell by hand (a watcher shell per step, the
+//! previous design, cost about as much CPU again; see docs/performance.md).
 
 use std::collections::BTreeMap;
 use std::io::{PipeReader, PipeWriter};
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
-use std::sync::OnceLock;
 
 use tokio::io::{AsyncRead, AsyncReadExt};
 use tokio::process::{Child, Command};
 
 use crate::output::LogSink;
 use kiln_model::Stream;
-
-/// The guard around every step, `run` being how the step runs. It hands the lifeline to a
-/// watcher in the background, runs the step in a subshell with `/dev/null` as stdin (a
-/// subshell's `wait` never waits for the watcher, which is not its child), then kills and
-/// reaps the watcher and exits with the step's status. The watcher is never left behind
-/// as an orphan, so a worker running as PID 1 without an init collects no zombies.
-fn guard(run: &str) -> String {
-    format!(
-        "exec 3<&0 </dev/null; {{ read x <&3; kill -KILL 0; }} >/dev/null 2>&1 & exec 3<&-; \
-         ( {run} ); rc=$?; kill -KILL $! 2>/dev/null; wait $! 2>/dev/null; exit $rc"
-    )
-}
-
-/// Shells known to run the guard and to take their `-c` options through `set`.
-const POSIX_SHELLS: [&str; 7] = ["sh", "bash", "dash", "ash", "ksh", "mksh", "zsh"];
 
 /// Longest line kept whole; longer output (or output without newlines) is split into
 /// chunks of this size so memory stays bounded.
@@ -45,77 +29,53 @@ pub(crate) const MAX_LINE: usize = 64 * 1024;
 pub(crate) struct StepProcess {
     pub(crate) child: Child,
     pub(crate) pgid: i32,
+    /// Held until the step is over; dropping it signals a group that is already gone.
+    _lifeline: Lifeline,
 }
 
 /// How step processes are started, decided once from `worker.shell` at start-up.
-///
-/// With a POSIX shell (the default `sh -e -c`) the guard is that shell and the step's
-/// script runs in its subshell with the configured options applied by `set`: one exec per
-/// step, like running the shell directly. Any other program (say `python3 -c`) is exec'd
-/// from a plain `sh` guard.
 #[derive(Debug, Clone)]
 pub(crate) struct Launcher {
-    /// Absolute path of the guard shell: the standard library uses `posix_spawn` only when
-    /// it need not look the program up in the step's `PATH`.
-    guard_shell: PathBuf,
-    /// `$0` of the guard, so the step's error messages name the configured shell.
+    /// Absolute path of the shell: the standard library uses `posix_spawn` only when it
+    /// need not look the program up in the step's `PATH`.
+    program: PathBuf,
+    /// `$0` of the step, the shell's name as configured, so its error messages read as usual.
     arg0: String,
-    guard: String,
-    /// Arguments between `$0` and the step's script: the configured shell when it is
-    /// exec'd by the guard, nothing when the guard runs the script itself.
-    exec_prefix: Vec<String>,
+    /// The shell's arguments before the script (`-e -c`).
+    args: Vec<String>,
 }
 
 impl Launcher {
     /// Checks `shell` (program, options..., ending in the flag that takes a script) and
-    /// finds the programs on the worker's `PATH`.
+    /// finds the program on the worker's `PATH`.
     pub(crate) fn new(shell: &[String]) -> Result<Self, String> {
-        let Some((program, rest)) = shell.split_first() else {
+        let Some((program, args)) = shell.split_first() else {
             return Err("must name a program".into());
         };
-        let name = Path::new(program)
-            .file_name()
-            .and_then(|n| n.to_str())
-            .unwrap_or_default();
-        let posix_options = rest
-            .split_last()
-            .filter(|(last, _)| *last == "-c" && POSIX_SHELLS.contains(&name))
-            .and_then(|(_, options)| set_options(options));
-        if let Some(options) = posix_options {
-            return Ok(Self {
-                guard_shell: find_program(program)?,
-                arg0: name.to_owned(),
-                guard: guard(&format!("eval \"set {options}--;$1\"")),
-                exec_prefix: Vec::new(),
-            });
-        }
-        find_program(program)?;
         Ok(Self {
-            guard_shell: find_program("sh")?,
-            arg0: "kiln-step".into(),
-            guard: guard("exec \"$@\""),
-            exec_prefix: shell.to_vec(),
+            program: find_program(program)?,
+            arg0: program.clone(),
+            args: args.to_vec(),
         })
     }
 
     /// Starts `script` in a new process group, in `cwd`, with exactly `env` (the worker's
-    /// own `KILN_*` settings are never passed on).
+    /// own `KILN_*` settings are never passed on) and `/dev/null` as stdin.
     pub(crate) fn spawn(
         &self,
         script: &str,
         cwd: &Path,
         env: &BTreeMap<String, String>,
     ) -> std::io::Result<StepProcess> {
-        let child = Command::new(&self.guard_shell)
-            .arg("-c")
-            .arg(&self.guard)
-            .arg(&self.arg0)
-            .args(&self.exec_prefix)
+        let lifeline = Lifeline::new()?;
+        let child = Command::new(&self.program)
+            .arg0(&self.arg0)
+            .args(&self.args)
             .arg(script)
             .current_dir(cwd)
             .env_clear()
             .envs(env)
-            .stdin(lifeline()?)
+            .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .process_group(0)
@@ -125,34 +85,65 @@ impl Launcher {
             .id()
             .map(|p| p as i32)
             .ok_or_else(|| std::io::Error::other("step exited before it was tracked"))?;
-        Ok(StepProcess { child, pgid })
+        if let Err(e) = lifeline.arm(pgid) {
+            kill_group(pgid);
+            return Err(e);
+        }
+        Ok(StepProcess {
+            child,
+            pgid,
+            _lifeline: lifeline,
+        })
     }
 }
 
-/// The shell options as arguments of `set` (each followed by a space), or `None` when an
-/// option is not one `set` takes: such a shell is exec'd by the guard instead.
-fn set_options(options: &[String]) -> Option<String> {
-    let mut out = String::new();
-    let mut it = options.iter();
-    while let Some(o) = it.next() {
-        let (sign, flags) = o.split_at_checked(1)?;
-        if sign != "-" && sign != "+" {
-            return None;
-        }
-        if flags == "o" {
-            let long = it.next()?;
-            if long.is_empty() || !long.bytes().all(|b| b.is_ascii_lowercase()) {
-                return None;
-            }
-            out.push_str(&format!("{o} {long} "));
-        } else if !flags.is_empty() && flags.bytes().all(|b| b"aefhmnuvxC".contains(&b)) {
-            out.push_str(o);
-            out.push(' ');
-        } else {
-            return None;
-        }
+/// Both ends of one step's lifeline pipe. Only the worker holds them; nothing is ever
+/// written to or read from it.
+struct Lifeline {
+    read: PipeReader,
+    write: PipeWriter,
+}
+
+impl Lifeline {
+    fn new() -> std::io::Result<Self> {
+        let (read, write) = std::io::pipe()?;
+        Ok(Self { read, write })
     }
-    Some(out)
+
+    /// From now on, closing either end while the other is open sends SIGKILL to process
+    /// group `pgid`. Signals go to that group as the kernel knew it when armed, never to a
+    /// later group that happens to reuse the number.
+    #[cfg(target_os = "linux")]
+    fn arm(&self, pgid: i32) -> std::io::Result<()> {
+        use std::os::fd::AsRawFd;
+        /// `F_SETSIG` from `<asm-generic/fcntl.h>` (x86-64, arm64...); the libc crate
+        /// does not export it.
+        const F_SETSIG: libc::c_int = 10;
+        for fd in [self.read.as_raw_fd(), self.write.as_raw_fd()] {
+            #[expect(unsafe_code, reason = "fcntl has no safe wrapper in std")]
+            // SAFETY: fcntl on a descriptor this struct owns, with integer arguments only.
+            let armed = unsafe {
+                libc::fcntl(fd, libc::F_SETOWN, -pgid) != -1
+                    && libc::fcntl(fd, F_SETSIG, libc::SIGKILL) != -1
+                    && {
+                        let flags = libc::fcntl(fd, libc::F_GETFL);
+                        flags != -1 && libc::fcntl(fd, libc::F_SETFL, flags | libc::O_ASYNC) != -1
+                    }
+            };
+            if !armed {
+                return Err(std::io::Error::last_os_error());
+            }
+        }
+        Ok(())
+    }
+
+    /// Only Linux lets a pipe's closing send SIGKILL: elsewhere (a developer's laptop) a step
+    /// outlives a worker that is killed outright, though not one that shuts down cleanly.
+    #[cfg(not(target_os = "linux"))]
+    fn arm(&self, _pgid: i32) -> std::io::Result<()> {
+        let _ = (&self.read, &self.write);
+        Ok(())
+    }
 }
 
 /// `program` as an absolute path: as given when it names a path, else the first
@@ -176,16 +167,6 @@ fn find_program(program: &str) -> Result<PathBuf, String> {
         .map(|dir| dir.join(program))
         .find(|p| p.is_absolute() && executable(p))
         .ok_or_else(|| format!("{program} was not found on PATH"))
-}
-
-/// A new handle on the lifeline's read end, for one step's stdin.
-fn lifeline() -> std::io::Result<PipeReader> {
-    static LIFELINE: OnceLock<(PipeReader, PipeWriter)> = OnceLock::new();
-    if let Some((reader, _)) = LIFELINE.get() {
-        return reader.try_clone();
-    }
-    let pipe = std::io::pipe()?;
-    LIFELINE.get_or_init(|| pipe).0.try_clone()
 }
 
 /// Kills every process of the step's group.
@@ -238,33 +219,28 @@ fn take_line(pending: &mut Vec<u8>) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::time::Duration;
 
     fn shell(words: &[&str]) -> Vec<String> {
         words.iter().map(|w| (*w).to_owned()).collect()
     }
 
-    #[test]
-    fn a_posix_shell_runs_the_script_itself_with_its_options_set() {
-        let l = Launcher::new(&shell(&["bash", "-e", "-o", "pipefail", "-c"])).expect("bash");
-        assert!(l.exec_prefix.is_empty());
-        assert!(l.guard.contains("( eval \"set -e -o pipefail --;$1\" )"));
-        assert_eq!(l.arg0, "bash");
-        assert!(l.guard_shell.is_absolute());
-    }
-
-    #[test]
-    fn other_programs_and_unknown_options_are_execd_by_the_guard() {
-        for words in [
-            &["env", "sh", "-c"][..],
-            &["sh", "-l", "-c"],
-            &["sh", "--norc", "-c"],
-            &["sh", "-o", "Bad", "-c"],
-            &["sh", "-e"],
-        ] {
-            let l = Launcher::new(&shell(words)).expect("sh and env are on PATH");
-            assert_eq!(l.exec_prefix, shell(words), "{words:?}");
-            assert!(l.guard.contains("( exec \"$@\" )"));
-        }
+    /// Whether a process of group `pgid` still runs (zombies waiting for their reaper
+    /// do not count).
+    fn group_alive(pgid: i32) -> bool {
+        std::fs::read_dir("/proc")
+            .expect("/proc")
+            .flatten()
+            .filter_map(|e| std::fs::read_to_string(e.path().join("stat")).ok())
+            .any(|stat| {
+                let mut fields = stat
+                    .rsplit_once(')')
+                    .map_or("", |(_, rest)| rest)
+                    .split_whitespace();
+                let state = fields.next();
+                let pgrp = fields.nth(1).and_then(|g| g.parse::<i32>().ok());
+                pgrp == Some(pgid) && state != Some("Z")
+            })
     }
 
     #[test]
@@ -275,57 +251,60 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn another_program_is_execd_with_the_script_and_its_exit_code_comes_back() {
-        let l = Launcher::new(&shell(&["env", "sh", "-c"])).expect("env");
-        assert_eq!(l.exec_prefix, shell(&["env", "sh", "-c"]));
-        let mut p = l
-            .spawn(
-                "if read x; then exit 5; fi; exit 4",
-                &std::env::temp_dir(),
-                &BTreeMap::new(),
-            )
-            .expect("spawn");
-        let status = p.child.wait().await.expect("wait");
-        assert_eq!(status.code(), Some(4));
-        kill_group(p.pgid);
-    }
-
-    #[tokio::test]
-    async fn a_steps_wait_does_not_wait_for_the_watcher_and_nothing_is_left_behind() {
+    async fn a_step_runs_under_the_shell_with_its_options_no_arguments_and_no_stdin() {
         let l = Launcher::new(&shell(&["sh", "-e", "-c"])).expect("sh");
-        let mut p = l
-            .spawn(
-                "sleep 0.1 & wait; exit 3",
-                &std::env::temp_dir(),
-                &BTreeMap::new(),
-            )
-            .expect("spawn");
-        let status = tokio::time::timeout(std::time::Duration::from_secs(10), p.child.wait())
-            .await
-            .expect("`wait` in the step returned")
-            .expect("wait");
-        assert_eq!(status.code(), Some(3));
-        let group_alive = std::process::Command::new("kill")
-            .args(["-0", "--", &format!("-{}", p.pgid)])
-            .stderr(Stdio::null())
-            .status()
-            .expect("kill -0");
-        assert!(!group_alive.success(), "the guard reaped its watcher");
-    }
-
-    #[tokio::test]
-    async fn a_step_sees_no_guard_arguments_nor_stdin_and_stops_under_set_e() {
-        let l = Launcher::new(&shell(&["sh", "-e", "-c"])).expect("sh");
-        let dir = std::env::temp_dir();
         let mut p = l
             .spawn(
                 "[ $# = 0 ] || exit 3; [ \"$0\" = sh ] || exit 4; if read x; then exit 5; fi; false; exit 9",
-                &dir,
+                &std::env::temp_dir(),
                 &BTreeMap::new(),
             )
             .expect("spawn");
         let status = p.child.wait().await.expect("wait");
         assert_eq!(status.code(), Some(1), "set -e stops at `false`");
         kill_group(p.pgid);
+    }
+
+    #[tokio::test]
+    async fn another_program_gets_the_script_and_its_exit_code_comes_back() {
+        let l = Launcher::new(&shell(&["env", "sh", "-c"])).expect("env");
+        let mut p = l
+            .spawn("exit 4", &std::env::temp_dir(), &BTreeMap::new())
+            .expect("spawn");
+        let status = p.child.wait().await.expect("wait");
+        assert_eq!(status.code(), Some(4));
+        kill_group(p.pgid);
+    }
+
+    /// What happens to a running step when its worker's files are closed by the kernel.
+    #[cfg(target_os = "linux")]
+    #[tokio::test]
+    async fn closing_a_steps_lifeline_kills_its_whole_group() {
+        let l = Launcher::new(&shell(&["sh", "-c"])).expect("sh");
+        let p = l
+            .spawn(
+                "sleep 300 & sleep 301",
+                &std::env::temp_dir(),
+                &BTreeMap::new(),
+            )
+            .expect("spawn");
+        let StepProcess {
+            mut child,
+            pgid,
+            _lifeline,
+        } = p;
+        assert!(group_alive(pgid));
+        drop(_lifeline);
+        let status = tokio::time::timeout(Duration::from_secs(10), child.wait())
+            .await
+            .expect("the step was killed")
+            .expect("wait");
+        use std::os::unix::process::ExitStatusExt;
+        assert_eq!(status.signal(), Some(libc::SIGKILL));
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while group_alive(pgid) && std::time::Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        assert!(!group_alive(pgid), "the background sleep was killed too");
     }
 }

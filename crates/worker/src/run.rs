@@ -5,7 +5,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::Utc;
-use kiln_model::{output, storage, BuildStatus, OutputMessage};
+use kiln_model::{storage, BuildStatus, OutputMessage};
 use kiln_store::{Claimed, StoreError};
 use tokio::sync::OwnedSemaphorePermit;
 use tokio::time::Instant;
@@ -68,37 +68,41 @@ async fn run_claimed(w: &Worker, claimed: Claimed, active: &Active) {
 
     let outcome = match storage::build_dir(&w.settings.storage_root, &doc.storage_path) {
         None => error_outcome(format!("invalid storage path {:?}", doc.storage_path)),
-        Some(dir) => match tokio::fs::create_dir_all(&dir).await {
-            Err(e) => error_outcome(format!("cannot create {}: {e}", dir.display())),
-            Ok(()) => {
-                let log = dir.join(output::LOG_FILE);
-                match crate::output::start(w.store.clone(), lease.build.clone(), doc.attempt, log)
-                    .await
-                {
-                    Err(e) => error_outcome(format!("cannot open the build log: {e}")),
-                    Ok((sink, writer)) => {
-                        let deadline = Instant::now() + Duration::from_secs(def.timeout_secs);
-                        let exec = Execution {
-                            worker: w,
-                            active,
-                            def: &def,
-                            sink,
-                            build_dir: dir,
-                            deadline,
-                        };
-                        let mut outcome = exec.run(&mut doc).await;
-                        drop(exec);
-                        if let Ok(summary) = writer.await {
-                            if let Some(e) = summary.write_error {
-                                outcome = error_outcome(format!("cannot write the build log: {e}"));
-                            }
-                            outcome.last_seq = summary.last_seq;
+        Some(dir) => {
+            match crate::output::start(
+                w.store.clone(),
+                lease.build.clone(),
+                doc.attempt,
+                dir.clone(),
+            )
+            .await
+            {
+                Err(e) => error_outcome(format!(
+                    "cannot create the build log in {}: {e}",
+                    dir.display()
+                )),
+                Ok((sink, writer)) => {
+                    let deadline = Instant::now() + Duration::from_secs(def.timeout_secs);
+                    let exec = Execution {
+                        worker: w,
+                        active,
+                        def: &def,
+                        sink,
+                        build_dir: dir,
+                        deadline,
+                    };
+                    let mut outcome = exec.run(&mut doc).await;
+                    drop(exec);
+                    if let Ok(summary) = writer.await {
+                        if let Some(e) = summary.write_error {
+                            outcome = error_outcome(format!("cannot write the build log: {e}"));
                         }
-                        outcome
+                        outcome.last_seq = summary.last_seq;
                     }
+                    outcome
                 }
             }
-        },
+        }
     };
     metrics::gauge!("kiln_worker_running_builds").decrement(1.0);
 
@@ -144,7 +148,7 @@ async fn run_claimed(w: &Worker, claimed: Claimed, active: &Active) {
                     attempt: doc.attempt,
                 };
                 let _ = w.store.publish_output(&lease.build, &end).await;
-                prune_storage(w, &doc).await;
+                crate::prune::prune_storage(w, &doc).await;
             }
         }
     }
@@ -180,33 +184,6 @@ async fn finish(w: &Worker, lease: &kiln_store::Lease, doc: &kiln_model::BuildDo
             Err(e) => {
                 tracing::error!(build = %lease.build, error = %e, "cannot record the result; the reaper will requeue it");
                 return false;
-            }
-        }
-    }
-}
-
-/// How far below the oldest kept build the worker looks for folders to remove. Builds
-/// leave retention in order, so the folders of those trimmed since the last finished build
-/// sit just below it.
-const PRUNE_WINDOW: u64 = 64;
-
-/// Removes the storage folders of this job's builds that fell out of its retention
-/// (whoever triggered the build that pushed them out: the api, github-ingest...).
-async fn prune_storage(w: &Worker, doc: &kiln_model::BuildDocument) {
-    let Some(dir) = storage::build_dir(&w.settings.storage_root, &doc.storage_path) else {
-        return;
-    };
-    let Some(job_dir) = dir.parent() else { return };
-    let Ok(Some(oldest_kept)) = w.store.oldest_recent_number(&doc.job).await else {
-        return;
-    };
-    for n in oldest_kept.saturating_sub(PRUNE_WINDOW).max(1)..oldest_kept {
-        let old = job_dir.join(n.to_string());
-        match tokio::fs::remove_dir_all(&old).await {
-            Ok(()) => {}
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-            Err(e) => {
-                tracing::warn!(path = %old.display(), error = %e, "cannot remove an old build folder")
             }
         }
     }

@@ -62,6 +62,7 @@ pub(crate) struct Worker {
     pub(crate) blocking: Store,
     pub(crate) settings: Settings,
     pub(crate) workspaces: Workspaces,
+    pub(crate) pruned: crate::prune::PruneMarks,
     pub(crate) active: Mutex<HashMap<String, Arc<Active>>>,
     pub(crate) slots: Arc<Semaphore>,
     pub(crate) started_at: DateTime<Utc>,

@@ -1,0 +1,94 @@
+//! Removing the storage folders of builds that fell out of their job's retention, whoever
+//! trimmed them (the api, github-ingest...): the worker that finishes a build of the job
+//! removes the folders below the job's oldest kept build.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::Mutex;
+
+use kiln_model::{storage, BuildDocument};
+
+use crate::state::Worker;
+
+/// How far below the oldest kept build a worker looks the first time it prunes a job.
+/// Builds leave retention in order, so the folders of those trimmed since then sit just
+/// below it.
+const PRUNE_WINDOW: u64 = 64;
+
+/// Most jobs whose prune mark is remembered; past that the marks start over (each job then
+/// looks through its window once more).
+const MAX_MARKS: usize = 10_000;
+
+/// Per job, the oldest kept build when this worker last pruned it: the folders below that
+/// are gone already, so each finished build looks only at builds trimmed since, usually
+/// none or one, instead of the whole window.
+#[derive(Default)]
+pub(crate) struct PruneMarks(Mutex<HashMap<String, u64>>);
+
+impl PruneMarks {
+    /// The build numbers to remove now that `oldest_kept` is the job's oldest build.
+    fn advance(&self, job: &str, oldest_kept: u64) -> std::ops::Range<u64> {
+        let window = oldest_kept.saturating_sub(PRUNE_WINDOW).max(1);
+        let Ok(mut marks) = self.0.lock() else {
+            return window..oldest_kept;
+        };
+        if marks.len() >= MAX_MARKS && !marks.contains_key(job) {
+            marks.clear();
+        }
+        let mark = marks.entry(job.to_owned()).or_insert(0);
+        let from = window.max(*mark);
+        *mark = (*mark).max(oldest_kept);
+        from..oldest_kept
+    }
+}
+
+/// Removes the storage folders of `doc`'s job that fell out of its retention since this
+/// worker last looked, in one blocking task.
+pub(crate) async fn prune_storage(w: &Worker, doc: &BuildDocument) {
+    let Some(dir) = storage::build_dir(&w.settings.storage_root, &doc.storage_path) else {
+        return;
+    };
+    let Some(job_dir) = dir.parent().map(PathBuf::from) else {
+        return;
+    };
+    let Ok(Some(oldest_kept)) = w.store.oldest_recent_number(&doc.job).await else {
+        return;
+    };
+    let numbers = w.pruned.advance(doc.job.as_str(), oldest_kept);
+    if numbers.is_empty() {
+        return;
+    }
+    let _ = tokio::task::spawn_blocking(move || {
+        for n in numbers {
+            let old = job_dir.join(n.to_string());
+            match std::fs::remove_dir_all(&old) {
+                Ok(()) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => {
+                    tracing::warn!(path = %old.display(), error = %e, "cannot remove an old build folder")
+                }
+            }
+        }
+    })
+    .await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_job_is_looked_at_through_its_window_once_then_only_for_new_trims() {
+        let marks = PruneMarks::default();
+        assert_eq!(marks.advance("app", 1), 1..1, "nothing trimmed yet");
+        assert_eq!(marks.advance("app", 100), 36..100);
+        assert_eq!(marks.advance("app", 101), 100..101);
+        assert_eq!(marks.advance("app", 101), 101..101);
+        assert_eq!(marks.advance("lib", 10), 1..10, "marks are per job");
+        assert_eq!(
+            marks.advance("app", 500),
+            436..500,
+            "never more than the window"
+        );
+    }
+}
