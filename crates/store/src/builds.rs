@@ -240,12 +240,6 @@ impl Store {
         Ok((keys, total))
     }
 
-    /// The oldest build number the job keeps (the tail of `job_<name>_recent`).
-    pub async fn oldest_recent_number(&self, job: &JobName) -> Result<Option<u64>, StoreError> {
-        let mut c = self.conn().await?;
-        Ok(c.lindex(keys::job_recent(job), -1).await?)
-    }
-
     /// A page of the job's recent builds as stored (each validated as JSON, not decoded),
     /// newest first, and how many it keeps: the api serves these without re-encoding.
     pub async fn list_builds_raw(

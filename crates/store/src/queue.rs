@@ -7,6 +7,7 @@ use chrono::Utc;
 use deadpool_redis::redis::{self, AsyncCommands};
 use kiln_model::{
     keys, BuildDocument, BuildEvent, BuildEventKind, BuildRef, JobDefinition, Name, NodeInfo,
+    OutputMessage,
 };
 
 use crate::builds::now_rfc3339;
@@ -160,26 +161,36 @@ impl Store {
         Ok(())
     }
 
-    /// Records the final state, drops the lease and hands the build to every durable
-    /// consumer, in one step.
-    pub async fn finish_build(&self, lease: &Lease, doc: &BuildDocument) -> Result<(), StoreError> {
+    /// Records the final state, drops the lease, hands the build to every durable consumer
+    /// and publishes `end` on its output channel, in one step. Returns the oldest build
+    /// number the job keeps, below which its storage folders can go.
+    pub async fn finish_build(
+        &self,
+        lease: &Lease,
+        doc: &BuildDocument,
+        end: &OutputMessage,
+    ) -> Result<Option<u64>, StoreError> {
+        let end = serde_json::to_string(end).map_err(|e| StoreError::corrupt("output", e))?;
         let mut c = self.conn().await?;
-        scripts::FINISH
+        let oldest = scripts::FINISH
             .key(lease.build.key())
             .key(keys::LEASE_OWNERS)
             .key(keys::LEASES)
             .key(keys::inflight(&lease.worker))
             .key(keys::FINISHED_CONSUMERS)
             .key(keys::running(&lease.queue))
+            .key(keys::job_recent(&lease.build.job))
             .arg(lease.owner())
             .arg(to_json(doc)?)
             .arg(keys::prefix::FINISHED)
             .arg(keys::EVENTS_CHANNEL)
             .arg(event(BuildEventKind::Finished, doc))
-            .invoke_async::<i64>(&mut c)
+            .arg(keys::output_channel(&lease.build))
+            .arg(end)
+            .invoke_async::<Option<String>>(&mut c)
             .await
             .map_err(|e| fenced(e, lease))?;
-        Ok(())
+        Ok(oldest.and_then(|n| n.parse().ok()))
     }
 
     /// Puts a build back at the head of its queue without counting the attempt (graceful

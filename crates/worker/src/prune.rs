@@ -43,15 +43,13 @@ impl PruneMarks {
 }
 
 /// Removes the storage folders of `doc`'s job that fell out of its retention since this
-/// worker last looked, in one blocking task.
-pub(crate) async fn prune_storage(w: &Worker, doc: &BuildDocument) {
+/// worker last looked, in one blocking task. `oldest_kept` is the job's oldest build, as
+/// read when the build's result was recorded.
+pub(crate) async fn prune_storage(w: &Worker, doc: &BuildDocument, oldest_kept: u64) {
     let Some(dir) = storage::build_dir(&w.settings.storage_root, &doc.storage_path) else {
         return;
     };
     let Some(job_dir) = dir.parent().map(PathBuf::from) else {
-        return;
-    };
-    let Ok(Some(oldest_kept)) = w.store.oldest_recent_number(&doc.job).await else {
         return;
     };
     let numbers = w.pruned.advance(doc.job.as_str(), oldest_kept);

@@ -139,16 +139,17 @@ async fn run_claimed(w: &Worker, claimed: Claimed, active: &Active) {
             let now = Utc::now();
             doc.finished_at = Some(now);
             doc.duration_ms = Some(started.elapsed().as_millis() as u64);
-            if finish(w, &lease, &doc).await {
+            let end = OutputMessage::End {
+                status: doc.status,
+                last_seq,
+                attempt: doc.attempt,
+            };
+            if let Some(oldest_kept) = finish(w, &lease, &doc, &end).await {
                 metrics::counter!("kiln_worker_builds_finished_total", "status" => doc.status.as_str()).increment(1);
                 tracing::info!(build = %lease.build, status = %doc.status, duration_ms = doc.duration_ms, "build finished");
-                let end = OutputMessage::End {
-                    status: doc.status,
-                    last_seq,
-                    attempt: doc.attempt,
-                };
-                let _ = w.store.publish_output(&lease.build, &end).await;
-                crate::prune::prune_storage(w, &doc).await;
+                if let Some(oldest_kept) = oldest_kept {
+                    crate::prune::prune_storage(w, &doc, oldest_kept).await;
+                }
             }
         }
     }
@@ -163,17 +164,24 @@ fn error_outcome(reason: String) -> Outcome {
     }
 }
 
-/// Records the final state, retrying while Redis is unreachable for up to one lease; after
-/// that the lease has expired and the reaper owns the build. Returns whether it was recorded.
-async fn finish(w: &Worker, lease: &kiln_store::Lease, doc: &kiln_model::BuildDocument) -> bool {
+/// Records the final state (and tells live watchers the build ended), retrying while Redis
+/// is unreachable for up to one lease; after that the lease has expired and the reaper owns
+/// the build. Returns `None` when it was not recorded, else the oldest build number the
+/// job keeps.
+async fn finish(
+    w: &Worker,
+    lease: &kiln_store::Lease,
+    doc: &kiln_model::BuildDocument,
+    end: &OutputMessage,
+) -> Option<Option<u64>> {
     let give_up = Instant::now() + w.settings.lease;
     let mut delay = Duration::from_millis(100);
     loop {
-        match w.store.finish_build(lease, doc).await {
-            Ok(()) => return true,
+        match w.store.finish_build(lease, doc, end).await {
+            Ok(oldest_kept) => return Some(oldest_kept),
             Err(StoreError::Stale(_)) => {
                 tracing::warn!(build = %lease.build, "lease lost before the result was recorded; discarded");
-                return false;
+                return None;
             }
             Err(e) if Instant::now() < give_up => {
                 w.record_redis_failure();
@@ -183,7 +191,7 @@ async fn finish(w: &Worker, lease: &kiln_store::Lease, doc: &kiln_model::BuildDo
             }
             Err(e) => {
                 tracing::error!(build = %lease.build, error = %e, "cannot record the result; the reaper will requeue it");
-                return false;
+                return None;
             }
         }
     }
