@@ -120,6 +120,44 @@ async fn triggering_queues_a_numbered_build_with_its_parameters() {
     assert_eq!(page["builds"][0]["number"], 1);
 }
 
+/// Several api processes share one Redis: each may hold a job definition another has
+/// changed since, and a trigger must always follow the stored one.
+#[tokio::test]
+async fn a_trigger_follows_a_definition_changed_through_another_api_process() {
+    let app = TestApp::spawn().await;
+    let other = app.second_instance().await;
+    let put = |def: Value| other.call(Method::PUT, "/api/v1/jobs/app", Some(def));
+    assert_eq!(app.put_job("app", job(json!({}))).await.status(), 201);
+    assert_eq!(app.trigger("app").await.status(), 201);
+
+    assert!(put(job(
+        json!({"queue": "gpu", "parameters": [{"name": "MODE", "default": "full"}]})
+    ))
+    .await
+    .status()
+    .is_success());
+    let r = app.trigger("app").await;
+    assert_eq!(r.status(), 201);
+    let b: Value = r.json().await.unwrap();
+    assert_eq!(b["queue"], "gpu");
+    assert_eq!(b["parameters"], json!({"MODE": "full"}));
+
+    assert!(put(job(json!({"disabled": true})))
+        .await
+        .status()
+        .is_success());
+    error_field(app.trigger("app").await, 409).await;
+    assert!(put(job(json!({}))).await.status().is_success());
+    let r = app.trigger("app").await;
+    assert_eq!(r.status(), 201, "a refusal is not remembered");
+    let b: Value = r.json().await.unwrap();
+    assert_eq!(b["number"], 3);
+
+    let r = other.call(Method::DELETE, "/api/v1/jobs/app", None).await;
+    assert!(r.status().is_success());
+    error_field(app.trigger("app").await, 404).await;
+}
+
 #[tokio::test]
 async fn retention_trims_history_and_deletes_what_falls_out() {
     let app = TestApp::spawn().await;

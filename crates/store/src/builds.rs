@@ -49,132 +49,180 @@ pub(crate) fn now_rfc3339() -> String {
     Utc::now().to_rfc3339_opts(SecondsFormat::Millis, true)
 }
 
+/// How one attempt to queue a build against a given job definition ended.
+enum Attempt {
+    Queued(Box<TriggeredBuild>),
+    /// The stored definition is no longer the one the attempt was made with.
+    Changed,
+    /// Refused before anything was written (disabled, bad parameters, job gone...).
+    Refused(StoreError),
+}
+
 impl Store {
     /// Takes the next build number and queues the build, atomically (see `trigger.lua`).
+    /// The job's definition comes from this process's cache when it has one (see
+    /// `job_cache`).
     pub async fn trigger(&self, req: &Trigger) -> Result<TriggeredBuild, StoreError> {
         let what = format!("job {}", req.job);
+        let mut cached = self.jobs.get(&req.job);
         for _ in 0..5 {
-            let (raw_def, def) = self
-                .job_raw(&req.job)
-                .await?
-                .ok_or_else(|| StoreError::NotFound(what.clone()))?;
-            if def.disabled {
-                return Err(StoreError::Conflict(format!(
-                    "{what} is disabled and accepts no new builds"
-                )));
-            }
-            let parameters =
-                def.resolve_parameters(&req.parameters)
-                    .map_err(|e| StoreError::Invalid {
-                        field: e.field,
-                        message: e.message,
-                    })?;
-            let mut path = String::from("jobs");
-            for f in self.folder_chain(def.folder.as_ref()).await? {
-                path.push('/');
-                path.push_str(f.as_str());
-            }
-            path.push('/');
-            path.push_str(req.job.as_str());
-
-            let template = BuildDocument {
-                schema_version: kiln_model::SCHEMA_VERSION,
-                job: req.job.clone(),
-                number: BuildNumber(1),
-                folder: def.folder.clone(),
-                status: BuildStatus::Queued,
-                trigger: req.trigger.clone(),
-                parameters,
-                queue: def.queue.clone(),
-                queued_at: Utc::now(),
-                started_at: None,
-                finished_at: None,
-                duration_ms: None,
-                exit_code: None,
-                steps: Vec::new(),
-                node: None,
-                attempt: 1,
-                storage_path: String::new(),
-                reason: None,
-                cancel_requested: false,
+            let from_cache = cached.is_some();
+            let job = match cached.take() {
+                Some(job) => job,
+                None => {
+                    let job = std::sync::Arc::new(
+                        self.job_raw(&req.job)
+                            .await?
+                            .ok_or_else(|| StoreError::NotFound(what.clone()))?,
+                    );
+                    self.jobs.put(&req.job, job.clone());
+                    job
+                }
             };
-            let mut v =
-                serde_json::to_value(&template).map_err(|e| StoreError::corrupt("build", e))?;
-            if let Some(o) = v.as_object_mut() {
-                for k in ["number", "storage_path", "reason"] {
-                    o.remove(k);
-                }
-            }
-            let rest = v.to_string();
-            let rest = rest.strip_prefix('{').unwrap_or(&rest);
-            let no_worker = serde_json::Value::from(format!(
-                "no live worker serves queue '{}'; the build waits until one starts",
-                def.queue
-            ))
-            .to_string();
-
-            let mut c = self.conn().await?;
-            let r = scripts::TRIGGER
-                .key(keys::job(&req.job))
-                .key(keys::job_recent(&req.job))
-                .key(keys::BUILD_COUNTERS)
-                .key(keys::queue(&def.queue))
-                .key(keys::queue_marker(&def.queue))
-                .key(keys::QUEUES)
-                .key(keys::queue_workers(&def.queue))
-                .key(keys::LEASES)
-                .key(keys::LEASE_OWNERS)
-                .key(keys::running(&def.queue))
-                .arg(req.job.as_str())
-                .arg(rest)
-                .arg(&path)
-                .arg(def.retention.builds)
-                .arg(def.queue.as_str())
-                .arg(keys::build_prefix(&req.job))
-                .arg(now_rfc3339())
-                .arg(WORKER_LIVENESS_MS)
-                .arg(keys::EVENTS_CHANNEL)
-                .arg(&no_worker)
-                .arg(&raw_def)
-                .arg(req.dedup.as_ref().map_or("", |(k, _)| k.as_str()))
-                .arg(req.dedup.as_ref().map_or(0, |(_, ttl)| *ttl))
-                .invoke_async::<(u64, String, Vec<String>)>(&mut c)
-                .await;
-            match r {
-                Ok((0, existing, _)) => {
-                    drop(c);
-                    let build = BuildRef::from_key(&existing)
-                        .map_err(|e| StoreError::Conflict(format!("{existing}: {e}")))?;
-                    let doc = self
-                        .get_build(&build)
-                        .await?
-                        .ok_or_else(|| StoreError::NotFound(format!("build {build}")))?;
-                    return Ok(TriggeredBuild {
-                        build: doc,
-                        dropped: Vec::new(),
-                        deduplicated: true,
-                    });
-                }
-                Ok((n, doc, dropped)) => {
-                    let key = BuildRef::new(req.job.clone(), BuildNumber(n)).key();
-                    return Ok(TriggeredBuild {
-                        build: parse(&key, &doc)?,
-                        dropped: dropped
-                            .iter()
-                            .filter_map(|d| serde_json::from_str(d).ok())
-                            .collect(),
-                        deduplicated: false,
-                    });
-                }
-                Err(e) => match script_error(e, &what) {
-                    Some(err) => return Err(err),
-                    None => continue,
-                },
+            let (raw_def, def) = (&job.0, &job.1);
+            match self.trigger_with(req, raw_def, def, &what).await? {
+                Attempt::Queued(t) => return Ok(*t),
+                Attempt::Changed => self.jobs.forget(&req.job),
+                // A refusal made from a cached definition is asked again of Redis.
+                Attempt::Refused(_) if from_cache => self.jobs.forget(&req.job),
+                Attempt::Refused(e) => return Err(e),
             }
         }
         Err(StoreError::Conflict(format!(
             "{what} is changing; try again"
         )))
+    }
+
+    /// One attempt of [`Store::trigger`] against the definition `def` (stored as
+    /// `raw_def`). Errors are those after which the build may have been queued (a lost
+    /// reply), never to be retried.
+    async fn trigger_with(
+        &self,
+        req: &Trigger,
+        raw_def: &str,
+        def: &kiln_model::JobDefinition,
+        what: &str,
+    ) -> Result<Attempt, StoreError> {
+        if def.disabled {
+            return Ok(Attempt::Refused(StoreError::Conflict(format!(
+                "{what} is disabled and accepts no new builds"
+            ))));
+        }
+        let parameters = match def.resolve_parameters(&req.parameters) {
+            Ok(p) => p,
+            Err(e) => {
+                return Ok(Attempt::Refused(StoreError::Invalid {
+                    field: e.field,
+                    message: e.message,
+                }))
+            }
+        };
+        let chain = match self.folder_chain(def.folder.as_ref()).await {
+            Err(e @ StoreError::NotFound(_)) => return Ok(Attempt::Refused(e)),
+            chain => chain?,
+        };
+        let mut path = String::from("jobs");
+        for f in chain {
+            path.push('/');
+            path.push_str(f.as_str());
+        }
+        path.push('/');
+        path.push_str(req.job.as_str());
+
+        let template = BuildDocument {
+            schema_version: kiln_model::SCHEMA_VERSION,
+            job: req.job.clone(),
+            number: BuildNumber(1),
+            folder: def.folder.clone(),
+            status: BuildStatus::Queued,
+            trigger: req.trigger.clone(),
+            parameters,
+            queue: def.queue.clone(),
+            queued_at: Utc::now(),
+            started_at: None,
+            finished_at: None,
+            duration_ms: None,
+            exit_code: None,
+            steps: Vec::new(),
+            node: None,
+            attempt: 1,
+            storage_path: String::new(),
+            reason: None,
+            cancel_requested: false,
+        };
+        let mut v = serde_json::to_value(&template).map_err(|e| StoreError::corrupt("build", e))?;
+        if let Some(o) = v.as_object_mut() {
+            for k in ["number", "storage_path", "reason"] {
+                o.remove(k);
+            }
+        }
+        let rest = v.to_string();
+        let rest = rest.strip_prefix('{').unwrap_or(&rest);
+        let no_worker = serde_json::Value::from(format!(
+            "no live worker serves queue '{}'; the build waits until one starts",
+            def.queue
+        ))
+        .to_string();
+
+        let mut c = self.conn().await?;
+        let r = scripts::TRIGGER
+            .key(keys::job(&req.job))
+            .key(keys::job_recent(&req.job))
+            .key(keys::BUILD_COUNTERS)
+            .key(keys::queue(&def.queue))
+            .key(keys::queue_marker(&def.queue))
+            .key(keys::QUEUES)
+            .key(keys::queue_workers(&def.queue))
+            .key(keys::LEASES)
+            .key(keys::LEASE_OWNERS)
+            .key(keys::running(&def.queue))
+            .arg(req.job.as_str())
+            .arg(rest)
+            .arg(&path)
+            .arg(def.retention.builds)
+            .arg(def.queue.as_str())
+            .arg(keys::build_prefix(&req.job))
+            .arg(now_rfc3339())
+            .arg(WORKER_LIVENESS_MS)
+            .arg(keys::EVENTS_CHANNEL)
+            .arg(&no_worker)
+            .arg(raw_def)
+            .arg(req.dedup.as_ref().map_or("", |(k, _)| k.as_str()))
+            .arg(req.dedup.as_ref().map_or(0, |(_, ttl)| *ttl))
+            .invoke_async::<(u64, String, Vec<String>)>(&mut c)
+            .await;
+        match r {
+            Ok((0, existing, _)) => {
+                drop(c);
+                let build = BuildRef::from_key(&existing)
+                    .map_err(|e| StoreError::Conflict(format!("{existing}: {e}")))?;
+                let doc = self
+                    .get_build(&build)
+                    .await?
+                    .ok_or_else(|| StoreError::NotFound(format!("build {build}")))?;
+                Ok(Attempt::Queued(Box::new(TriggeredBuild {
+                    build: doc,
+                    dropped: Vec::new(),
+                    deduplicated: true,
+                })))
+            }
+            Ok((n, doc, dropped)) => {
+                let key = BuildRef::new(req.job.clone(), BuildNumber(n)).key();
+                Ok(Attempt::Queued(Box::new(TriggeredBuild {
+                    build: parse(&key, &doc)?,
+                    dropped: dropped
+                        .iter()
+                        .filter_map(|d| serde_json::from_str(d).ok())
+                        .collect(),
+                    deduplicated: false,
+                })))
+            }
+            Err(e) => match script_error(e, what) {
+                None => Ok(Attempt::Changed),
+                Some(StoreError::Redis(e)) => Err(StoreError::Redis(e)),
+                Some(refused) => Ok(Attempt::Refused(refused)),
+            },
+        }
     }
 
     pub async fn get_build(&self, build: &BuildRef) -> Result<Option<BuildDocument>, StoreError> {

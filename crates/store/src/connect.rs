@@ -33,6 +33,7 @@ impl StoreOptions {
 #[derive(Clone)]
 pub struct Store {
     backend: Backend,
+    pub(crate) jobs: std::sync::Arc<crate::job_cache::JobCache>,
 }
 
 /// A single Redis (`redis://`, `rediss://`, `unix://`) or Redis behind Sentinel.
@@ -161,6 +162,7 @@ impl Store {
                 options.pool_size,
                 Some(options.response_timeout),
             )?,
+            jobs: Default::default(),
         })
     }
 
@@ -181,6 +183,7 @@ impl Store {
     pub fn blocking(url: &str, block_for: Duration) -> Result<Self, StoreError> {
         Ok(Self {
             backend: backend(url, 1, Some(block_for + Duration::from_secs(2)))?,
+            jobs: Default::default(),
         })
     }
 

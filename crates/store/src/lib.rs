@@ -6,6 +6,7 @@ mod builds;
 mod connect;
 mod error;
 mod finished;
+mod job_cache;
 mod links;
 mod nodes;
 mod pubsub;

@@ -1,6 +1,7 @@
 //! One build's life on this worker: start (fenced), execute, then record the result, hand
 //! it back, or discard it, depending on why it ended.
 
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -43,14 +44,32 @@ async fn run_claimed(w: &Worker, claimed: Claimed, active: &Active) {
     doc.finished_at = None;
     doc.duration_ms = None;
     doc.exit_code = None;
-    let def = match w.store.start_build(&lease, &doc).await {
+    // The fenced start and the storage folder with its log are independent: done at once,
+    // the first step waits for the slower of the two instead of both in turn.
+    let log = async {
+        let dir = storage::build_dir(&w.settings.storage_root, &doc.storage_path)
+            .ok_or_else(|| format!("invalid storage path {:?}", doc.storage_path))?;
+        crate::output::start(
+            w.store.clone(),
+            lease.build.clone(),
+            doc.attempt,
+            dir.clone(),
+        )
+        .await
+        .map(|(sink, writer)| (dir.clone(), sink, writer))
+        .map_err(|e| format!("cannot create the build log in {}: {e}", dir.display()))
+    };
+    let (def, log) = tokio::join!(w.store.start_build(&lease, &doc), log);
+    let def = match def {
         Ok(Some(def)) => def,
         Ok(None) => {
             tracing::warn!(build = %lease.build, "job definition is gone; build abandoned");
+            discard_storage(log).await;
             return;
         }
         Err(StoreError::Stale(_)) => {
             tracing::warn!(build = %lease.build, "lease lost before the build started");
+            discard_storage(log).await;
             return;
         }
         Err(e) => {
@@ -66,42 +85,27 @@ async fn run_claimed(w: &Worker, claimed: Claimed, active: &Active) {
         active.stop(StopReason::Cancelled);
     }
 
-    let outcome = match storage::build_dir(&w.settings.storage_root, &doc.storage_path) {
-        None => error_outcome(format!("invalid storage path {:?}", doc.storage_path)),
-        Some(dir) => {
-            match crate::output::start(
-                w.store.clone(),
-                lease.build.clone(),
-                doc.attempt,
-                dir.clone(),
-            )
-            .await
-            {
-                Err(e) => error_outcome(format!(
-                    "cannot create the build log in {}: {e}",
-                    dir.display()
-                )),
-                Ok((sink, writer)) => {
-                    let deadline = Instant::now() + Duration::from_secs(def.timeout_secs);
-                    let exec = Execution {
-                        worker: w,
-                        active,
-                        def: &def,
-                        sink,
-                        build_dir: dir,
-                        deadline,
-                    };
-                    let mut outcome = exec.run(&mut doc).await;
-                    drop(exec);
-                    if let Ok(summary) = writer.await {
-                        if let Some(e) = summary.write_error {
-                            outcome = error_outcome(format!("cannot write the build log: {e}"));
-                        }
-                        outcome.last_seq = summary.last_seq;
-                    }
-                    outcome
+    let outcome = match log {
+        Err(reason) => error_outcome(reason),
+        Ok((dir, sink, writer)) => {
+            let deadline = Instant::now() + Duration::from_secs(def.timeout_secs);
+            let exec = Execution {
+                worker: w,
+                active,
+                def: &def,
+                sink,
+                build_dir: dir,
+                deadline,
+            };
+            let mut outcome = exec.run(&mut doc).await;
+            drop(exec);
+            if let Ok(summary) = writer.await {
+                if let Some(e) = summary.write_error {
+                    outcome = error_outcome(format!("cannot write the build log: {e}"));
                 }
+                outcome.last_seq = summary.last_seq;
             }
+            outcome
         }
     };
     metrics::gauge!("kiln_worker_running_builds").decrement(1.0);
@@ -152,6 +156,15 @@ async fn run_claimed(w: &Worker, claimed: Claimed, active: &Active) {
                 }
             }
         }
+    }
+}
+
+/// Removes the storage folder made for a build that turned out not to be this worker's to
+/// run (its job or the build itself was deleted meanwhile), so none is left behind.
+async fn discard_storage<S, W>(log: Result<(PathBuf, S, W), String>) {
+    if let Ok((dir, sink, writer)) = log {
+        drop((sink, writer));
+        let _ = tokio::task::spawn_blocking(move || std::fs::remove_dir_all(dir)).await;
     }
 }
 

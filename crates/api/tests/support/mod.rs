@@ -14,10 +14,59 @@ pub(crate) const READER: &str = "read-token-01234567890";
 
 pub(crate) struct TestApp {
     pub(crate) redis: RedisServer,
-    pub(crate) base: String,
     pub(crate) storage: tempfile::TempDir,
+    api: Instance,
+}
+
+/// One running api process: a deployment may run several on the same Redis.
+pub(crate) struct Instance {
+    base: String,
     client: reqwest::Client,
     shutdown: CancellationToken,
+}
+
+impl Instance {
+    async fn start(redis_url: &str, storage: PathBuf) -> Self {
+        let app = Application::build(config(redis_url, storage))
+            .await
+            .expect("api builds");
+        let base = format!("http://{}", app.addr());
+        let shutdown = CancellationToken::new();
+        let s = shutdown.clone();
+        tokio::spawn(async move { app.run_until_stopped(s).await });
+        Self {
+            base,
+            client: reqwest::Client::new(),
+            shutdown,
+        }
+    }
+
+    pub(crate) fn request(
+        &self,
+        method: Method,
+        path: &str,
+        token: Option<&str>,
+    ) -> RequestBuilder {
+        let mut r = self.client.request(method, format!("{}{path}", self.base));
+        if let Some(t) = token {
+            r = r.bearer_auth(t);
+        }
+        r
+    }
+
+    pub(crate) async fn call(&self, method: Method, path: &str, body: Option<Value>) -> Response {
+        let mut r = self.request(method, path, Some(ADMIN));
+        if let Some(b) = body {
+            r = r.json(&b);
+        }
+        r.send().await.expect("request sent")
+    }
+}
+
+impl Drop for Instance {
+    fn drop(&mut self) {
+        self.shutdown.cancel();
+    }
 }
 
 pub(crate) fn config(redis_url: &str, storage: PathBuf) -> ApiConfig {
@@ -65,20 +114,17 @@ impl TestApp {
     /// The api on `redis`, reached through `url` (TLS, Sentinel...).
     pub(crate) async fn spawn_with(redis: RedisServer, url: &str) -> Self {
         let storage = tempfile::tempdir().unwrap();
-        let app = Application::build(config(url, storage.path().to_path_buf()))
-            .await
-            .expect("api builds");
-        let base = format!("http://{}", app.addr());
-        let shutdown = CancellationToken::new();
-        let s = shutdown.clone();
-        tokio::spawn(async move { app.run_until_stopped(s).await });
+        let api = Instance::start(url, storage.path().to_path_buf()).await;
         Self {
             redis,
-            base,
             storage,
-            client: reqwest::Client::new(),
-            shutdown,
+            api,
         }
+    }
+
+    /// Another api process on the same Redis and storage.
+    pub(crate) async fn second_instance(&self) -> Instance {
+        Instance::start(&self.redis.url(), self.storage.path().to_path_buf()).await
     }
 
     pub(crate) fn request(
@@ -87,19 +133,11 @@ impl TestApp {
         path: &str,
         token: Option<&str>,
     ) -> RequestBuilder {
-        let mut r = self.client.request(method, format!("{}{path}", self.base));
-        if let Some(t) = token {
-            r = r.bearer_auth(t);
-        }
-        r
+        self.api.request(method, path, token)
     }
 
     pub(crate) async fn call(&self, method: Method, path: &str, body: Option<Value>) -> Response {
-        let mut r = self.request(method, path, Some(ADMIN));
-        if let Some(b) = body {
-            r = r.json(&b);
-        }
-        r.send().await.expect("request sent")
+        self.api.call(method, path, body).await
     }
 
     pub(crate) async fn get_json(&self, path: &str) -> Value {
@@ -138,12 +176,6 @@ impl TestApp {
 
     pub(crate) async fn snapshot(&self) -> Vec<(String, String)> {
         kiln_testkit::snapshot(&self.redis.pool()).await
-    }
-}
-
-impl Drop for TestApp {
-    fn drop(&mut self) {
-        self.shutdown.cancel();
     }
 }
 
