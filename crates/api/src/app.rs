@@ -36,17 +36,23 @@ impl Application {
         opts.pool_size = config.common.redis.pool_size;
         let store = Store::new(&opts)?;
         health::warn_about_redis(&store).await;
-        let state = AppState {
-            store,
-            storage_root: config.common.storage.root.clone(),
-        };
+        let storage_root = config.common.storage.root.clone();
         let (listener, addr) = kiln_service_kit::server::bind(&config.common.http)?;
         let auth = Authenticator::new(&config.common.auth);
         let max_body = config.common.http.max_body_bytes;
         let prometheus = health::prometheus();
         let mut server = HttpServer::new(move || {
+            // Each http worker thread gets its own pool: a pooled connection is served by a
+            // task on the thread that opened it, so sharing one pool across threads made
+            // every Redis round trip wake a second thread (measured with `perf`, see
+            // docs/performance.md). The same options built the first pool, so this cannot
+            // fail; if it did, the shared pool still works.
+            let state = AppState {
+                store: Store::new(&opts).unwrap_or_else(|_| store.clone()),
+                storage_root: storage_root.clone(),
+            };
             App::new()
-                .app_data(web::Data::new(state.clone()))
+                .app_data(web::Data::new(state))
                 .app_data(web::Data::new(auth.clone()))
                 .app_data(web::Data::new(prometheus.clone()))
                 .app_data(web::PayloadConfig::new(max_body).limit(max_body))
