@@ -42,13 +42,8 @@ impl Application {
         let max_body = config.common.http.max_body_bytes;
         let prometheus = health::prometheus();
         let mut server = HttpServer::new(move || {
-            // Each http worker thread gets its own pool: a pooled connection is served by a
-            // task on the thread that opened it, so sharing one pool across threads made
-            // every Redis round trip wake a second thread (measured with `perf`, see
-            // docs/performance.md). The same options built the first pool, so this cannot
-            // fail; if it did, the shared pool still works.
             let state = AppState {
-                store: Store::new(&opts).unwrap_or_else(|_| store.clone()),
+                store: store.for_this_thread(),
                 storage_root: storage_root.clone(),
             };
             App::new()

@@ -16,6 +16,7 @@ use crate::reporter::Reporter;
 /// Why the service could not start.
 pub type BuildError = kiln_service_kit::StartError;
 
+#[derive(Clone)]
 pub(crate) struct State {
     pub(crate) store: Store,
     pub(crate) settings: Settings,
@@ -52,16 +53,19 @@ impl Application {
                     .await?;
             }
         }
-        let state = web::Data::new(State {
+        let state = State {
             store: store.clone(),
             settings: settings.clone(),
             reporter: reporter.as_ref().map(|r| r.consumer().clone()),
-        });
+        };
         let (listener, addr) = kiln_service_kit::server::bind(&config.common.http)?;
         let path = settings.webhook_path.clone();
         let server = HttpServer::new(move || {
             App::new()
-                .app_data(state.clone())
+                .app_data(web::Data::new(State {
+                    store: state.store.for_this_thread(),
+                    ..state.clone()
+                }))
                 .configure(health::configure)
                 .route("/readyz", web::get().to(crate::webhook::readyz))
                 .route(&path, web::post().to(crate::webhook::receive))

@@ -33,6 +33,8 @@ impl StoreOptions {
 #[derive(Clone)]
 pub struct Store {
     backend: Backend,
+    /// How `backend` was built, for [`Store::for_this_thread`].
+    pool: (String, usize, Option<Duration>),
     pub(crate) jobs: std::sync::Arc<crate::job_cache::JobCache>,
 }
 
@@ -156,14 +158,35 @@ impl Store {
     /// Builds the pool; no connection is made until the first command, so a service can
     /// start while Redis is still coming up and report it through `/readyz`.
     pub fn new(options: &StoreOptions) -> Result<Self, StoreError> {
+        Self::build((
+            options.url.clone(),
+            options.pool_size,
+            Some(options.response_timeout),
+        ))
+    }
+
+    fn build(pool: (String, usize, Option<Duration>)) -> Result<Self, StoreError> {
         Ok(Self {
-            backend: backend(
-                &options.url,
-                options.pool_size,
-                Some(options.response_timeout),
-            )?,
+            backend: backend(&pool.0, pool.1, pool.2)?,
+            pool,
             jobs: Default::default(),
         })
+    }
+
+    /// A pool of its own with the same settings (and the same job cache), for one http
+    /// worker thread. A pooled connection is served by a task on the thread that opened it,
+    /// so threads sharing one pool woke each other on every round trip (measured with
+    /// `perf`, see docs/performance.md). Falls back to sharing this pool, which works, if a
+    /// new one cannot be built (it was built once with the same settings).
+    pub fn for_this_thread(&self) -> Store {
+        match backend(&self.pool.0, self.pool.1, self.pool.2) {
+            Ok(backend) => Self {
+                backend,
+                pool: self.pool.clone(),
+                jobs: self.jobs.clone(),
+            },
+            Err(_) => self.clone(),
+        }
     }
 
     pub(crate) async fn conn(&self) -> Result<Conn, StoreError> {
@@ -181,10 +204,7 @@ impl Store {
     /// longest block (`block_for` + margin), so a dead connection is noticed and rebuilt
     /// rather than waited on forever.
     pub fn blocking(url: &str, block_for: Duration) -> Result<Self, StoreError> {
-        Ok(Self {
-            backend: backend(url, 1, Some(block_for + Duration::from_secs(2)))?,
-            jobs: Default::default(),
-        })
+        Self::build((url.to_owned(), 1, Some(block_for + Duration::from_secs(2))))
     }
 
     pub async fn ping(&self) -> Result<(), StoreError> {

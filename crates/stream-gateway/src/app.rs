@@ -61,7 +61,10 @@ impl Application {
         let (listener, addr) = kiln_service_kit::server::bind(&config.common.http)?;
         let mut server = HttpServer::new(move || {
             App::new()
-                .app_data(web::Data::new(state.clone()))
+                .app_data(web::Data::new(State {
+                    store: state.store.for_this_thread(),
+                    ..state.clone()
+                }))
                 .configure(health::configure)
                 .route("/readyz", web::get().to(readyz))
                 .route("/ws/builds/{job}/{number}", web::get().to(ws_build))
