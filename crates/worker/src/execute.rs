@@ -270,57 +270,55 @@ impl Execution<'_> {
 
     /// Copies the files matching the job's artifact globs into `<build>/artifacts/`,
     /// keeping their relative paths. Symlinks are skipped, so nothing outside the
-    /// workspace is copied.
+    /// workspace is copied. The walk runs in the blocking pool: a large workspace must not
+    /// hold up the worker's other builds or its lease renewals.
     async fn collect_artifacts(&self, ws: &Path) {
         if self.def.artifacts.is_empty() || self.active.reason() == Some(StopReason::LeaseLost) {
             return;
         }
-        let mut copied = 0usize;
-        for pattern in &self.def.artifacts {
-            let full = ws.join(pattern);
-            let Ok(paths) = glob::glob(&full.to_string_lossy()) else {
-                self.sink
-                    .line(
-                        Stream::System,
-                        format!("invalid artifact pattern {pattern:?}"),
-                    )
-                    .await;
+        let patterns = self.def.artifacts.clone();
+        let ws = ws.to_owned();
+        let dest = self.build_dir.join(output::ARTIFACTS_DIR);
+        let notes = tokio::task::spawn_blocking(move || copy_artifacts(&patterns, &ws, &dest))
+            .await
+            .unwrap_or_else(|e| vec![format!("cannot archive artifacts: {e}")]);
+        for note in notes {
+            self.sink.line(Stream::System, note).await;
+        }
+    }
+}
+
+/// Copies the files of `ws` matching `patterns` under `dest`; returns the lines to log.
+fn copy_artifacts(patterns: &[String], ws: &Path, dest: &Path) -> Vec<String> {
+    let mut notes = Vec::new();
+    let mut copied = 0usize;
+    for pattern in patterns {
+        let Ok(paths) = glob::glob(&ws.join(pattern).to_string_lossy()) else {
+            notes.push(format!("invalid artifact pattern {pattern:?}"));
+            continue;
+        };
+        for path in paths.flatten() {
+            let Ok(rel) = path.strip_prefix(ws) else {
                 continue;
             };
-            for path in paths.flatten() {
-                let Ok(meta) = tokio::fs::symlink_metadata(&path).await else {
-                    continue;
-                };
-                let Ok(rel) = path.strip_prefix(ws) else {
-                    continue;
-                };
-                if !meta.is_file() {
-                    continue;
+            if !std::fs::symlink_metadata(&path).is_ok_and(|m| m.is_file()) {
+                continue;
+            }
+            let to = dest.join(rel);
+            let copy = || {
+                if let Some(parent) = to.parent() {
+                    std::fs::create_dir_all(parent)?;
                 }
-                let dest = self.build_dir.join(output::ARTIFACTS_DIR).join(rel);
-                let copy = async {
-                    if let Some(parent) = dest.parent() {
-                        tokio::fs::create_dir_all(parent).await?;
-                    }
-                    tokio::fs::copy(&path, &dest).await
-                };
-                match copy.await {
-                    Ok(_) => copied += 1,
-                    Err(e) => {
-                        self.sink
-                            .line(
-                                Stream::System,
-                                format!("cannot archive {}: {e}", rel.display()),
-                            )
-                            .await
-                    }
-                }
+                std::fs::copy(&path, &to)
+            };
+            match copy() {
+                Ok(_) => copied += 1,
+                Err(e) => notes.push(format!("cannot archive {}: {e}", rel.display())),
             }
         }
-        self.sink
-            .line(Stream::System, format!("archived {copied} artifact(s)"))
-            .await;
     }
+    notes.push(format!("archived {copied} artifact(s)"));
+    notes
 }
 
 fn error(reason: String) -> Outcome {
