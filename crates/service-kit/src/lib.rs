@@ -14,10 +14,3 @@ pub use auth::{Principal, Role};
 pub use config::{Common, ConfigError};
 pub use error::{ApiError, ErrorBody};
 pub use server::StartError;
-
-/// Every Kiln service allocates through mimalloc. Under load glibc's allocator took about a
-/// fifth of the api's CPU, much of it in locks between threads (measured with `perf`);
-/// mimalloc served 5-7 % more history pages per second on the same machine
-/// (docs/performance.md).
-#[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
