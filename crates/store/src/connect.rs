@@ -2,11 +2,14 @@
 
 use std::time::Duration;
 
-use deadpool_redis::redis::{self, AsyncConnectionConfig};
-use deadpool_redis::{Manager, Pool, Runtime};
+use deadpool::managed::{Metrics, Object, RecycleResult};
+use deadpool_redis::redis::aio::MultiplexedConnection;
+use deadpool_redis::redis::{self, AsyncConnectionConfig, RedisError};
+use deadpool_redis::Runtime;
 
+use crate::checks::{breaks_connection, Checks};
 use crate::error::StoreError;
-use crate::sentinel::{self, SentinelPool};
+use crate::sentinel::{self, SentinelManager, SentinelPool};
 
 /// How a [`Store`] connects.
 #[derive(Debug, Clone)]
@@ -45,11 +48,87 @@ enum Backend {
     Sentinel(SentinelPool),
 }
 
+/// Connections to one Redis, made by deadpool-redis and checked as `checks` says.
+pub(crate) struct DirectManager {
+    connections: deadpool_redis::Manager,
+    pub(crate) checks: Checks,
+}
+
+type Pool = deadpool::managed::Pool<DirectManager>;
+
+impl deadpool::managed::Manager for DirectManager {
+    type Type = MultiplexedConnection;
+    type Error = RedisError;
+
+    async fn create(&self) -> Result<MultiplexedConnection, RedisError> {
+        self.connections.create().await
+    }
+
+    async fn recycle(
+        &self,
+        conn: &mut MultiplexedConnection,
+        metrics: &Metrics,
+    ) -> RecycleResult<RedisError> {
+        if !self.checks.needed(metrics) {
+            return Ok(());
+        }
+        self.connections.recycle(conn, metrics).await
+    }
+}
+
 /// A pooled connection of either kind; it speaks the redis-rs protocol, so commands,
-/// pipelines and scripts take it as they are.
-pub(crate) enum Conn {
-    Direct(deadpool_redis::Connection),
-    Sentinel(deadpool::managed::Object<sentinel::SentinelManager>),
+/// pipelines and scripts take it as they are. One that failed is dropped on release, not
+/// put back, and its pool checks its other connections before their next use.
+pub(crate) struct Conn {
+    pooled: Option<Pooled>,
+    broken: bool,
+}
+
+enum Pooled {
+    Direct(Object<DirectManager>),
+    Sentinel(Object<SentinelManager>),
+}
+
+impl Conn {
+    fn inner(&mut self) -> Option<&mut MultiplexedConnection> {
+        match self.pooled.as_mut()? {
+            Pooled::Direct(c) => Some(c),
+            Pooled::Sentinel(c) => Some(c),
+        }
+    }
+
+    fn note(&mut self, e: &RedisError) {
+        if breaks_connection(e) {
+            self.broken = true;
+        }
+    }
+}
+
+fn released() -> RedisError {
+    RedisError::from(std::io::Error::other("connection already released"))
+}
+
+impl Drop for Conn {
+    fn drop(&mut self) {
+        if !self.broken {
+            return;
+        }
+        match self.pooled.take() {
+            Some(Pooled::Direct(c)) => {
+                if let Some(p) = Object::pool(&c) {
+                    p.manager().checks.failed();
+                }
+                drop(Object::take(c));
+            }
+            Some(Pooled::Sentinel(c)) => {
+                if let Some(p) = Object::pool(&c) {
+                    p.manager().checks.failed();
+                }
+                drop(Object::take(c));
+            }
+            None => {}
+        }
+    }
 }
 
 impl redis::aio::ConnectionLike for Conn {
@@ -57,10 +136,16 @@ impl redis::aio::ConnectionLike for Conn {
         &'a mut self,
         cmd: &'a redis::Cmd,
     ) -> redis::RedisFuture<'a, redis::Value> {
-        match self {
-            Conn::Direct(c) => c.req_packed_command(cmd),
-            Conn::Sentinel(c) => c.req_packed_command(cmd),
-        }
+        Box::pin(async move {
+            let r = match self.inner() {
+                Some(c) => c.req_packed_command(cmd).await,
+                None => Err(released()),
+            };
+            if let Err(e) = &r {
+                self.note(e);
+            }
+            r
+        })
     }
 
     fn req_packed_commands<'a>(
@@ -69,16 +154,23 @@ impl redis::aio::ConnectionLike for Conn {
         offset: usize,
         count: usize,
     ) -> redis::RedisFuture<'a, Vec<redis::Value>> {
-        match self {
-            Conn::Direct(c) => c.req_packed_commands(cmd, offset, count),
-            Conn::Sentinel(c) => c.req_packed_commands(cmd, offset, count),
-        }
+        Box::pin(async move {
+            let r = match self.inner() {
+                Some(c) => c.req_packed_commands(cmd, offset, count).await,
+                None => Err(released()),
+            };
+            if let Err(e) = &r {
+                self.note(e);
+            }
+            r
+        })
     }
 
     fn get_db(&self) -> i64 {
-        match self {
-            Conn::Direct(c) => c.get_db(),
-            Conn::Sentinel(c) => c.get_db(),
+        match &self.pooled {
+            Some(Pooled::Direct(c)) => c.get_db(),
+            Some(Pooled::Sentinel(c)) => c.get_db(),
+            None => 0,
         }
     }
 }
@@ -129,13 +221,17 @@ pub(crate) fn pool(
             redact(url)
         )));
     }
-    let manager = Manager::new_with_config(
+    let connections = deadpool_redis::Manager::new_with_config(
         url,
         AsyncConnectionConfig::new()
             .set_response_timeout(response_timeout)
             .set_connection_timeout(Some(Duration::from_secs(2))),
     )
     .map_err(|e| StoreError::Url(format!("{}: {e}", redact(url))))?;
+    let manager = DirectManager {
+        connections,
+        checks: Checks::default(),
+    };
     Pool::builder(manager)
         .max_size(size)
         .runtime(Runtime::Tokio1)
@@ -191,11 +287,17 @@ impl Store {
 
     pub(crate) async fn conn(&self) -> Result<Conn, StoreError> {
         match &self.backend {
-            Backend::Direct(p) => Ok(Conn::Direct(p.get().await?)),
+            Backend::Direct(p) => Ok(Conn {
+                pooled: Some(Pooled::Direct(p.get().await?)),
+                broken: false,
+            }),
             Backend::Sentinel(p) => p
                 .get()
                 .await
-                .map(Conn::Sentinel)
+                .map(|c| Conn {
+                    pooled: Some(Pooled::Sentinel(c)),
+                    broken: false,
+                })
                 .map_err(|e| StoreError::Unavailable(e.to_string())),
         }
     }

@@ -3,6 +3,7 @@
 //! crate, so the api, the worker and github-ingest cannot drift apart.
 
 mod builds;
+mod checks;
 mod connect;
 mod error;
 mod finished;

@@ -10,6 +10,7 @@ use redis::aio::MultiplexedConnection;
 use redis::sentinel::{SentinelClient, SentinelNodeConnectionInfo, SentinelServerType};
 use redis::{AsyncConnectionConfig, RedisConnectionInfo, RedisError, TlsMode, Value};
 
+use crate::checks::Checks;
 use crate::connect::redact;
 use crate::error::StoreError;
 
@@ -24,6 +25,7 @@ pub(crate) fn is_sentinel_url(url: &str) -> bool {
 pub(crate) struct SentinelManager {
     client: tokio::sync::Mutex<SentinelClient>,
     config: AsyncConnectionConfig,
+    pub(crate) checks: Checks,
 }
 
 pub(crate) type SentinelPool = deadpool::managed::Pool<SentinelManager>;
@@ -42,8 +44,13 @@ impl deadpool::managed::Manager for SentinelManager {
     async fn recycle(
         &self,
         conn: &mut MultiplexedConnection,
-        _: &Metrics,
+        metrics: &Metrics,
     ) -> RecycleResult<RedisError> {
+        // A busy connection to a node demoted by a failover fails its next write
+        // (READONLY) and is dropped then; see `checks`.
+        if !self.checks.needed(metrics) {
+            return Ok(());
+        }
         let role: Vec<Value> = redis::cmd("ROLE").query_async(conn).await?;
         match role.first() {
             Some(Value::BulkString(b)) if b.as_slice() == b"master" => Ok(()),
@@ -117,6 +124,7 @@ pub(crate) fn pool(
         config: AsyncConnectionConfig::new()
             .set_response_timeout(response_timeout)
             .set_connection_timeout(Some(Duration::from_secs(2))),
+        checks: Checks::default(),
     };
     deadpool::managed::Pool::builder(manager)
         .max_size(size)
