@@ -51,7 +51,7 @@ enum Backend {
 /// Connections to one Redis, made by deadpool-redis and checked as `checks` says.
 pub(crate) struct DirectManager {
     connections: deadpool_redis::Manager,
-    pub(crate) checks: Checks,
+    checks: Checks,
 }
 
 type Pool = deadpool::managed::Pool<DirectManager>;
@@ -114,20 +114,24 @@ impl Drop for Conn {
             return;
         }
         match self.pooled.take() {
-            Some(Pooled::Direct(c)) => {
-                if let Some(p) = Object::pool(&c) {
-                    p.manager().checks.failed();
-                }
-                drop(Object::take(c));
-            }
-            Some(Pooled::Sentinel(c)) => {
-                if let Some(p) = Object::pool(&c) {
-                    p.manager().checks.failed();
-                }
-                drop(Object::take(c));
-            }
+            Some(Pooled::Direct(c)) => discard(c),
+            Some(Pooled::Sentinel(c)) => discard(c),
             None => {}
         }
+    }
+}
+
+/// Drops a failed connection instead of returning it, and has its pool check the others.
+fn discard<M: deadpool::managed::Manager + AsRef<Checks>>(c: Object<M>) {
+    if let Some(pool) = Object::pool(&c) {
+        pool.manager().as_ref().failed();
+    }
+    drop(Object::take(c));
+}
+
+impl AsRef<Checks> for DirectManager {
+    fn as_ref(&self) -> &Checks {
+        &self.checks
     }
 }
 

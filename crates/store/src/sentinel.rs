@@ -25,7 +25,13 @@ pub(crate) fn is_sentinel_url(url: &str) -> bool {
 pub(crate) struct SentinelManager {
     client: tokio::sync::Mutex<SentinelClient>,
     config: AsyncConnectionConfig,
-    pub(crate) checks: Checks,
+    checks: Checks,
+}
+
+impl AsRef<Checks> for SentinelManager {
+    fn as_ref(&self) -> &Checks {
+        &self.checks
+    }
 }
 
 pub(crate) type SentinelPool = deadpool::managed::Pool<SentinelManager>;
