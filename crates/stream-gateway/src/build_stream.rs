@@ -12,7 +12,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytestring::ByteString;
-use kiln_model::{keys, output, storage, BuildRef, OutputMessage};
+use kiln_model::{keys, output, storage, BuildRef, LogLine, OutputMessage};
 use kiln_store::Store;
 use serde_json::json;
 use tokio::io::{AsyncReadExt, AsyncSeekExt};
@@ -34,49 +34,6 @@ const READ_CHUNK: u64 = 4 * 1024 * 1024;
 /// before its send times out.
 const MAX_FRAME: usize = 64 * 1024;
 
-/// A line of the log file as the worker wrote it (a `LogLine` in JSON), with the numbers
-/// the stream needs. Catching up forwards the stored text: decoding every line (its
-/// timestamp above all) only to encode it again was most of the gateway's CPU when many
-/// watchers joined a chatty build.
-struct StoredLine {
-    seq: u64,
-    attempt: u32,
-    json: String,
-}
-
-/// The numbers of a stored line; its other fields are skipped, not decoded.
-#[derive(serde::Deserialize)]
-struct LineNumbers {
-    seq: u64,
-    attempt: u32,
-}
-
-impl StoredLine {
-    fn parse(raw: &[u8]) -> Option<Self> {
-        let n: LineNumbers = serde_json::from_slice(raw).ok()?;
-        Some(Self {
-            seq: n.seq,
-            attempt: n.attempt,
-            json: String::from_utf8(raw.to_vec()).ok()?,
-        })
-    }
-}
-
-/// One `lines` message from stored lines, exactly as `OutputMessage::Lines` encodes it.
-fn lines_message(lines: &[StoredLine]) -> String {
-    let mut text =
-        String::with_capacity(lines.iter().map(|l| l.json.len() + 1).sum::<usize>() + 32);
-    text.push_str(r#"{"type":"lines","lines":["#);
-    for (i, l) in lines.iter().enumerate() {
-        if i > 0 {
-            text.push(',');
-        }
-        text.push_str(&l.json);
-    }
-    text.push_str("]}");
-    text
-}
-
 /// Reads new complete lines of a build's log file.
 struct Cursor {
     path: Option<PathBuf>,
@@ -84,7 +41,7 @@ struct Cursor {
 }
 
 impl Cursor {
-    async fn read(&mut self) -> Vec<StoredLine> {
+    async fn read(&mut self) -> Vec<LogLine> {
         let Some(path) = &self.path else {
             return Vec::new();
         };
@@ -108,7 +65,7 @@ impl Cursor {
         buf[..complete]
             .split(|b| *b == b'\n')
             .filter(|l| !l.is_empty())
-            .filter_map(StoredLine::parse)
+            .filter_map(|l| serde_json::from_slice(l).ok())
             .collect()
     }
 }
@@ -152,11 +109,11 @@ impl Watcher {
 
     /// Sends lines as `lines` frames of at most about `MAX_FRAME` bytes each; `sent` moves
     /// only past frames the client's queue accepted, so it is always a valid resume point.
-    async fn flush(&mut self, batch: &mut Vec<StoredLine>) -> Result<(), Gone> {
+    async fn flush(&mut self, batch: &mut Vec<LogLine>) -> Result<(), Gone> {
         let mut frame = Vec::new();
         let mut size = 0;
         for l in batch.drain(..) {
-            size += l.json.len() + 1;
+            size += l.line.len() + 100;
             frame.push(l);
             if size >= MAX_FRAME {
                 self.send_frame(std::mem::take(&mut frame)).await?;
@@ -169,11 +126,10 @@ impl Watcher {
         Ok(())
     }
 
-    async fn send_frame(&mut self, lines: Vec<StoredLine>) -> Result<(), Gone> {
+    async fn send_frame(&mut self, lines: Vec<LogLine>) -> Result<(), Gone> {
         let last = lines.last().map_or(self.sent, |l| l.seq);
-        self.client
-            .send(ByteString::from(lines_message(&lines)))
-            .await?;
+        let text = serde_json::to_string(&OutputMessage::Lines { lines }).unwrap_or_default();
+        self.client.send(ByteString::from(text)).await?;
         self.sent = last;
         Ok(())
     }
@@ -321,36 +277,5 @@ pub(crate) async fn stream_build(
             w.client
                 .close(CLOSE_SLOW, format!("too slow; resume_from={sent}"));
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use kiln_model::LogLine;
-
-    #[test]
-    fn stored_lines_are_forwarded_as_the_worker_encoded_them() {
-        let lines: Vec<LogLine> = (1..=3)
-            .map(|seq| {
-                serde_json::from_str(&format!(
-                    r#"{{"seq":{seq},"ts":"2026-11-30T10:00:00.123456Z","stream":"stdout","attempt":2,"line":"line \"{seq}\" ✓"}}"#
-                ))
-                .expect("a log line")
-            })
-            .collect();
-        let stored: Vec<StoredLine> = lines
-            .iter()
-            .map(|l| StoredLine::parse(&serde_json::to_vec(l).expect("encode")).expect("parse"))
-            .collect();
-        assert_eq!(stored[2].seq, 3);
-        assert_eq!(stored[2].attempt, 2);
-        let expected = serde_json::to_string(&OutputMessage::Lines { lines }).expect("encode");
-        assert_eq!(lines_message(&stored), expected);
-        assert!(StoredLine::parse(br#"{"seq":1}"#).is_none(), "no attempt");
-        assert!(
-            StoredLine::parse(b"{\"seq\":1,\"attempt\":1").is_none(),
-            "truncated"
-        );
     }
 }
