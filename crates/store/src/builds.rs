@@ -10,6 +10,7 @@ use kiln_model::{
 
 use crate::connect::Store;
 use crate::error::StoreError;
+use crate::job_cache::CachedJob;
 use crate::scripts;
 use crate::tree::{parse, script_error};
 
@@ -79,8 +80,7 @@ impl Store {
                     job
                 }
             };
-            let (raw_def, def) = (&job.0, &job.1);
-            match self.trigger_with(req, raw_def, def, &what).await? {
+            match self.trigger_with(req, &job, &what).await? {
                 Attempt::Queued(t) => return Ok(*t),
                 Attempt::Changed => self.jobs.forget(&req.job),
                 // A refusal made from a cached definition is asked again of Redis.
@@ -93,16 +93,16 @@ impl Store {
         )))
     }
 
-    /// One attempt of [`Store::trigger`] against the definition `def` (stored as
-    /// `raw_def`). Errors are those after which the build may have been queued (a lost
-    /// reply), never to be retried.
+    /// One attempt of [`Store::trigger`] against the definition `job` (and its stored
+    /// JSON). Errors are those after which the build may have been queued (a lost reply),
+    /// never to be retried.
     async fn trigger_with(
         &self,
         req: &Trigger,
-        raw_def: &str,
-        def: &kiln_model::JobDefinition,
+        job: &CachedJob,
         what: &str,
     ) -> Result<Attempt, StoreError> {
+        let (raw_def, def) = (job.0.as_str(), &job.1);
         if def.disabled {
             return Ok(Attempt::Refused(StoreError::Conflict(format!(
                 "{what} is disabled and accepts no new builds"

@@ -14,9 +14,14 @@ impl Store {
         build: &BuildRef,
         msg: &OutputMessage,
     ) -> Result<(), StoreError> {
-        let payload = serde_json::to_string(msg).map_err(|e| StoreError::corrupt("output", e))?;
+        let payload = encode_output(msg)?;
         let mut c = self.conn().await?;
         let _: i64 = c.publish(keys::output_channel(build), payload).await?;
         Ok(())
     }
+}
+
+/// An output message as published on a build's channel (also by `finish.lua`).
+pub(crate) fn encode_output(msg: &OutputMessage) -> Result<String, StoreError> {
+    serde_json::to_string(msg).map_err(|e| StoreError::corrupt("output", e))
 }

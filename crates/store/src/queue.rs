@@ -170,7 +170,7 @@ impl Store {
         doc: &BuildDocument,
         end: &OutputMessage,
     ) -> Result<Option<u64>, StoreError> {
-        let end = serde_json::to_string(end).map_err(|e| StoreError::corrupt("output", e))?;
+        let end = crate::pubsub::encode_output(end)?;
         let mut c = self.conn().await?;
         let oldest = scripts::FINISH
             .key(lease.build.key())
