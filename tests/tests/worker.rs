@@ -536,3 +536,48 @@ async fn the_worker_removes_folders_of_builds_that_left_retention() {
     assert!(!stale.exists(), "the worker prunes what retention dropped");
     assert!(c.build_dir("kept", 2).exists() && c.build_dir("kept", 3).exists());
 }
+
+#[tokio::test]
+async fn a_reused_build_folder_holds_only_its_new_builds_files() {
+    use std::os::unix::fs::MetadataExt;
+    let c = Cluster::start().await;
+    let mut def =
+        job(&["echo this is build $KILN_BUILD_NUMBER; echo x > out-$KILN_BUILD_NUMBER.txt"]);
+    def["retention"] = json!({"builds": 2});
+    def["artifacts"] = json!(["out-*.txt"]);
+    c.apply("reuse", def).await;
+    let _w = c.worker(WorkerOpts::new("w1")).await;
+    let mut inodes = vec![0];
+    for n in 1..=6 {
+        assert_eq!(c.trigger("reuse").await, n);
+        c.wait_status("reuse", n, "success", T).await;
+        inodes.push(std::fs::metadata(c.build_dir("reuse", n)).unwrap().ino());
+    }
+    // Build 1 left retention at the third trigger, build 3 pruned it, build 4 reused it.
+    assert_eq!(
+        inodes[4], inodes[1],
+        "the folder of a build that left retention is reused, not removed and made again"
+    );
+    let mut left: Vec<String> = std::fs::read_dir(c.storage.path().join("jobs/reuse"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    left.sort();
+    assert_eq!(left, ["5", "6"], "only the kept builds have folders");
+    let log = c.log("reuse", 6).await;
+    assert!(log.contains("this is build 6"), "{log}");
+    for old in 1..=5 {
+        assert!(!log.contains(&format!("this is build {old}")), "{log}");
+    }
+    let mut files: Vec<String> = Vec::new();
+    for dir in [
+        c.build_dir("reuse", 6),
+        c.build_dir("reuse", 6).join("artifacts"),
+    ] {
+        for e in std::fs::read_dir(dir).unwrap() {
+            files.push(e.unwrap().file_name().to_string_lossy().into_owned());
+        }
+    }
+    files.sort();
+    assert_eq!(files, ["artifacts", "log.jsonl", "out-6.txt"]);
+}

@@ -165,13 +165,21 @@ async fn retention_trims_history_and_deletes_what_falls_out() {
         .await;
     let dir1 = app.storage.path().join("jobs/app/1");
     std::fs::create_dir_all(&dir1).unwrap();
+    std::fs::write(dir1.join("log.jsonl"), "").unwrap();
     for _ in 0..3 {
         assert_eq!(app.trigger("app").await.status(), 201);
     }
     let recent = app.get_json("/api/v1/redis/job_app_recent").await;
     assert_eq!(recent["value"], json!(["3", "2"]));
     assert_eq!(app.redis_type("job_app_1").await, "none");
-    assert!(!dir1.exists(), "the trimmed build's folder is removed");
+    for gone in ["/api/v1/jobs/app/builds/1", "/api/v1/jobs/app/builds/1/log"] {
+        let r = app.call(Method::GET, gone, None).await;
+        assert_eq!(
+            r.status(),
+            404,
+            "{gone}: its folder is the workers' to clear away"
+        );
+    }
     let q = app.get_json("/api/v1/redis/kiln:queue:default").await;
     assert_eq!(q["value"], json!(["job_app_3", "job_app_2"]));
 }

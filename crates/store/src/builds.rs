@@ -28,12 +28,11 @@ pub struct Trigger {
     pub dedup: Option<(String, u64)>,
 }
 
-/// What a trigger wrote: the new build, and the documents that fell out of retention (the
-/// caller removes their files).
+/// What a trigger wrote. The storage folders of builds that fell out of retention are left
+/// to the workers, which reuse them (see the worker's `spares`).
 #[derive(Debug, Clone)]
 pub struct TriggeredBuild {
     pub build: BuildDocument,
-    pub dropped: Vec<BuildDocument>,
     /// True when the delivery had been handled before: `build` is the build it queued then.
     pub deduplicated: bool,
 }
@@ -189,10 +188,10 @@ impl Store {
             .arg(raw_def)
             .arg(req.dedup.as_ref().map_or("", |(k, _)| k.as_str()))
             .arg(req.dedup.as_ref().map_or(0, |(_, ttl)| *ttl))
-            .invoke_async::<(u64, String, Vec<String>)>(&mut c)
+            .invoke_async::<(u64, String)>(&mut c)
             .await;
         match r {
-            Ok((0, existing, _)) => {
+            Ok((0, existing)) => {
                 drop(c);
                 let build = BuildRef::from_key(&existing)
                     .map_err(|e| StoreError::Conflict(format!("{existing}: {e}")))?;
@@ -202,18 +201,13 @@ impl Store {
                     .ok_or_else(|| StoreError::NotFound(format!("build {build}")))?;
                 Ok(Attempt::Queued(Box::new(TriggeredBuild {
                     build: doc,
-                    dropped: Vec::new(),
                     deduplicated: true,
                 })))
             }
-            Ok((n, doc, dropped)) => {
+            Ok((n, doc)) => {
                 let key = BuildRef::new(req.job.clone(), BuildNumber(n)).key();
                 Ok(Attempt::Queued(Box::new(TriggeredBuild {
                     build: parse(&key, &doc)?,
-                    dropped: dropped
-                        .iter()
-                        .filter_map(|d| serde_json::from_str(d).ok())
-                        .collect(),
                     deduplicated: false,
                 })))
             }

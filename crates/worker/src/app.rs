@@ -17,6 +17,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::config::WorkerConfig;
+use crate::spares::Spares;
 use crate::state::{now_ms, StopReason, Worker};
 use crate::workspace::Workspaces;
 
@@ -40,12 +41,19 @@ impl Application {
         let blocking = Store::blocking(&config.common.redis.url, settings.claim_block)?;
         health::warn_about_redis(&store).await;
         let slots = Arc::new(Semaphore::new(settings.concurrency as usize));
+        let spares = Arc::new(Spares::new(
+            &settings.storage_root,
+            settings.id.as_str(),
+            2 * settings.concurrency as usize,
+        ));
+        clear_spares(&spares).await;
         let worker = Arc::new(Worker {
             store,
             blocking,
             workspaces: Workspaces::new(settings.workspace_root.clone(), settings.id.as_str()),
             settings,
             pruned: Default::default(),
+            spares,
             active: Mutex::new(HashMap::new()),
             slots,
             started_at: Utc::now(),
@@ -127,6 +135,7 @@ impl Application {
         for t in tasks {
             let _ = t.await;
         }
+        clear_spares(&w.spares).await;
         let node = crate::heartbeat::node_info(&w);
         if let Err(e) = w.store.remove_node(&node).await {
             tracing::warn!(error = %e, "cannot deregister the node; its key expires by itself");
@@ -135,5 +144,16 @@ impl Application {
         let _ = server.await;
         tracing::info!("worker stopped");
         Ok(())
+    }
+}
+
+/// Spare build folders are this run's only (a worker that dies leaves its own behind until
+/// a worker with its id starts again); failing to remove them costs disk, not correctness.
+async fn clear_spares(spares: &Arc<Spares>) {
+    let s = spares.clone();
+    match tokio::task::spawn_blocking(move || s.clear()).await {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => tracing::warn!(error = %e, "cannot remove spare build folders"),
+        Err(e) => tracing::warn!(error = %e, "cannot remove spare build folders"),
     }
 }

@@ -13,6 +13,7 @@ mod process;
 mod prune;
 mod reaper;
 mod run;
+mod spares;
 mod state;
 mod workspace;
 

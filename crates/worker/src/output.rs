@@ -41,15 +41,17 @@ pub(crate) struct LogSummary {
 
 /// Creates the build's storage folder `dir` and starts the writer of `dir/log.jsonl` for
 /// one attempt of the build (the previous attempt's log is kept beside it as
-/// `log.attempt-<n>.jsonl`). The folder and the file are made in one blocking task: this
-/// sits between a build's claim and its first step.
+/// `log.attempt-<n>.jsonl`). `spare`, an emptied folder of the same job
+/// (`crate::spares`), becomes `dir` when given. The folder and the file are made in one
+/// blocking task: this sits between a build's claim and its first step.
 pub(crate) async fn start(
     store: Store,
     build: BuildRef,
     attempt: u32,
     dir: PathBuf,
+    spare: Option<PathBuf>,
 ) -> std::io::Result<(LogSink, JoinHandle<LogSummary>)> {
-    let mut file = tokio::task::spawn_blocking(move || create_log(&dir, attempt))
+    let mut file = tokio::task::spawn_blocking(move || create_log(&dir, attempt, spare))
         .await
         .map_err(std::io::Error::other)??;
     let (tx, mut rx) = mpsc::channel::<(Stream, String)>(4096);
@@ -107,7 +109,17 @@ pub(crate) async fn start(
     Ok((LogSink { tx }, handle))
 }
 
-fn create_log(dir: &Path, attempt: u32) -> std::io::Result<std::fs::File> {
+fn create_log(dir: &Path, attempt: u32, spare: Option<PathBuf>) -> std::io::Result<std::fs::File> {
+    if let Some(spare) = spare {
+        match std::fs::rename(&spare, dir) {
+            // Its log is empty; opening it for writing reuses the file.
+            Ok(()) => return std::fs::File::create(dir.join(output::LOG_FILE)),
+            // Say the job was deleted meanwhile, or the folder exists already.
+            Err(_) => {
+                let _ = std::fs::remove_dir_all(&spare);
+            }
+        }
+    }
     std::fs::create_dir_all(dir)?;
     let path = dir.join(output::LOG_FILE);
     if attempt > 1 && path.try_exists()? {

@@ -1,6 +1,6 @@
-//! Removing the storage folders of builds that fell out of their job's retention, whoever
-//! trimmed them (the api, github-ingest...): the worker that finishes a build of the job
-//! removes the folders below the job's oldest kept build.
+//! Clearing away the storage folders of builds that fell out of their job's retention,
+//! whoever trimmed them (the api, github-ingest...): the worker that finishes a build of the
+//! job keeps or removes the folders below the job's oldest kept build.
 
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -42,9 +42,10 @@ impl PruneMarks {
     }
 }
 
-/// Removes the storage folders of `doc`'s job that fell out of its retention since this
-/// worker last looked, in one blocking task. `oldest_kept` is the job's oldest build, as
-/// read when the build's result was recorded.
+/// Clears away the storage folders of `doc`'s job that fell out of its retention since this
+/// worker last looked, in one blocking task: kept as spares while there is room
+/// (`crate::spares`), else removed. `oldest_kept` is the job's oldest build, as read when
+/// the build's result was recorded.
 pub(crate) async fn prune_storage(w: &Worker, doc: &BuildDocument, oldest_kept: u64) {
     let Some(dir) = storage::build_dir(&w.settings.storage_root, &doc.storage_path) else {
         return;
@@ -56,10 +57,24 @@ pub(crate) async fn prune_storage(w: &Worker, doc: &BuildDocument, oldest_kept: 
     if numbers.is_empty() {
         return;
     }
+    let spares = w.spares.clone();
     let _ = tokio::task::spawn_blocking(move || {
         for n in numbers {
             let old = job_dir.join(n.to_string());
-            match std::fs::remove_dir_all(&old) {
+            // Every worker finishing a build of the job looks at the same numbers; most
+            // find the folder gone already.
+            if std::fs::symlink_metadata(&old).is_err() {
+                continue;
+            }
+            let removed = match spares.keep(&job_dir, &old) {
+                Ok(true) => Ok(()),
+                Ok(false) => std::fs::remove_dir_all(&old),
+                Err(e) => {
+                    tracing::debug!(path = %old.display(), error = %e, "cannot keep an old build folder as a spare");
+                    std::fs::remove_dir_all(&old)
+                }
+            };
+            match removed {
                 Ok(()) => {}
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
                 Err(e) => {

@@ -49,11 +49,16 @@ async fn run_claimed(w: &Worker, claimed: Claimed, active: &Active) {
     let log = async {
         let dir = storage::build_dir(&w.settings.storage_root, &doc.storage_path)
             .ok_or_else(|| format!("invalid storage path {:?}", doc.storage_path))?;
+        // A retried attempt keeps its folder (and the earlier attempt's log).
+        let spare = (doc.attempt == 1)
+            .then(|| dir.parent().and_then(|job_dir| w.spares.take(job_dir)))
+            .flatten();
         crate::output::start(
             w.store.clone(),
             lease.build.clone(),
             doc.attempt,
             dir.clone(),
+            spare,
         )
         .await
         .map(|(sink, writer)| (dir.clone(), sink, writer))

@@ -63,6 +63,7 @@ pub(crate) struct Worker {
     pub(crate) settings: Settings,
     pub(crate) workspaces: Workspaces,
     pub(crate) pruned: crate::prune::PruneMarks,
+    pub(crate) spares: Arc<crate::spares::Spares>,
     pub(crate) active: Mutex<HashMap<String, Arc<Active>>>,
     pub(crate) slots: Arc<Semaphore>,
     pub(crate) started_at: DateTime<Utc>,

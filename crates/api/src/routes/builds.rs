@@ -12,7 +12,6 @@ use serde_json::json;
 
 use super::{body_or_default, job_name};
 use crate::app::AppState;
-use crate::storage::remove_build_dirs;
 
 /// Largest page of builds one request returns.
 const MAX_PAGE: usize = 200;
@@ -76,7 +75,6 @@ pub(crate) async fn trigger(
             dedup: None,
         })
         .await?;
-    remove_build_dirs(&state.storage_root, &t.dropped).await;
     metrics::counter!("kiln_builds_triggered_total").increment(1);
     Ok(HttpResponse::Created()
         .insert_header((

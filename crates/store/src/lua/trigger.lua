@@ -6,8 +6,9 @@
 --       storage prefix, retention, queue name, build key prefix, now (RFC 3339),
 --       liveness window ms, events channel, reason JSON when no worker is live ('' none),
 --       expected definition, delivery key ('' none), delivery TTL seconds
--- Returns {n, document, dropped documents}, or {0, existing build key, {}} when the
--- delivery key shows this event was handled already.
+-- Returns {n, document}, or {0, existing build key} when the delivery key shows this
+-- event was handled already. The storage folders of trimmed builds are the workers' to
+-- clear away (they reuse them).
 -- Refuse before writing anything if a key holds the wrong type: Redis does not roll back
 -- a script that fails half-way.
 local expected = {[2] = 'list', [3] = 'hash', [4] = 'list', [5] = 'zset', [6] = 'set',
@@ -24,7 +25,7 @@ if def ~= ARGV[11] then return redis.error_reply('RETRY definition changed') end
 if cjson.decode(def).disabled == true then return redis.error_reply('DISABLED job') end
 if ARGV[12] ~= '' then
   local seen = redis.call('GET', ARGV[12])
-  if seen then return {0, seen, {}} end
+  if seen then return {0, seen} end
 end
 
 local n = redis.call('HINCRBY', KEYS[3], ARGV[1], 1)
@@ -38,12 +39,9 @@ redis.call('SET', key, doc)
 if ARGV[12] ~= '' then redis.call('SET', ARGV[12], key, 'EX', tonumber(ARGV[13])) end
 redis.call('LPUSH', KEYS[2], n)
 
-local dropped = {}
 local keep = tonumber(ARGV[4])
 for _, m in ipairs(redis.call('LRANGE', KEYS[2], keep, -1)) do
   local old_key = ARGV[6] .. m
-  local old = redis.call('GET', old_key)
-  if old then table.insert(dropped, old) end
   redis.call('DEL', old_key)
   redis.call('LREM', KEYS[4], 0, old_key)
   redis.call('ZREM', KEYS[8], old_key)
@@ -57,4 +55,4 @@ redis.call('ZADD', KEYS[5], 0, '0')
 redis.call('SADD', KEYS[6], ARGV[5])
 local d = cjson.decode(doc)
 redis.call('PUBLISH', ARGV[9], event('queued', d, ARGV[7]))
-return {n, doc, dropped}
+return {n, doc}
