@@ -48,7 +48,14 @@ impl Workspaces {
     /// Empties `ws` for the next build; one that cannot be emptied (say, a step left a
     /// read-only folder) is removed as far as possible and not reused.
     pub(crate) async fn give_back(&self, ws: PathBuf) {
-        match blocking(ws.clone(), empty).await {
+        // Most often nothing was left (or the step cleaned up): one directory read answers
+        // that without a hop to the blocking pool and back.
+        let emptied = if is_empty(&ws) {
+            Ok(())
+        } else {
+            blocking(ws.clone(), empty).await
+        };
+        match emptied {
             Ok(()) => {
                 if let Ok(mut f) = self.free.lock() {
                     f.push(ws);
@@ -69,6 +76,12 @@ async fn blocking(
     tokio::task::spawn_blocking(move || f(&ws))
         .await
         .map_err(io::Error::other)?
+}
+
+/// Whether `dir` holds nothing, from the first read of its entries (bounded however full
+/// it is).
+fn is_empty(dir: &Path) -> bool {
+    std::fs::read_dir(dir).is_ok_and(|mut entries| entries.next().is_none())
 }
 
 /// Removes everything inside `dir` without following symlinks.
