@@ -41,8 +41,8 @@ pub(crate) struct LogSummary {
 
 /// Creates the build's storage folder `dir` and starts the writer of `dir/log.jsonl` for
 /// one attempt of the build (the previous attempt's log is kept beside it as
-/// `log.attempt-<n>.jsonl`). `spare`, an emptied folder of the same job
-/// (`crate::spares`), becomes `dir` when given. The folder and the file are made in one
+/// `log.attempt-<n>.jsonl`). `spare`, an empty folder (`crate::spares`), becomes `dir`
+/// when given. The folder and the file are made in one
 /// blocking task: this sits between a build's claim and its first step.
 pub(crate) async fn start(
     store: Store,
@@ -110,15 +110,8 @@ pub(crate) async fn start(
 }
 
 fn create_log(dir: &Path, attempt: u32, spare: Option<PathBuf>) -> std::io::Result<std::fs::File> {
-    if let Some(spare) = spare {
-        match std::fs::rename(&spare, dir) {
-            // Its log is empty; opening it for writing reuses the file.
-            Ok(()) => return std::fs::File::create(dir.join(output::LOG_FILE)),
-            // Say the job was deleted meanwhile, or the folder exists already.
-            Err(_) => {
-                let _ = std::fs::remove_dir_all(&spare);
-            }
-        }
+    if let Some(file) = spare.and_then(|spare| crate::spares::place(&spare, dir).ok()) {
+        return Ok(file);
     }
     std::fs::create_dir_all(dir)?;
     let path = dir.join(output::LOG_FILE);

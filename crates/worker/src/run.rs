@@ -65,6 +65,7 @@ async fn run_claimed(w: &Worker, claimed: Claimed, active: &Active) {
         .map_err(|e| format!("cannot create the build log in {}: {e}", dir.display()))
     };
     let (def, log) = tokio::join!(w.store.start_build(&lease, &doc), log);
+    crate::spares::replenish(&w.spares);
     let def = match def {
         Ok(Some(def)) => def,
         Ok(None) => {
