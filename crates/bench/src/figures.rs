@@ -151,6 +151,25 @@ async fn spawn_ceiling(total: usize, threads: usize) -> anyhow::Result<f64> {
     Ok(total as f64 / t0.elapsed().as_secs_f64())
 }
 
+/// What making a build's folder and log costs on the storage's filesystem at this moment:
+/// on ext4 without a journal it grows with the inodes freed there in the last minutes (by
+/// anything: a build, `cargo`, the previous run), so it explains run-to-run swings of the
+/// throughput figure. The median of `n` folders with an empty file, left in place: removing
+/// them would slow the figures that follow.
+fn storage_create_p50(storage: &std::path::Path, n: usize) -> anyhow::Result<f64> {
+    let probe = storage.join("probe");
+    std::fs::create_dir_all(&probe)?;
+    let mut made = Samples::new();
+    for i in 0..n {
+        let t = Instant::now();
+        let dir = probe.join(i.to_string());
+        std::fs::create_dir(&dir)?;
+        std::fs::File::create(dir.join("log.jsonl"))?;
+        made.push(t.elapsed());
+    }
+    Ok(made.pct(50.0))
+}
+
 async fn commandstats(c: &Cluster) -> anyhow::Result<(u64, u64)> {
     let mut conn = c.redis().await?;
     let info: String = redis::cmd("INFO")
@@ -182,6 +201,13 @@ async fn commandstats(c: &Cluster) -> anyhow::Result<(u64, u64)> {
 /// Figure 2: Builds of `true` through 1 and 4 workers (concurrency 4 each), triggered all at once,
 /// until every one finished; against the spawn-only ceiling. Figure 6: Redis commands per build.
 async fn throughput(c: &mut Cluster, size: Size, report: &mut Report) -> anyhow::Result<()> {
+    report.add(
+        "storage_folder_and_log_p50",
+        storage_create_p50(&c.storage, 200)?,
+        "ms",
+        f64::NAN,
+        "making a folder and an empty file in the bench's storage, before the throughput runs: what a build without a spare folder pays on this filesystem now (docs/performance.md)",
+    );
     let ceiling1 = spawn_ceiling(size.throughput_builds, 1).await?;
     let ceiling4 = spawn_ceiling(size.throughput_builds, 4).await?;
     for (workers, ceiling) in [(1usize, ceiling1), (4, ceiling4)] {
