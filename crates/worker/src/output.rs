@@ -49,7 +49,7 @@ pub(crate) async fn start(
     build: BuildRef,
     attempt: u32,
     dir: PathBuf,
-    spare: Option<PathBuf>,
+    spare: Option<crate::spares::Spare>,
 ) -> std::io::Result<(LogSink, JoinHandle<LogSummary>)> {
     let mut file = tokio::task::spawn_blocking(move || create_log(&dir, attempt, spare))
         .await
@@ -109,8 +109,12 @@ pub(crate) async fn start(
     Ok((LogSink { tx }, handle))
 }
 
-fn create_log(dir: &Path, attempt: u32, spare: Option<PathBuf>) -> std::io::Result<std::fs::File> {
-    if let Some(file) = spare.and_then(|spare| crate::spares::place(&spare, dir).ok()) {
+fn create_log(
+    dir: &Path,
+    attempt: u32,
+    spare: Option<crate::spares::Spare>,
+) -> std::io::Result<std::fs::File> {
+    if let Some(file) = spare.and_then(|spare| spare.place(dir).ok()) {
         return Ok(file);
     }
     std::fs::create_dir_all(dir)?;

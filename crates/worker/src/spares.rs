@@ -16,6 +16,7 @@
 
 use std::io;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
 use kiln_model::output;
@@ -27,7 +28,16 @@ pub(crate) struct Spares {
     max_used: usize,
     /// How many fresh spares are kept ready.
     fresh_target: usize,
+    /// Set when `.spare` turned out to be on another filesystem than `jobs/` (a rename
+    /// across them fails): spares are then neither kept nor made.
+    off: AtomicBool,
     kept: Mutex<Kept>,
+}
+
+/// A spare folder taken for a build; [`Spare::place`] puts it in place.
+pub(crate) struct Spare {
+    path: PathBuf,
+    spares: Arc<Spares>,
 }
 
 #[derive(Default)]
@@ -59,6 +69,7 @@ impl Spares {
             dir: storage_root.join(".spare").join(worker_id),
             max_used,
             fresh_target,
+            off: AtomicBool::new(false),
             kept: Mutex::default(),
         }
     }
@@ -77,12 +88,16 @@ impl Spares {
     }
 
     /// A spare folder for the next build of `job_dir`: one of its own, else a fresh one.
-    pub(crate) fn take(&self, job_dir: &Path) -> Option<PathBuf> {
+    pub(crate) fn take(self: &Arc<Self>, job_dir: &Path) -> Option<Spare> {
         let mut kept = self.kept.lock().ok()?;
-        match kept.used.iter().position(|(job, _)| job == job_dir) {
-            Some(i) => Some(kept.used.swap_remove(i).1),
-            None => kept.fresh.pop(),
-        }
+        let path = match kept.used.iter().position(|(job, _)| job == job_dir) {
+            Some(i) => kept.used.swap_remove(i).1,
+            None => kept.fresh.pop()?,
+        };
+        Some(Spare {
+            path,
+            spares: self.clone(),
+        })
     }
 
     /// How many fresh spares to make now, counted as being made: none while at least half
@@ -93,7 +108,7 @@ impl Spares {
             return 0;
         };
         let have = kept.fresh.len() + kept.making;
-        if have * 2 >= self.fresh_target {
+        if have * 2 >= self.fresh_target || self.off.load(Ordering::Relaxed) {
             return 0;
         }
         let wanted = self.fresh_target - have;
@@ -137,17 +152,21 @@ impl Spares {
             let Ok(mut kept) = self.kept.lock() else {
                 return Ok(false);
             };
-            if kept.used.len() >= self.max_used {
+            if kept.used.len() >= self.max_used || self.off.load(Ordering::Relaxed) {
                 return Ok(false);
             }
             kept.name(&self.dir)
         };
-        if let Err(e) = std::fs::rename(build_dir, &spare) {
+        let moved = std::fs::rename(build_dir, &spare).or_else(|e| {
             if e.kind() != io::ErrorKind::NotFound {
                 return Err(e);
             }
             std::fs::create_dir_all(&self.dir)?;
-            std::fs::rename(build_dir, &spare)?;
+            std::fs::rename(build_dir, &spare)
+        });
+        if let Err(e) = moved {
+            self.turn_off_if_apart(&e);
+            return Err(e);
         }
         if let Err(e) = empty_but_log(&spare) {
             let _ = std::fs::remove_dir_all(&spare);
@@ -157,6 +176,12 @@ impl Spares {
             kept.used.push((job_dir.to_owned(), spare));
         }
         Ok(true)
+    }
+
+    fn turn_off_if_apart(&self, e: &io::Error) {
+        if e.kind() == io::ErrorKind::CrossesDevices && !self.off.swap(true, Ordering::Relaxed) {
+            tracing::warn!(path = %self.dir.display(), "spare build folders are on another filesystem than the builds' folders; not used");
+        }
     }
 }
 
@@ -175,22 +200,27 @@ pub(crate) fn replenish(spares: &Arc<Spares>) {
     });
 }
 
-/// Puts `spare` in place as the build folder `dir` and opens its (empty) log for writing;
-/// `dir`'s parents are made if missing. On failure the spare is removed (blocking).
-pub(crate) fn place(spare: &Path, dir: &Path) -> io::Result<std::fs::File> {
-    let placed = std::fs::rename(spare, dir)
-        .or_else(|e| match dir.parent() {
-            Some(parent) if e.kind() == io::ErrorKind::NotFound && spare.exists() => {
-                std::fs::create_dir_all(parent)?;
-                std::fs::rename(spare, dir)
-            }
-            _ => Err(e),
-        })
-        .and_then(|()| std::fs::File::create(dir.join(output::LOG_FILE)));
-    if placed.is_err() {
-        let _ = std::fs::remove_dir_all(spare);
+impl Spare {
+    /// Puts the spare in place as the build folder `dir` and opens its (empty) log for
+    /// writing; `dir`'s parents are made if missing. On failure the spare is removed
+    /// (blocking).
+    pub(crate) fn place(self, dir: &Path) -> io::Result<std::fs::File> {
+        let spare = &self.path;
+        let placed = std::fs::rename(spare, dir)
+            .or_else(|e| match dir.parent() {
+                Some(parent) if e.kind() == io::ErrorKind::NotFound && spare.exists() => {
+                    std::fs::create_dir_all(parent)?;
+                    std::fs::rename(spare, dir)
+                }
+                _ => Err(e),
+            })
+            .and_then(|()| std::fs::File::create(dir.join(output::LOG_FILE)));
+        if let Err(e) = &placed {
+            self.spares.turn_off_if_apart(e);
+            let _ = std::fs::remove_dir_all(spare);
+        }
+        placed
     }
-    placed
 }
 
 /// Removes everything in `dir` (without following symlinks) except the log, which is
@@ -241,7 +271,7 @@ mod tests {
         std::fs::write(old.join(output::LOG_FILE), "old line\n").expect("log");
         std::fs::write(old.join("log.attempt-1.jsonl"), "older\n").expect("log");
         std::fs::write(old.join("artifacts/sub/a.txt"), "a").expect("artifact");
-        let spares = Spares::new(&root, "w1", 1, 0);
+        let spares = Arc::new(Spares::new(&root, "w1", 1, 0));
 
         assert!(spares.keep(&job, &old).expect("keep"));
         assert!(!old.exists(), "moved out of jobs/");
@@ -249,14 +279,14 @@ mod tests {
             !spares.keep(&job, &job.join("2")).expect("full"),
             "no room past the limit: the caller removes the folder"
         );
-        assert_eq!(spares.take(&root.join("jobs/other")), None);
-        let spare = spares.take(&job).expect("kept for its job");
+        assert!(spares.take(&root.join("jobs/other")).is_none());
+        let spare = spares.take(&job).expect("kept for its job").path;
         assert_eq!(names(&spare), [output::LOG_FILE]);
         assert_eq!(
             std::fs::read(spare.join(output::LOG_FILE)).expect("read"),
             b""
         );
-        assert_eq!(spares.take(&job), None, "taken once");
+        assert!(spares.take(&job).is_none(), "taken once");
         spares.clear().expect("clear");
         assert!(!spare.exists());
         let _ = std::fs::remove_dir_all(root);
@@ -265,26 +295,28 @@ mod tests {
     #[test]
     fn fresh_spares_serve_any_job_and_are_placed_with_their_parents() {
         let root = scratch("fresh");
-        let spares = Spares::new(&root, "w1", 4, 2);
+        let spares = Arc::new(Spares::new(&root, "w1", 4, 2));
         assert_eq!(spares.fresh_wanted(), 2);
         assert_eq!(spares.fresh_wanted(), 0, "those being made count");
         spares.make_fresh(2).expect("make");
         assert_eq!(spares.fresh_wanted(), 0);
         let dir = root.join("jobs/team/app/1");
         let spare = spares.take(&root.join("jobs/team/app")).expect("fresh");
-        let mut log = place(&spare, &dir).expect("placed, parents made");
+        let from = spare.path.clone();
+        let mut log = spare.place(&dir).expect("placed, parents made");
         std::io::Write::write_all(&mut log, b"line\n").expect("write");
         assert_eq!(names(&dir), [output::LOG_FILE]);
-        assert!(!spare.exists());
+        assert!(!from.exists());
         assert_eq!(spares.fresh_wanted(), 0, "half the target is still ready");
 
         let other = spares.take(&root.join("jobs/lib")).expect("the second");
+        let from = other.path.clone();
         assert!(
-            place(&other, &dir).is_err(),
+            other.place(&dir).is_err(),
             "a folder that exists is not replaced"
         );
         assert!(
-            !other.exists(),
+            !from.exists(),
             "a spare that could not be placed is removed"
         );
         assert_eq!(spares.fresh_wanted(), 2, "refilled in one batch");
@@ -293,5 +325,29 @@ mod tests {
             b"line\n"
         );
         let _ = std::fs::remove_dir_all(root);
+    }
+
+    #[test]
+    fn spares_on_another_filesystem_are_turned_off() {
+        use std::os::unix::fs::MetadataExt;
+        let shm = Path::new("/dev/shm");
+        let root = scratch("apart");
+        let job = root.join("jobs/app");
+        std::fs::create_dir_all(job.join("1")).expect("mkdir");
+        assert_ne!(
+            std::fs::metadata(shm)
+                .expect("/dev/shm (tmpfs) is needed")
+                .dev(),
+            std::fs::metadata(&root).expect("root").dev(),
+            "this test needs the temp dir and /dev/shm on different filesystems"
+        );
+        let elsewhere = shm.join(format!("kiln-spares-apart-{}", std::process::id()));
+        let spares = Arc::new(Spares::new(&elsewhere, "w1", 4, 2));
+        assert!(spares.keep(&job, &job.join("1")).is_err());
+        assert!(job.join("1").exists(), "left for the caller to remove");
+        assert_eq!(spares.fresh_wanted(), 0, "no spares made once turned off");
+        assert!(!spares.keep(&job, &job.join("1")).expect("no room"));
+        let _ = std::fs::remove_dir_all(root);
+        let _ = std::fs::remove_dir_all(elsewhere);
     }
 }
