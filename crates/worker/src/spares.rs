@@ -6,7 +6,8 @@
 //!   job. Only for the same job: a reader that still had the old log open sees that job's
 //!   next log, never another job's.
 //! - *Fresh* spares: a few empty folders with an empty log, made ahead of time off the
-//!   build's path, for a job that has no used one; refilled in the background, in batches.
+//!   build's path, for a job that has no used one; each one taken is replaced in the
+//!   background.
 //!
 //! Why: making the folder and the log in the build's path cost 0.5 ms on this project's
 //! ext4 (no journal: every inode made scans past those freed in the last minutes) where
@@ -100,18 +101,20 @@ impl Spares {
         })
     }
 
-    /// How many fresh spares to make now, counted as being made: none while at least half
-    /// the target is ready or being made, else enough to get back to the target. Refilling
-    /// in batches costs one trip to the blocking pool per few builds, not one per build.
+    /// How many fresh spares to make now to get back to the target, counted as being made.
+    /// One at a time, right after a build took one: a batch made while the next build
+    /// renames its spare out of the same folder would hold that rename up (both lock the
+    /// folder, and making an inode can take half a millisecond on ext4).
     pub(crate) fn fresh_wanted(&self) -> usize {
         let Ok(mut kept) = self.kept.lock() else {
             return 0;
         };
-        let have = kept.fresh.len() + kept.making;
-        if have * 2 >= self.fresh_target || self.off.load(Ordering::Relaxed) {
+        if self.off.load(Ordering::Relaxed) {
             return 0;
         }
-        let wanted = self.fresh_target - have;
+        let wanted = self
+            .fresh_target
+            .saturating_sub(kept.fresh.len() + kept.making);
         kept.making += wanted;
         wanted
     }
@@ -299,7 +302,7 @@ mod tests {
         assert_eq!(spares.fresh_wanted(), 2);
         assert_eq!(spares.fresh_wanted(), 0, "those being made count");
         spares.make_fresh(2).expect("make");
-        assert_eq!(spares.fresh_wanted(), 0);
+        assert_eq!(spares.fresh_wanted(), 0, "all ready");
         let dir = root.join("jobs/team/app/1");
         let spare = spares.take(&root.join("jobs/team/app")).expect("fresh");
         let from = spare.path.clone();
@@ -307,7 +310,7 @@ mod tests {
         std::io::Write::write_all(&mut log, b"line\n").expect("write");
         assert_eq!(names(&dir), [output::LOG_FILE]);
         assert!(!from.exists());
-        assert_eq!(spares.fresh_wanted(), 0, "half the target is still ready");
+        assert_eq!(spares.fresh_wanted(), 1, "the one taken is replaced");
 
         let other = spares.take(&root.join("jobs/lib")).expect("the second");
         let from = other.path.clone();
@@ -319,7 +322,7 @@ mod tests {
             !from.exists(),
             "a spare that could not be placed is removed"
         );
-        assert_eq!(spares.fresh_wanted(), 2, "refilled in one batch");
+        assert_eq!(spares.fresh_wanted(), 1, "then the other");
         assert_eq!(
             std::fs::read(dir.join(output::LOG_FILE)).expect("read"),
             b"line\n"
