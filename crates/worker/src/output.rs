@@ -42,8 +42,8 @@ pub(crate) struct LogSummary {
 /// Creates the build's storage folder `dir` and starts the writer of `dir/log.jsonl` for
 /// one attempt of the build (the previous attempt's log is kept beside it as
 /// `log.attempt-<n>.jsonl`). `spare`, an empty folder (`crate::spares`), becomes `dir`
-/// when given. The folder and the file are made in one
-/// blocking task: this sits between a build's claim and its first step.
+/// when given. The folder and the file are made in one blocking task: this sits between
+/// a build's claim and its first step.
 pub(crate) async fn start(
     store: Store,
     build: BuildRef,

@@ -148,18 +148,26 @@ impl Spares {
     }
 
     /// Keeps `build_dir` (of a build that left retention) as a spare: moved out of `jobs/`
-    /// and emptied but for an empty `log.jsonl`. `Ok(false)` when there is no room, so the
-    /// caller removes it; an error leaves nothing in `.spare` (blocking).
+    /// and emptied but for an empty `log.jsonl`. When the kept spares are at their limit
+    /// the oldest is removed first: a job that just finished a build is likelier to run
+    /// again than one whose spare waited longest (its job may be gone). `Ok(false)` when
+    /// `build_dir` is not a plain folder (a symlink is never followed) or spares are off,
+    /// so the caller removes it; an error leaves nothing in `.spare` (blocking).
     pub(crate) fn keep(&self, job_dir: &Path, build_dir: &Path) -> io::Result<bool> {
-        let spare = {
+        if self.off.load(Ordering::Relaxed) || !std::fs::symlink_metadata(build_dir)?.is_dir() {
+            return Ok(false);
+        }
+        let (spare, evicted) = {
             let Ok(mut kept) = self.kept.lock() else {
                 return Ok(false);
             };
-            if kept.used.len() >= self.max_used || self.off.load(Ordering::Relaxed) {
-                return Ok(false);
-            }
-            kept.name(&self.dir)
+            let evicted = (kept.used.len() >= self.max_used && !kept.used.is_empty())
+                .then(|| kept.used.remove(0).1);
+            (kept.name(&self.dir), evicted)
         };
+        if let Some(old) = evicted {
+            let _ = std::fs::remove_dir_all(old);
+        }
         let moved = std::fs::rename(build_dir, &spare).or_else(|e| {
             if e.kind() != io::ErrorKind::NotFound {
                 return Err(e);
@@ -276,13 +284,23 @@ mod tests {
         std::fs::write(old.join("artifacts/sub/a.txt"), "a").expect("artifact");
         let spares = Arc::new(Spares::new(&root, "w1", 1, 0));
 
+        let other_job = root.join("jobs/other");
+        std::fs::create_dir_all(other_job.join("7")).expect("mkdir");
+        assert!(spares.keep(&other_job, &other_job.join("7")).expect("keep"));
+        let evicted = spares.dir.join("1");
+        assert!(evicted.exists());
         assert!(spares.keep(&job, &old).expect("keep"));
         assert!(!old.exists(), "moved out of jobs/");
         assert!(
-            !spares.keep(&job, &job.join("2")).expect("full"),
-            "no room past the limit: the caller removes the folder"
+            !evicted.exists(),
+            "past the limit the spare kept longest is removed"
         );
-        assert!(spares.take(&root.join("jobs/other")).is_none());
+        std::os::unix::fs::symlink(&root, job.join("3")).expect("symlink");
+        assert!(
+            !spares.keep(&job, &job.join("3")).expect("not a folder"),
+            "a symlink is left to the caller"
+        );
+        assert!(spares.take(&other_job).is_none());
         let spare = spares.take(&job).expect("kept for its job").path;
         assert_eq!(names(&spare), [output::LOG_FILE]);
         assert_eq!(
