@@ -237,21 +237,15 @@ impl Spare {
 /// Removes everything in `dir` (without following symlinks) except the log, which is
 /// truncated: the file, unlike its blocks, is reused.
 fn empty_but_log(dir: &Path) -> io::Result<()> {
-    for entry in std::fs::read_dir(dir)? {
-        let entry = entry?;
-        let kind = entry.file_type()?;
-        if kind.is_file() && entry.file_name() == output::LOG_FILE {
-            std::fs::OpenOptions::new()
-                .write(true)
-                .truncate(true)
-                .open(entry.path())?;
-        } else if kind.is_dir() {
-            std::fs::remove_dir_all(entry.path())?;
-        } else {
-            std::fs::remove_file(entry.path())?;
-        }
+    crate::workspace::empty_but(dir, Some(output::LOG_FILE))?;
+    match std::fs::OpenOptions::new()
+        .write(true)
+        .truncate(true)
+        .open(dir.join(output::LOG_FILE))
+    {
+        Err(e) if e.kind() != io::ErrorKind::NotFound => Err(e),
+        _ => Ok(()),
     }
-    Ok(())
 }
 
 #[cfg(test)]

@@ -86,11 +86,18 @@ fn is_empty(dir: &Path) -> bool {
 
 /// Removes everything inside `dir` without following symlinks.
 fn empty(dir: &Path) -> io::Result<()> {
+    empty_but(dir, None)
+}
+
+/// Removes everything inside `dir` without following symlinks, except the regular file
+/// named `keep` (if any).
+pub(crate) fn empty_but(dir: &Path, keep: Option<&str>) -> io::Result<()> {
     for entry in std::fs::read_dir(dir)? {
         let entry = entry?;
-        if entry.file_type()?.is_dir() {
+        let kind = entry.file_type()?;
+        if kind.is_dir() {
             std::fs::remove_dir_all(entry.path())?;
-        } else {
+        } else if !(kind.is_file() && keep.is_some_and(|k| entry.file_name() == k)) {
             std::fs::remove_file(entry.path())?;
         }
     }
