@@ -275,11 +275,104 @@ async fn throughput(c: &mut Cluster, size: Size, report: &mut Report) -> anyhow:
         }
         c.stop_extras();
     }
-    Ok(())
+    throughput_at_retention(c, size, ceiling4, report).await
 }
 
 /// How many HTTP clients trigger the throughput figure's builds at once.
 const TRIGGER_CLIENTS: usize = 16;
+
+/// The retention of the at-retention figure's job, and how many of its builds may be queued
+/// or running at once: fewer, so that no build is trimmed before it runs.
+const AT_RETENTION_KEEP: usize = 100;
+const AT_RETENTION_IN_FLIGHT: u64 = 64;
+
+/// Figure 2, for a job at its retention, as most jobs of a CI server are: every build also
+/// retires the job's oldest, whose folder a worker clears away (docs/performance.md, spare
+/// folders). The job keeps 100 builds, so at most 64 are queued or running at once; the
+/// retention is filled first, then the same number of builds as figure 2 is timed through
+/// 4 workers. Baseline: the same spawn ceiling.
+async fn throughput_at_retention(
+    c: &mut Cluster,
+    size: Size,
+    ceiling: f64,
+    report: &mut Report,
+) -> anyhow::Result<()> {
+    c.workers(4, 4).await?;
+    let name = "tpr";
+    c.apply(
+        name,
+        json!({"steps": [{"name": "s", "run": "true"}], "retention": {"builds": AT_RETENTION_KEEP}}),
+    )
+    .await?;
+    let mut conn = c.redis().await?;
+    let _: () = conn.sadd("kiln:finished-consumers", "bench").await?;
+    let _: () = conn.del("kiln:finished:bench").await?;
+    run_gated(c, name, AT_RETENTION_KEEP, 0).await?;
+    let t0 = Instant::now();
+    run_gated(c, name, size.throughput_builds, AT_RETENTION_KEEP as u64).await?;
+    let rate = size.throughput_builds as f64 / t0.elapsed().as_secs_f64();
+    let _: () = conn.srem("kiln:finished-consumers", "bench").await?;
+    report.add(
+        "throughput_4_workers_at_retention",
+        rate,
+        "builds/s",
+        ceiling,
+        &format!(
+            "{} builds of a job keeping {AT_RETENTION_KEEP} (full), at most {AT_RETENTION_IN_FLIGHT} queued or running, {TRIGGER_CLIENTS} clients, 4 workers x 4; baseline: `sh -c true` spawned by 4 tasks",
+            size.throughput_builds
+        ),
+    );
+    c.stop_extras();
+    Ok(())
+}
+
+/// Triggers `n` builds of `job` from [`TRIGGER_CLIENTS`] clients, never more than
+/// [`AT_RETENTION_IN_FLIGHT`] unfinished, and returns when all are on the bench's finished
+/// list (which held `before` entries).
+async fn run_gated(c: &Cluster, job: &str, n: usize, before: u64) -> anyhow::Result<()> {
+    let done = Arc::new(AtomicU64::new(before));
+    let sent = Arc::new(AtomicU64::new(before));
+    let target = before + n as u64;
+    let watch = {
+        let done = done.clone();
+        let mut conn = c.redis().await?;
+        async move {
+            let deadline = Instant::now() + Duration::from_secs(300);
+            loop {
+                let d: u64 = conn.llen("kiln:finished:bench").await?;
+                done.store(d, Ordering::Relaxed);
+                if d >= target {
+                    return anyhow::Ok(());
+                }
+                anyhow::ensure!(
+                    Instant::now() < deadline,
+                    "builds at retention did not finish"
+                );
+                tokio::time::sleep(Duration::from_micros(500)).await;
+            }
+        }
+    };
+    let triggers = futures::stream::iter(0..n)
+        .map(|_| {
+            let (done, sent) = (done.clone(), sent.clone());
+            async move {
+                while sent.fetch_add(1, Ordering::Relaxed)
+                    >= done.load(Ordering::Relaxed) + AT_RETENTION_IN_FLIGHT
+                {
+                    sent.fetch_sub(1, Ordering::Relaxed);
+                    tokio::time::sleep(Duration::from_micros(200)).await;
+                }
+                c.trigger(job).await
+            }
+        })
+        .buffer_unordered(TRIGGER_CLIENTS)
+        .collect::<Vec<_>>();
+    let (results, watched) = tokio::join!(triggers, watch);
+    for r in results {
+        r?;
+    }
+    watched
+}
 
 /// Figure 3: A worker writes ~1000 lines/s; latency from the worker's timestamp of each line to a
 /// WebSocket client receiving it, for several watcher counts. Baseline: PUBLISH -> a
