@@ -9,10 +9,10 @@
 //!   build's path, for a job that has no used one; each one taken is replaced in the
 //!   background.
 //!
-//! Why: making the folder and the log in the build's path cost 0.5 ms on this project's
-//! ext4 (no journal: every inode made scans past those freed in the last minutes) where
-//! renaming one costs 0.03 ms, and a job at its retention made two inodes and freed two per
-//! build (docs/performance.md). Spares live in `<storage root>/.spare/<worker id>/`,
+//! Why: on the benchmark machine's ext4 (no journal: every inode made scans past those
+//! freed in the last minutes) making the folder and the log in the build's path cost up to
+//! 0.5 ms where renaming a folder costs 0.03 ms, and a job at its retention made two inodes
+//! and freed two per build (docs/performance.md). Spares live in `<storage root>/.spare/<worker id>/`,
 //! outside `jobs/`, so no reader sees them and no other worker's pruning touches them.
 
 use std::io;
