@@ -330,18 +330,20 @@ async fn throughput_at_retention(
 /// [`AT_RETENTION_IN_FLIGHT`] unfinished, and returns when all are on the bench's finished
 /// list (which held `before` entries).
 async fn run_gated(c: &Cluster, job: &str, n: usize, before: u64) -> anyhow::Result<()> {
-    let done = Arc::new(AtomicU64::new(before));
-    let sent = Arc::new(AtomicU64::new(before));
+    // A permit per build that may still be unfinished; each finished build returns one.
+    let permits = Arc::new(tokio::sync::Semaphore::new(AT_RETENTION_IN_FLIGHT as usize));
     let target = before + n as u64;
     let watch = {
-        let done = done.clone();
+        let permits = permits.clone();
         let mut conn = c.redis().await?;
         async move {
             let deadline = Instant::now() + Duration::from_secs(300);
+            let mut seen = before;
             loop {
-                let d: u64 = conn.llen("kiln:finished:bench").await?;
-                done.store(d, Ordering::Relaxed);
-                if d >= target {
+                let done: u64 = conn.llen("kiln:finished:bench").await?;
+                permits.add_permits(done.saturating_sub(seen) as usize);
+                seen = seen.max(done);
+                if done >= target {
                     return anyhow::Ok(());
                 }
                 anyhow::ensure!(
@@ -354,14 +356,9 @@ async fn run_gated(c: &Cluster, job: &str, n: usize, before: u64) -> anyhow::Res
     };
     let triggers = futures::stream::iter(0..n)
         .map(|_| {
-            let (done, sent) = (done.clone(), sent.clone());
+            let permits = permits.clone();
             async move {
-                while sent.fetch_add(1, Ordering::Relaxed)
-                    >= done.load(Ordering::Relaxed) + AT_RETENTION_IN_FLIGHT
-                {
-                    sent.fetch_sub(1, Ordering::Relaxed);
-                    tokio::time::sleep(Duration::from_micros(200)).await;
-                }
+                permits.acquire().await?.forget();
                 c.trigger(job).await
             }
         })
