@@ -553,7 +553,8 @@ async fn a_reused_build_folder_holds_only_its_new_builds_files() {
         c.wait_status("reuse", n, "success", T).await;
         inodes.push(std::fs::metadata(c.build_dir("reuse", n)).unwrap().ino());
     }
-    // Build 1 left retention at the third trigger, build 3 pruned it, build 4 reused it.
+    // Build 1 left retention at the third trigger, build 3 pruned it, build 4 reused it (the
+    // worker has one slot, freed only once build 3's folders were cleared away).
     assert_eq!(
         inodes[4], inodes[1],
         "the folder of a build that left retention is reused, not removed and made again"
