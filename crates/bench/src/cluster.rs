@@ -25,6 +25,7 @@ fn bin(name: &str) -> anyhow::Result<PathBuf> {
 }
 
 pub(crate) struct Service {
+    name: String,
     child: Child,
     pub(crate) port: u16,
 }
@@ -108,7 +109,11 @@ impl Cluster {
         let child = cmd
             .spawn()
             .with_context(|| format!("cannot start {name}"))?;
-        self.services.push(Service { child, port });
+        self.services.push(Service {
+            name: name.to_owned(),
+            child,
+            port,
+        });
         for _ in 0..500 {
             if let Ok(r) = self
                 .http
@@ -143,6 +148,28 @@ impl Cluster {
             .await?;
         }
         Ok(())
+    }
+
+    /// The process ids of the running services started from binary `name`.
+    pub(crate) fn pids(&self, name: &str) -> Vec<u32> {
+        self.services
+            .iter()
+            .filter(|s| s.name == name)
+            .map(|s| s.child.id())
+            .collect()
+    }
+
+    /// The process id of the bench's redis-server, as it reports it.
+    pub(crate) async fn redis_pid(&self) -> anyhow::Result<u32> {
+        let mut conn = self.redis().await?;
+        let info: String = deadpool_redis::redis::cmd("INFO")
+            .arg("server")
+            .query_async(&mut conn)
+            .await?;
+        info.lines()
+            .find_map(|l| l.strip_prefix("process_id:"))
+            .and_then(|p| p.trim().parse().ok())
+            .context("INFO server has no process_id")
     }
 
     pub(crate) fn url(&self, path: &str) -> String {

@@ -15,6 +15,7 @@ use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::Message;
 
 use crate::cluster::{Cluster, TOKEN};
+use crate::cpu::Cpu;
 use crate::http1;
 use crate::report::Report;
 use crate::stats::Samples;
@@ -129,9 +130,18 @@ async fn wait_final(c: &Cluster, job: &str, n: u64) -> anyhow::Result<Value> {
     }
 }
 
-/// Spawns `sh -c true` from `threads` tasks for `total` runs: the ceiling of any runner.
-async fn spawn_ceiling(total: usize, threads: usize) -> anyhow::Result<f64> {
+/// What spawning `sh -c true` in a loop reaches: the ceiling of any runner.
+struct Ceiling {
+    /// Spawns per second.
+    rate: f64,
+    /// CPU per spawn, in ms: the bench's own (spawning and waiting) and the shell's.
+    cpu: (f64, f64),
+}
+
+/// Spawns `sh -c true` from `threads` tasks for `total` runs.
+async fn spawn_ceiling(total: usize, threads: usize) -> anyhow::Result<Ceiling> {
     let left = Arc::new(AtomicU64::new(total as u64));
+    let cpu0 = Cpu::of(std::process::id()).unwrap_or_default();
     let t0 = Instant::now();
     let mut tasks = Vec::new();
     for _ in 0..threads {
@@ -148,7 +158,11 @@ async fn spawn_ceiling(total: usize, threads: usize) -> anyhow::Result<f64> {
     for t in tasks {
         t.await?;
     }
-    Ok(total as f64 / t0.elapsed().as_secs_f64())
+    let rate = total as f64 / t0.elapsed().as_secs_f64();
+    let cpu = Cpu::of(std::process::id())
+        .unwrap_or_default()
+        .per(cpu0, total);
+    Ok(Ceiling { rate, cpu })
 }
 
 /// What making a build's folder and log costs on the storage's filesystem at this moment:
@@ -210,7 +224,7 @@ async fn throughput(c: &mut Cluster, size: Size, report: &mut Report) -> anyhow:
     );
     let ceiling1 = spawn_ceiling(size.throughput_builds, 1).await?;
     let ceiling4 = spawn_ceiling(size.throughput_builds, 4).await?;
-    for (workers, ceiling) in [(1usize, ceiling1), (4, ceiling4)] {
+    for (workers, ceiling) in [(1usize, &ceiling1), (4, &ceiling4)] {
         c.workers(workers, 4).await?;
         let name = format!("tp{workers}");
         c.apply(&name, job("true")).await?;
@@ -218,6 +232,7 @@ async fn throughput(c: &mut Cluster, size: Size, report: &mut Report) -> anyhow:
         let _: () = conn.sadd("kiln:finished-consumers", "bench").await?;
         let _: () = conn.del("kiln:finished:bench").await?;
         let (cmds0, scripts0) = commandstats(c).await?;
+        let usage = CpuUsage::start(c).await?;
         let t0 = Instant::now();
         // Triggers arrive the way they do on a busy server: from many clients at once.
         let triggers: Vec<anyhow::Result<u64>> =
@@ -243,13 +258,14 @@ async fn throughput(c: &mut Cluster, size: Size, report: &mut Report) -> anyhow:
             tokio::time::sleep(Duration::from_millis(5)).await;
         }
         let rate = size.throughput_builds as f64 / t0.elapsed().as_secs_f64();
+        let usage = usage.per_build(size.throughput_builds);
         let (cmds1, scripts1) = commandstats(c).await?;
         let _: () = conn.srem("kiln:finished-consumers", "bench").await?;
         report.add(
             &format!("throughput_{workers}_workers"),
             rate,
             "builds/s",
-            ceiling,
+            ceiling.rate,
             &format!(
                 "{} builds triggered by {TRIGGER_CLIENTS} clients, concurrency 4 per worker, until all are recorded; baseline: `sh -c true` spawned by {} tasks",
                 size.throughput_builds,
@@ -272,10 +288,98 @@ async fn throughput(c: &mut Cluster, size: Size, report: &mut Report) -> anyhow:
                 f64::NAN,
                 "atomic scripts: trigger, claim, start, step result, finish (+ renewals)",
             );
+            if let Some(usage) = usage {
+                usage.report(ceiling, report);
+            }
         }
         c.stop_extras();
     }
-    throughput_at_retention(c, size, ceiling4, report).await
+    throughput_at_retention(c, size, ceiling4.rate, report).await
+}
+
+/// The CPU the processes of a throughput run use, from its start.
+struct CpuUsage {
+    workers: Vec<u32>,
+    others: Vec<(&'static str, u32)>,
+    start: (Option<Cpu>, Vec<Option<Cpu>>),
+}
+
+/// CPU per build in ms: the steps' processes, the workers, then the other services.
+struct PerBuild {
+    step: f64,
+    worker: f64,
+    others: Vec<(&'static str, f64)>,
+}
+
+impl CpuUsage {
+    async fn start(c: &Cluster) -> anyhow::Result<Self> {
+        let workers = c.pids("kiln-worker");
+        let others = vec![
+            ("redis", c.redis_pid().await?),
+            (
+                "api",
+                c.pids("kiln-api").first().copied().context("no api")?,
+            ),
+        ];
+        let start = (
+            Cpu::of_all(&workers),
+            others.iter().map(|(_, p)| Cpu::of(*p)).collect(),
+        );
+        Ok(Self {
+            workers,
+            others,
+            start,
+        })
+    }
+
+    /// Per build of the `n` the run made; `None` without `/proc`.
+    fn per_build(self, n: usize) -> Option<PerBuild> {
+        let (worker, step) = Cpu::of_all(&self.workers)?.per(self.start.0?, n);
+        let others = self
+            .others
+            .iter()
+            .zip(self.start.1)
+            .map(|((name, pid), start)| Some((*name, Cpu::of(*pid)?.per(start?, n).0)))
+            .collect::<Option<_>>()?;
+        Some(PerBuild {
+            step,
+            worker,
+            others,
+        })
+    }
+}
+
+impl PerBuild {
+    /// The step's CPU against the same spawn in the ceiling's loop; every part of Kiln
+    /// against the step's CPU in this run.
+    fn report(&self, ceiling: &Ceiling, report: &mut Report) {
+        report.add(
+            "cpu_per_build_step",
+            self.step,
+            "ms",
+            ceiling.cpu.1,
+            "4-worker run: CPU of the steps' processes (`sh -c true`) per build; baseline: the same shell spawned in the ceiling's loop",
+        );
+        report.add(
+            "cpu_per_build_worker",
+            self.worker,
+            "ms",
+            self.step,
+            &format!(
+                "4-worker run: the workers' own CPU per build (claim, start, spawn and wait, log, events, finish, folders); baseline: the step's CPU; a bare spawning loop spends {:.2} ms per spawn",
+                ceiling.cpu.0
+            ),
+        );
+        for (name, ms) in &self.others {
+            report.add(
+                &format!("cpu_per_build_{name}"),
+                *ms,
+                "ms",
+                self.step,
+                &format!("4-worker run: {name}'s CPU per build; baseline: the step's CPU"),
+            );
+        }
+    }
 }
 
 /// How many HTTP clients trigger the throughput figure's builds at once.

@@ -4,6 +4,7 @@
 //! `--quick` shrinks every figure; `--only=throughput,api` measures just those figures.
 
 mod cluster;
+mod cpu;
 mod figures;
 mod http1;
 mod report;

@@ -134,13 +134,11 @@ impl Execution<'_> {
         }
     }
 
-    /// The environment of every step: the worker's own minus its `KILN_*` settings (which
-    /// may hold secrets), then the job's env, the build's parameters, and Kiln's variables.
+    /// What every step of the build gets on top of the worker's own environment (less its
+    /// `KILN_*` settings, see `process::Launcher`): the job's env, the build's parameters,
+    /// and Kiln's variables, each overriding the one before.
     fn base_env(&self, ws: &Path, doc: &BuildDocument) -> BTreeMap<String, String> {
-        let mut env: BTreeMap<String, String> = std::env::vars()
-            .filter(|(k, _)| !k.starts_with("KILN_"))
-            .collect();
-        env.extend(self.def.env.clone());
+        let mut env = self.def.env.clone();
         env.extend(doc.parameters.clone());
         env.insert("KILN_JOB".into(), doc.job.to_string());
         env.insert("KILN_BUILD_NUMBER".into(), doc.number.to_string());
@@ -211,17 +209,15 @@ impl Execution<'_> {
             }
         };
         let pumps = [
-            p.child
-                .stdout
+            p.stdout
                 .take()
                 .map(|o| tokio::spawn(process::pump(o, Stream::Stdout, self.sink.clone()))),
-            p.child
-                .stderr
+            p.stderr
                 .take()
                 .map(|e| tokio::spawn(process::pump(e, Stream::Stderr, self.sink.clone()))),
         ];
         let ended = tokio::select! {
-            s = p.child.wait() => Some(s),
+            s = p.wait() => Some(s),
             _ = tokio::time::sleep_until(self.deadline) => None,
             _ = self.active.stop.cancelled() => None,
         };
@@ -230,7 +226,7 @@ impl Execution<'_> {
         let finished = ended.is_some();
         let exit = match ended {
             Some(s) => s.ok(),
-            None => p.child.wait().await.ok(),
+            None => p.wait().await.ok(),
         };
         for h in pumps.into_iter().flatten() {
             if tokio::time::timeout(DRAIN_TIMEOUT, h).await.is_err() {
