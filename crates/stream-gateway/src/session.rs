@@ -21,8 +21,9 @@ pub(crate) const CLOSE_UNRESPONSIVE: u16 = 1008;
 /// Close code when Redis cannot be reached to start the stream.
 pub(crate) const CLOSE_UNAVAILABLE: u16 = 4503;
 
-/// How long a close frame may wait to be queued behind data the client has not read; the
-/// close is sent in the background, so nobody waits for it.
+/// How long a close may wait for the client's answer to the last ping and to be queued
+/// behind data the client has not read; the close is sent in the background, so nobody
+/// waits for it.
 const CLOSE_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// The client stopped reading or left.
@@ -35,6 +36,8 @@ pub(crate) struct Client {
     stream: Option<MessageStream>,
     limits: Limits,
     last_pong: Instant,
+    /// A ping was sent and its pong has not come yet.
+    ping_unanswered: bool,
     ping: tokio::time::Interval,
 }
 
@@ -58,6 +61,7 @@ impl Client {
             stream: Some(stream.max_frame_size(64 * 1024)),
             limits,
             last_pong: Instant::now(),
+            ping_unanswered: false,
             ping,
         }
     }
@@ -89,6 +93,7 @@ impl Client {
                 }
                 Some(Ok(Message::Pong(_))) => {
                     self.last_pong = Instant::now();
+                    self.ping_unanswered = false;
                     Incoming::Nothing
                 }
                 Some(Ok(Message::Close(reason))) => {
@@ -110,7 +115,10 @@ impl Client {
                     return Incoming::Unresponsive;
                 }
                 match tokio::time::timeout(self.limits.send_timeout, self.session.ping(b"kiln")).await {
-                    Ok(Ok(())) => Incoming::Nothing,
+                    Ok(Ok(())) => {
+                        self.ping_unanswered = true;
+                        Incoming::Nothing
+                    }
                     _ => {
                         tracing::debug!("cannot ping the client");
                         Incoming::Left
@@ -120,9 +128,7 @@ impl Client {
         }
     }
 
-    /// Closes with `code` and `description`, in the background and bounded in time. The
-    /// incoming half stays open until the close frame is queued (dropping it first would
-    /// reset the connection, and the client would never see the reason).
+    /// Closes with `code` and `description`, in the background and bounded in time.
     pub(crate) fn close(mut self, code: u16, description: impl Into<String>) {
         let reason = CloseReason {
             code: if code == 1000 {
@@ -133,28 +139,29 @@ impl Client {
             description: Some(description.into()),
         };
         let session = self.session.clone();
-        // `Session::close` drops its handle; when the last one is gone the response ends and
-        // the server closes the socket at once. Input the client sent meanwhile (a pong) is
-        // then unread and the kernel resets the connection, discarding whatever the client
-        // had not read yet: the end of the log. This handle keeps it open until the client
-        // has answered the close, so it has read everything before.
-        let open = self.session.clone();
-        let stream = self.stream.take();
+        let mut stream = self.stream.take();
+        let await_pong = self.ping_unanswered;
+        // actix-ws ends the connection as soon as the close frame is written. Whatever the
+        // client sends after that meets a closed socket, and the kernel answers with a reset,
+        // which makes the client's kernel drop what the client has not read yet: the end of
+        // the log. The client's answer to its close comes after it has read everything, but
+        // a pong for a ping sent earlier may not: so the close waits for that pong first
+        // (without this, 200 slow watchers in the black-box tests lost the end of the log).
         // The client's stream is tied to this worker thread: a local task.
         actix_web::rt::spawn(async move {
             let closing = async {
-                let _ = session.close(Some(reason)).await;
-                // Let the client answer the close (or go away) before the socket is dropped.
-                if let Some(mut stream) = stream {
+                if let (true, Some(stream)) = (await_pong, stream.as_mut()) {
                     while let Some(Ok(m)) = stream.next().await {
-                        if matches!(m, Message::Close(_)) {
+                        if matches!(m, Message::Pong(_) | Message::Close(_)) {
                             break;
                         }
                     }
                 }
+                let _ = session.close(Some(reason)).await;
             };
             let _ = tokio::time::timeout(CLOSE_TIMEOUT, closing).await;
-            drop(open);
+            // The incoming half is kept until the close is written.
+            drop(stream);
         });
     }
 }
