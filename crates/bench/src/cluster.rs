@@ -159,17 +159,21 @@ impl Cluster {
             .collect()
     }
 
-    /// The process id of the bench's redis-server, as it reports it.
-    pub(crate) async fn redis_pid(&self) -> anyhow::Result<u32> {
+    /// Field `field` of the bench's redis-server's `INFO <section>`.
+    pub(crate) async fn info<T: std::str::FromStr>(
+        &self,
+        section: &str,
+        field: &str,
+    ) -> anyhow::Result<T> {
         let mut conn = self.redis().await?;
         let info: String = deadpool_redis::redis::cmd("INFO")
-            .arg("server")
+            .arg(section)
             .query_async(&mut conn)
             .await?;
         info.lines()
-            .find_map(|l| l.strip_prefix("process_id:"))
-            .and_then(|p| p.trim().parse().ok())
-            .context("INFO server has no process_id")
+            .find_map(|l| l.strip_prefix(field)?.strip_prefix(':'))
+            .and_then(|v| v.trim().parse().ok())
+            .with_context(|| format!("INFO {section} has no {field}"))
     }
 
     pub(crate) fn url(&self, path: &str) -> String {

@@ -231,8 +231,11 @@ async fn throughput(c: &mut Cluster, size: Size, report: &mut Report) -> anyhow:
         let mut conn = c.redis().await?;
         let _: () = conn.sadd("kiln:finished-consumers", "bench").await?;
         let _: () = conn.del("kiln:finished:bench").await?;
+        let usage = match workers {
+            4 => Some(CpuUsage::start(c).await?),
+            _ => None,
+        };
         let (cmds0, scripts0) = commandstats(c).await?;
-        let usage = CpuUsage::start(c).await?;
         let t0 = Instant::now();
         // Triggers arrive the way they do on a busy server: from many clients at once.
         let triggers: Vec<anyhow::Result<u64>> =
@@ -258,7 +261,7 @@ async fn throughput(c: &mut Cluster, size: Size, report: &mut Report) -> anyhow:
             tokio::time::sleep(Duration::from_millis(5)).await;
         }
         let rate = size.throughput_builds as f64 / t0.elapsed().as_secs_f64();
-        let usage = usage.per_build(size.throughput_builds);
+        let usage = usage.and_then(|u| u.per_build(size.throughput_builds));
         let (cmds1, scripts1) = commandstats(c).await?;
         let _: () = conn.srem("kiln:finished-consumers", "bench").await?;
         report.add(
@@ -315,7 +318,7 @@ impl CpuUsage {
     async fn start(c: &Cluster) -> anyhow::Result<Self> {
         let workers = c.pids("kiln-worker");
         let others = vec![
-            ("redis", c.redis_pid().await?),
+            ("redis", c.info("server", "process_id").await?),
             (
                 "api",
                 c.pids("kiln-api").first().copied().context("no api")?,
@@ -780,18 +783,6 @@ async fn load_history(
     Ok(())
 }
 
-async fn used_memory(c: &Cluster) -> anyhow::Result<f64> {
-    let mut conn = c.redis().await?;
-    let info: String = redis::cmd("INFO")
-        .arg("memory")
-        .query_async(&mut conn)
-        .await?;
-    info.lines()
-        .find_map(|l| l.strip_prefix("used_memory:"))
-        .and_then(|v| v.trim().parse().ok())
-        .context("no used_memory")
-}
-
 /// Medians of `path` on two clusters, requests alternating between them so that the
 /// machine's noise falls on both alike.
 async fn latency_pair(
@@ -824,9 +815,9 @@ async fn scale(size: Size, report: &mut Report) -> anyhow::Result<()> {
     let small = Cluster::start().await?;
     load_history(&small, 0, SMALL_JOBS, size.scale_builds_per_job).await?;
     let big = Cluster::start().await?;
-    let m0 = used_memory(&big).await?;
+    let m0 = big.info::<f64>("memory", "used_memory").await?;
     load_history(&big, 0, size.scale_jobs, size.scale_builds_per_job).await?;
-    let m1 = used_memory(&big).await?;
+    let m1 = big.info::<f64>("memory", "used_memory").await?;
     let total = (size.scale_jobs * size.scale_builds_per_job) as f64;
     let (page_small, page_big) =
         latency_pair(&small, &big, "/api/v1/jobs/j5/builds?limit=50", 500).await?;

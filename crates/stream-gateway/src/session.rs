@@ -140,7 +140,10 @@ impl Client {
         };
         let session = self.session.clone();
         let mut stream = self.stream.take();
-        let await_pong = self.ping_unanswered;
+        // A pong is awaited only as long as the client would still count as responsive.
+        let pong_deadline = self
+            .ping_unanswered
+            .then(|| self.last_pong + self.limits.client_timeout);
         // actix-ws ends the connection as soon as the close frame is written. Whatever the
         // client sends after that meets a closed socket, and the kernel answers with a reset,
         // which makes the client's kernel drop what the client has not read yet: the end of
@@ -150,12 +153,15 @@ impl Client {
         // The client's stream is tied to this worker thread: a local task.
         actix_web::rt::spawn(async move {
             let closing = async {
-                if let (true, Some(stream)) = (await_pong, stream.as_mut()) {
-                    while let Some(Ok(m)) = stream.next().await {
-                        if matches!(m, Message::Pong(_) | Message::Close(_)) {
-                            break;
+                if let (Some(deadline), Some(stream)) = (pong_deadline, stream.as_mut()) {
+                    let pong = async {
+                        while let Some(Ok(m)) = stream.next().await {
+                            if matches!(m, Message::Pong(_) | Message::Close(_)) {
+                                break;
+                            }
                         }
-                    }
+                    };
+                    let _ = tokio::time::timeout_at(deadline, pong).await;
                 }
                 let _ = session.close(Some(reason)).await;
             };

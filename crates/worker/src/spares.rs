@@ -361,7 +361,7 @@ mod tests {
         assert!(spares.keep(&job, &job.join("1")).is_err());
         assert!(job.join("1").exists(), "left for the caller to remove");
         assert_eq!(spares.fresh_wanted(), 0, "no spares made once turned off");
-        assert!(!spares.keep(&job, &job.join("1")).expect("no room"));
+        assert!(!spares.keep(&job, &job.join("1")).expect("spares are off"));
         let _ = std::fs::remove_dir_all(root);
         let _ = std::fs::remove_dir_all(elsewhere);
     }
