@@ -98,11 +98,21 @@ impl Cluster {
             .env("KILN_REDIS__URL", self.redis.url())
             .env("KILN_STORAGE__ROOT", &self.storage)
             .env("KILN_AUTH__TOKENS", format!("bench:admin:{TOKEN}"))
-            .env("KILN_LOG__LEVEL", "warn")
             .env("KILN_WORKER__WORKSPACE_ROOT", self.storage.join("work"))
             .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null());
+            .stdout(Stdio::null());
+        // Diagnosis: `KILN_BENCH_LOG_DIR` keeps each service's log (at info) in a file.
+        match std::env::var_os("KILN_BENCH_LOG_DIR") {
+            Some(dir) => {
+                let path = PathBuf::from(dir).join(format!("{name}-{port}.log"));
+                let log = std::fs::File::create(&path)
+                    .with_context(|| format!("cannot create {}", path.display()))?;
+                cmd.env("KILN_LOG__LEVEL", "info").stderr(log);
+            }
+            None => {
+                cmd.env("KILN_LOG__LEVEL", "warn").stderr(Stdio::null());
+            }
+        }
         for (k, v) in env {
             cmd.env(k, v);
         }

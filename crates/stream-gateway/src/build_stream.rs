@@ -6,20 +6,19 @@
 //! shows a gap (a missed message, a Redis reconnect, a late join) the file already holds the
 //! missing lines.
 
-use std::io::SeekFrom;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
 use bytestring::ByteString;
-use kiln_model::{keys, output, storage, BuildRef, LogLine, OutputMessage};
+use kiln_model::{keys, output, storage, BuildRef, OutputMessage};
 use kiln_store::Store;
 use serde_json::json;
-use tokio::io::{AsyncReadExt, AsyncSeekExt};
 use tokio::sync::broadcast::error::RecvError;
 use tokio_util::sync::CancellationToken;
 
 use crate::hub::{Frame, Header, Hub, Published};
+use crate::log_cursor::{Cursor, LinesFrame};
 use crate::session::{
     Client, Gone, Incoming, CLOSE_NOT_FOUND, CLOSE_SLOW, CLOSE_UNAVAILABLE, CLOSE_UNRESPONSIVE,
 };
@@ -27,48 +26,10 @@ use crate::session::{
 /// With no message for this long, the file and the document are checked anyway (covers a
 /// lost end message or a silent outage).
 const POLL: Duration = Duration::from_secs(2);
-/// Most bytes read from the log file per catch-up; a longer backlog takes several rounds.
-const READ_CHUNK: u64 = 4 * 1024 * 1024;
-/// Largest frame sent to a client. actix-ws queues 32 frames per client, so this bounds
-/// what a client that stopped reading can pin in memory (plus kernel socket buffers)
-/// before its send times out.
+/// Largest frame sent to a client (but for a single longer line). actix-ws queues 32
+/// frames per client, so this bounds what a client that stopped reading can pin in memory
+/// (plus kernel socket buffers) before its send times out.
 const MAX_FRAME: usize = 64 * 1024;
-
-/// Reads new complete lines of a build's log file.
-struct Cursor {
-    path: Option<PathBuf>,
-    offset: u64,
-}
-
-impl Cursor {
-    async fn read(&mut self) -> Vec<LogLine> {
-        let Some(path) = &self.path else {
-            return Vec::new();
-        };
-        let Ok(mut f) = tokio::fs::File::open(path).await else {
-            return Vec::new();
-        };
-        let len = f.metadata().await.map(|m| m.len()).unwrap_or(0);
-        if len < self.offset {
-            // A new attempt started a fresh file.
-            self.offset = 0;
-        }
-        if f.seek(SeekFrom::Start(self.offset)).await.is_err() {
-            return Vec::new();
-        }
-        let mut buf = Vec::new();
-        if f.take(READ_CHUNK).read_to_end(&mut buf).await.is_err() {
-            return Vec::new();
-        }
-        let complete = buf.iter().rposition(|b| *b == b'\n').map_or(0, |i| i + 1);
-        self.offset += complete as u64;
-        buf[..complete]
-            .split(|b| *b == b'\n')
-            .filter(|l| !l.is_empty())
-            .filter_map(|l| serde_json::from_slice(l).ok())
-            .collect()
-    }
-}
 
 struct Watcher {
     client: Client,
@@ -86,50 +47,38 @@ enum Step {
 }
 
 impl Watcher {
-    /// Sends everything new in the file, attempt by attempt.
+    /// Sends everything new in the file, attempt by attempt, in frames of at most about
+    /// `MAX_FRAME` bytes; `sent` moves only past frames the client's queue accepted, so it
+    /// is always a valid resume point.
     async fn catch_up(&mut self) -> Result<(), Gone> {
+        let mut frame = LinesFrame::new();
         loop {
-            let lines = self.cursor.read().await;
-            if lines.is_empty() {
+            let chunk = self.cursor.read().await;
+            if chunk.is_empty() {
                 return Ok(());
             }
-            let mut batch = Vec::new();
-            for l in lines {
+            for (l, json) in chunk.lines() {
                 if l.attempt > self.attempt {
-                    self.flush(&mut batch).await?;
+                    self.send_frame(&mut frame).await?;
                     self.new_attempt(l.attempt).await?;
                 }
                 if l.attempt == self.attempt && l.seq > self.sent {
-                    batch.push(l);
+                    if frame.would_exceed(json.len(), MAX_FRAME) {
+                        self.send_frame(&mut frame).await?;
+                    }
+                    frame.push(l.seq, json);
                 }
             }
-            self.flush(&mut batch).await?;
+            self.send_frame(&mut frame).await?;
         }
     }
 
-    /// Sends lines as `lines` frames of at most about `MAX_FRAME` bytes each; `sent` moves
-    /// only past frames the client's queue accepted, so it is always a valid resume point.
-    async fn flush(&mut self, batch: &mut Vec<LogLine>) -> Result<(), Gone> {
-        let mut frame = Vec::new();
-        let mut size = 0;
-        for l in batch.drain(..) {
-            size += l.line.len() + 100;
-            frame.push(l);
-            if size >= MAX_FRAME {
-                self.send_frame(std::mem::take(&mut frame)).await?;
-                size = 0;
-            }
+    async fn send_frame(&mut self, frame: &mut LinesFrame) -> Result<(), Gone> {
+        if frame.is_empty() {
+            return Ok(());
         }
-        if !frame.is_empty() {
-            self.send_frame(frame).await?;
-        }
-        Ok(())
-    }
-
-    async fn send_frame(&mut self, lines: Vec<LogLine>) -> Result<(), Gone> {
-        let last = lines.last().map_or(self.sent, |l| l.seq);
-        let text = serde_json::to_string(&OutputMessage::Lines { lines }).unwrap_or_default();
-        self.client.send(ByteString::from(text)).await?;
+        let (text, last) = frame.take();
+        self.client.send(text).await?;
         self.sent = last;
         Ok(())
     }
@@ -229,7 +178,7 @@ pub(crate) async fn stream_build(
         client,
         store,
         build,
-        cursor: Cursor { path, offset: 0 },
+        cursor: Cursor::new(path),
         attempt: doc.attempt,
         sent: from,
     };

@@ -38,10 +38,10 @@ enum LightMessage {
 }
 
 /// A log line's numbers; its text and other fields are skipped while parsing.
-#[derive(Deserialize)]
-struct LightLine {
-    seq: u64,
-    attempt: u32,
+#[derive(Debug, Clone, Copy, Deserialize)]
+pub(crate) struct LightLine {
+    pub(crate) seq: u64,
+    pub(crate) attempt: u32,
 }
 
 impl Published {

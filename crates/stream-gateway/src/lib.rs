@@ -7,6 +7,7 @@ mod build_stream;
 mod config;
 mod hub;
 mod live_streams;
+mod log_cursor;
 mod session;
 
 pub use app::{Application, BuildError};
