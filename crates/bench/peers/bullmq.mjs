@@ -32,16 +32,21 @@ async function latency() {
   const events = new QueueEvents(name, { connection });
   await events.waitUntilReady();
   for (let i = 0; i < sequential; i++) {
-    const t0 = performance.now();
+    // The start time is recorded before the add: the processor can run before the add's
+    // promise resolves, and would then find no start time for its job.
+    const jobId = `latency-${i}`;
+    starts.set(jobId, performance.now());
     // Kept until the queue is obliterated: waitUntilFinished fails on a job already removed.
-    const job = await queue.add("true", {}, { removeOnComplete: false });
-    starts.set(job.id, t0);
+    const job = await queue.add("true", {}, { jobId, removeOnComplete: false });
     await job.waitUntilFinished(events);
   }
   await worker.close();
   await events.close();
   await queue.obliterate({ force: true });
   await queue.close();
+  if (samples.length !== sequential || !samples.every(Number.isFinite)) {
+    throw new Error(`latency samples incomplete: ${samples.length} of ${sequential}`);
+  }
   return { p50: pct(samples, 50), p99: pct(samples, 99) };
 }
 
