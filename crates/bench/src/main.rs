@@ -2,6 +2,8 @@
 //! services, measures each figure next to a baseline taken in the same run, and prints a
 //! table plus one JSON line per figure (also written to `target/bench/results.jsonl`).
 //! `--quick` shrinks every figure; `--only=throughput,api` measures just those figures.
+//! `KILN_BIN_DIR` runs other service binaries (A/B comparisons); `KILN_BENCH_LOG_DIR` keeps
+//! the services' logs.
 
 mod cluster;
 mod cpu;
