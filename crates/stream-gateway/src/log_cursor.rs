@@ -56,14 +56,15 @@ impl Cursor {
         };
         let offset = self.offset;
         // One trip to the blocking pool for open, size, seek and read together.
-        let Ok(Some((start, bytes))) =
+        let Ok(Some((start, mut bytes))) =
             tokio::task::spawn_blocking(move || read_from(&path, offset)).await
         else {
             return Chunk::default();
         };
         let complete = bytes.iter().rposition(|b| *b == b'\n').map_or(0, |i| i + 1);
         self.offset = start + complete as u64;
-        parse(&bytes[..complete])
+        bytes.truncate(complete);
+        parse(bytes)
     }
 }
 
@@ -79,24 +80,22 @@ fn read_from(path: &Path, offset: u64) -> Option<(u64, Vec<u8>)> {
     Some((start, bytes))
 }
 
-fn parse(bytes: &[u8]) -> Chunk {
-    let mut chunk = Chunk {
-        buf: String::with_capacity(bytes.len()),
-        lines: Vec::new(),
-    };
-    for line in bytes.split(|b| *b == b'\n') {
-        let Ok(text) = std::str::from_utf8(line) else {
-            continue;
-        };
+fn parse(bytes: Vec<u8>) -> Chunk {
+    // The worker writes valid UTF-8; a damaged byte becomes U+FFFD instead of costing its
+    // line, and the usual case keeps the bytes read without copying them.
+    let buf = String::from_utf8(bytes)
+        .unwrap_or_else(|e| String::from_utf8_lossy(e.as_bytes()).into_owned());
+    let mut lines = Vec::new();
+    let mut at = 0;
+    for line in buf.split('\n') {
+        let range = at..at + line.len();
+        at = range.end + 1;
         // Parsing checks the whole line is JSON while skipping the text it does not keep.
-        let Ok(numbers) = serde_json::from_str::<LightLine>(text) else {
-            continue;
-        };
-        let at = chunk.buf.len();
-        chunk.buf.push_str(text);
-        chunk.lines.push((numbers, at..chunk.buf.len()));
+        if let Ok(numbers) = serde_json::from_str::<LightLine>(line) {
+            lines.push((numbers, range));
+        }
     }
-    chunk
+    Chunk { buf, lines }
 }
 
 /// A `lines` frame being assembled from stored line texts.
@@ -202,7 +201,13 @@ mod tests {
         bytes.extend_from_slice(b"{\"seq\":4,\"attempt\":1,\"line\":\"\xff\"}\n");
         std::fs::write(&path, bytes).unwrap();
         let mut cursor = Cursor::new(Some(path.clone()));
-        assert_eq!(cursor.read().await.lines().count(), 2);
+        let chunk = cursor.read().await;
+        let got: Vec<(u64, &str)> = chunk.lines().map(|(l, json)| (l.seq, json)).collect();
+        assert_eq!(got.len(), 3, "two good lines and the damaged one: {got:?}");
+        assert!(
+            got[2].1.contains('\u{fffd}'),
+            "a damaged byte is replaced, not its line"
+        );
 
         // A retry's fresh log is shorter than what was read: read again from its start.
         std::fs::write(&path, jsonl(&[line(1, 2, "again")])).unwrap();
@@ -218,7 +223,7 @@ mod tests {
     #[test]
     fn frames_decode_as_the_lines_the_worker_wrote_and_respect_the_size_limit() {
         let lines: Vec<LogLine> = (1..=5).map(|n| line(n, 1, &"x".repeat(40))).collect();
-        let chunk = parse(jsonl(&lines).as_bytes());
+        let chunk = parse(jsonl(&lines).into_bytes());
         let one = chunk.lines().next().unwrap().1.len();
         // Room for two lines per frame, not three.
         let max = FRAME_START.len() + 2 * one + 1 + FRAME_END.len();
