@@ -57,6 +57,22 @@ async fn a_failing_step_fails_the_build_and_skips_the_rest() {
 }
 
 #[tokio::test]
+async fn a_build_whose_log_cannot_be_made_is_stopped_and_ends_in_error() {
+    let c = Cluster::start().await;
+    let _w = c.worker(WorkerOpts::new("w1")).await;
+    c.apply("nolog", job(&["sleep 60"])).await;
+    // The job's storage folder is a file: no build folder or log can be made under it.
+    let job_dir = c.build_dir("nolog", 1).parent().unwrap().to_owned();
+    std::fs::create_dir_all(job_dir.parent().unwrap()).unwrap();
+    std::fs::write(&job_dir, "in the way").unwrap();
+    let n = c.trigger("nolog").await;
+    // Well before the step's 60 s: the step was stopped, not waited for.
+    let b = c.wait_status("nolog", n, "error", T).await;
+    let reason = b["reason"].as_str().unwrap();
+    assert!(reason.contains("cannot create the build log"), "{reason}");
+}
+
+#[tokio::test]
 async fn a_timeout_kills_the_whole_process_group() {
     let c = Cluster::start().await;
     let _w = c.worker(WorkerOpts::new("w1")).await;

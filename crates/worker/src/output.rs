@@ -5,12 +5,15 @@
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use chrono::Utc;
-use kiln_model::{output, BuildRef, LogLine, OutputMessage, Stream};
+use kiln_model::{output, LogLine, OutputMessage, Stream};
 use kiln_store::Store;
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
+
+use crate::state::{Active, StopReason};
 
 /// Most lines written and published as one batch.
 const MAX_BATCH: usize = 512;
@@ -35,29 +38,41 @@ impl LogSink {
 /// What the writer reports when the log is closed.
 pub(crate) struct LogSummary {
     pub(crate) last_seq: u64,
-    /// Set when the log file could not be written (disk full...): the build is an error.
+    /// Why the log could not be made or written (disk full...), the build's error reason.
     pub(crate) write_error: Option<String>,
 }
 
-/// Creates the build's storage folder `dir` and starts the writer of `dir/log.jsonl` for
-/// one attempt of the build (the previous attempt's log is kept beside it as
-/// `log.attempt-<n>.jsonl`). `spare`, an empty folder (`crate::spares`), becomes `dir`
-/// when given. The folder and the file are made in one blocking task: this sits between
-/// a build's claim and its first step.
-pub(crate) async fn start(
+/// Starts the writer of the build's log `dir/log.jsonl` for one attempt of the build (the
+/// previous attempt's log is kept beside it as `log.attempt-<n>.jsonl`). `spare`, an empty
+/// folder (`crate::spares`), becomes `dir` when given.
+///
+/// Returns at once: the writer makes the folder and the file itself, in the blocking pool,
+/// while the build's first step starts; lines sent meanwhile wait in the channel. Making
+/// them sat between a build's claim and its first step, and the hop to the pool and back
+/// took longer than the fenced start beside it (`make bench`, trigger figure), and on
+/// network storage each of them is a round trip to the file server. A log that cannot be
+/// made stops the build (its steps' process groups are killed) and fails it as `error`.
+pub(crate) fn start(
     store: Store,
-    build: BuildRef,
+    active: Arc<Active>,
     attempt: u32,
     dir: PathBuf,
     spare: Option<crate::spares::Spare>,
-) -> std::io::Result<(LogSink, JoinHandle<LogSummary>)> {
-    let mut file = tokio::task::spawn_blocking(move || create_log(&dir, attempt, spare))
-        .await
-        .map_err(std::io::Error::other)??;
+) -> (LogSink, JoinHandle<LogSummary>) {
     let (tx, mut rx) = mpsc::channel::<(Stream, String)>(4096);
     let handle = tokio::spawn(async move {
+        let shown = dir.display().to_string();
+        let made = tokio::task::spawn_blocking(move || create_log(&dir, attempt, spare)).await;
+        let (mut file, mut write_error) = match made.map_err(std::io::Error::other) {
+            Ok(Ok(file)) => (Some(file), None),
+            Ok(Err(e)) | Err(e) => {
+                active.stop(StopReason::LogFailed);
+                let reason = format!("cannot create the build log in {shown}: {e}");
+                (None, Some(reason))
+            }
+        };
+        let build = &active.lease.build;
         let mut seq = 0u64;
-        let mut write_error = None;
         let mut batch: Vec<LogLine> = Vec::new();
         let mut bytes: Vec<u8> = Vec::new();
         while let Some(first) = rx.recv().await {
@@ -89,15 +104,16 @@ pub(crate) async fn start(
             // watcher: 1.1 ms p50 through the pool, 0.65 ms direct, as fast as a bare
             // PUBLISH). Making the folder and the file, the metadata operations that can be
             // slow on network storage, stays in the pool.
-            if write_error.is_none() {
-                if let Err(e) = file.write_all(&bytes) {
-                    write_error = Some(e.to_string());
+            if let Some(f) = &mut file {
+                if let Err(e) = f.write_all(&bytes) {
+                    write_error = Some(format!("cannot write the build log: {e}"));
+                    file = None;
                 }
             }
             let msg = OutputMessage::Lines {
                 lines: std::mem::take(&mut batch),
             };
-            if let Err(e) = store.publish_output(&build, &msg).await {
+            if let Err(e) = store.publish_output(build, &msg).await {
                 tracing::debug!(error = %e, "cannot publish output (live views only)");
             }
         }
@@ -106,7 +122,7 @@ pub(crate) async fn start(
             write_error,
         }
     });
-    Ok((LogSink { tx }, handle))
+    (LogSink { tx }, handle)
 }
 
 fn create_log(

@@ -9,6 +9,7 @@ use chrono::Utc;
 use kiln_model::{storage, BuildStatus, OutputMessage};
 use kiln_store::{Claimed, StoreError};
 use tokio::sync::OwnedSemaphorePermit;
+use tokio::task::JoinHandle;
 use tokio::time::Instant;
 use tracing::Instrument;
 
@@ -32,7 +33,7 @@ pub(crate) async fn run(
     w.remove(&key);
 }
 
-async fn run_claimed(w: &Worker, claimed: Claimed, active: &Active) {
+async fn run_claimed(w: &Worker, claimed: Claimed, active: &Arc<Active>) {
     let Claimed { lease, mut doc } = claimed;
     let started = Instant::now();
     let was_cancelled = doc.cancel_requested;
@@ -44,27 +45,25 @@ async fn run_claimed(w: &Worker, claimed: Claimed, active: &Active) {
     doc.finished_at = None;
     doc.duration_ms = None;
     doc.exit_code = None;
-    // The fenced start and the storage folder with its log are independent: done at once,
-    // the first step waits for the slower of the two instead of both in turn.
-    let log = async {
-        let dir = storage::build_dir(&w.settings.storage_root, &doc.storage_path)
-            .ok_or_else(|| format!("invalid storage path {:?}", doc.storage_path))?;
-        // A retried attempt keeps its folder (and the earlier attempt's log).
-        let spare = (doc.attempt == 1)
-            .then(|| dir.parent().and_then(|job_dir| w.spares.take(job_dir)))
-            .flatten();
-        crate::output::start(
-            w.store.clone(),
-            lease.build.clone(),
-            doc.attempt,
-            dir.clone(),
-            spare,
-        )
-        .await
-        .map(|(sink, writer)| (dir.clone(), sink, writer))
-        .map_err(|e| format!("cannot create the build log in {}: {e}", dir.display()))
-    };
-    let (def, log) = tokio::join!(w.store.start_build(&lease, &doc), log);
+    // The log's writer makes the storage folder and the file while the fenced start runs
+    // and the first step starts: neither waits for the other.
+    let log = storage::build_dir(&w.settings.storage_root, &doc.storage_path)
+        .ok_or_else(|| format!("invalid storage path {:?}", doc.storage_path))
+        .map(|dir| {
+            // A retried attempt keeps its folder (and the earlier attempt's log).
+            let spare = (doc.attempt == 1)
+                .then(|| dir.parent().and_then(|job_dir| w.spares.take(job_dir)))
+                .flatten();
+            let (sink, writer) = crate::output::start(
+                w.store.clone(),
+                active.clone(),
+                doc.attempt,
+                dir.clone(),
+                spare,
+            );
+            (dir, sink, writer)
+        });
+    let def = w.store.start_build(&lease, &doc).await;
     crate::spares::replenish(&w.spares);
     let def = match def {
         Ok(Some(def)) => def,
@@ -106,8 +105,8 @@ async fn run_claimed(w: &Worker, claimed: Claimed, active: &Active) {
             let mut outcome = exec.run(&mut doc).await;
             drop(exec);
             if let Ok(summary) = writer.await {
-                if let Some(e) = summary.write_error {
-                    outcome = error_outcome(format!("cannot write the build log: {e}"));
+                if let Some(reason) = summary.write_error {
+                    outcome = error_outcome(reason);
                 }
                 outcome.last_seq = summary.last_seq;
             }
@@ -137,7 +136,7 @@ async fn run_claimed(w: &Worker, claimed: Claimed, active: &Active) {
                 }
             }
         }
-        Some(StopReason::Cancelled) | None => {
+        Some(StopReason::Cancelled | StopReason::LogFailed) | None => {
             let last_seq = outcome.last_seq;
             doc.status = outcome.status;
             doc.exit_code = outcome.exit_code;
@@ -166,10 +165,12 @@ async fn run_claimed(w: &Worker, claimed: Claimed, active: &Active) {
 }
 
 /// Removes the storage folder made for a build that turned out not to be this worker's to
-/// run (its job or the build itself was deleted meanwhile), so none is left behind.
-async fn discard_storage<S, W>(log: Result<(PathBuf, S, W), String>) {
+/// run (its job or the build itself was deleted meanwhile), so none is left behind: once
+/// its writer, which makes it, has ended.
+async fn discard_storage<S, T>(log: Result<(PathBuf, S, JoinHandle<T>), String>) {
     if let Ok((dir, sink, writer)) = log {
-        drop((sink, writer));
+        drop(sink);
+        let _ = writer.await;
         let _ = tokio::task::spawn_blocking(move || std::fs::remove_dir_all(dir)).await;
     }
 }

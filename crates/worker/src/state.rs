@@ -21,6 +21,8 @@ pub(crate) enum StopReason {
     LeaseLost,
     /// The worker is shutting down and the grace period ran out: hand it back.
     Shutdown,
+    /// The build's log could not be made: ends as `error`, saying why.
+    LogFailed,
 }
 
 /// One build this worker runs.
