@@ -60,11 +60,11 @@ async fn run_claimed(w: &Worker, claimed: Claimed, active: &Arc<Active>) {
                 doc.attempt,
                 dir.clone(),
                 spare,
+                crate::spares::refill(&w.spares),
             );
             (dir, sink, writer)
         });
     let def = w.store.start_build(&lease, &doc).await;
-    crate::spares::replenish(&w.spares);
     let def = match def {
         Ok(Some(def)) => def,
         Ok(None) => {

@@ -199,16 +199,25 @@ impl Spares {
 /// Starts making the fresh spares missing, in the blocking pool, without waiting: a
 /// failure only costs the builds that find none the time to make their own folder.
 pub(crate) fn replenish(spares: &Arc<Spares>) {
+    if let Some(work) = refill(spares) {
+        tokio::task::spawn_blocking(work);
+    }
+}
+
+/// The making of the fresh spares missing now, as blocking work for the caller to run
+/// (a build's log writer runs it right after placing the build's folder: one trip to the
+/// blocking pool per build instead of two); `None` when none are missing.
+pub(crate) fn refill(spares: &Arc<Spares>) -> Option<Box<dyn FnOnce() + Send>> {
     let n = spares.fresh_wanted();
     if n == 0 {
-        return;
+        return None;
     }
     let s = spares.clone();
-    tokio::task::spawn_blocking(move || {
+    Some(Box::new(move || {
         if let Err(e) = s.make_fresh(n) {
             tracing::debug!(error = %e, "cannot make spare build folders");
         }
-    });
+    }))
 }
 
 impl Spare {
