@@ -57,6 +57,46 @@ async fn a_failing_step_fails_the_build_and_skips_the_rest() {
 }
 
 #[tokio::test]
+async fn a_subscriber_of_the_builds_channel_gets_every_line_then_the_end() {
+    use futures::StreamExt;
+    use kiln_model::{keys, BuildRef, OutputMessage};
+    let c = Cluster::start().await;
+    c.apply("live", job(&["echo one", "echo two; echo three"]))
+        .await;
+    let channel = keys::output_channel(&BuildRef::from_key("job_live_1").unwrap());
+    let client = deadpool_redis::redis::Client::open(c.redis_url()).unwrap();
+    let mut sub = client.get_async_pubsub().await.unwrap();
+    sub.subscribe(&channel).await.unwrap();
+    // Subscribed before any worker exists: every message of the build is on the channel.
+    let _w = c.worker(WorkerOpts::new("w1")).await;
+    assert_eq!(c.trigger("live").await, 1);
+    let mut messages = sub.on_message();
+    let mut lines = Vec::new();
+    let last_seq = loop {
+        let msg = tokio::time::timeout(T, messages.next())
+            .await
+            .expect("the build's end within the timeout")
+            .expect("the subscription stays open");
+        let payload: String = msg.get_payload().unwrap();
+        match serde_json::from_str(&payload).unwrap() {
+            OutputMessage::Lines { lines: batch } => lines.extend(batch),
+            OutputMessage::End { last_seq, .. } => break last_seq,
+        }
+    };
+    let seqs: Vec<u64> = lines.iter().map(|l| l.seq).collect();
+    assert_eq!(
+        seqs,
+        (1..=last_seq).collect::<Vec<_>>(),
+        "no line missing, none after the end"
+    );
+    let texts: Vec<&str> = lines.iter().map(|l| l.line.as_str()).collect();
+    for want in ["one", "two", "three"] {
+        assert!(texts.contains(&want), "{texts:?}");
+    }
+    assert!(texts.last().unwrap().starts_with('✔'), "{texts:?}");
+}
+
+#[tokio::test]
 async fn a_build_whose_log_cannot_be_made_is_stopped_and_ends_in_error() {
     let c = Cluster::start().await;
     let _w = c.worker(WorkerOpts::new("w1")).await;

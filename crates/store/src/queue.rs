@@ -162,14 +162,20 @@ impl Store {
     }
 
     /// Records the final state, drops the lease, hands the build to every durable consumer
-    /// and publishes `end` on its output channel, in one step. Returns the oldest build
-    /// number the job keeps, below which its storage folders can go.
+    /// and publishes `last_lines` (the log's last batch, when the worker held it back) then
+    /// `end` on its output channel, in one step. Returns the oldest build number the job
+    /// keeps, below which its storage folders can go.
     pub async fn finish_build(
         &self,
         lease: &Lease,
         doc: &BuildDocument,
+        last_lines: Option<&OutputMessage>,
         end: &OutputMessage,
     ) -> Result<Option<u64>, StoreError> {
+        let last_lines = last_lines
+            .map(crate::pubsub::encode_output)
+            .transpose()?
+            .unwrap_or_default();
         let end = crate::pubsub::encode_output(end)?;
         let mut c = self.conn().await?;
         let oldest = scripts::FINISH
@@ -187,6 +193,7 @@ impl Store {
             .arg(event(BuildEventKind::Finished, doc))
             .arg(keys::output_channel(&lease.build))
             .arg(end)
+            .arg(last_lines)
             .invoke_async::<Option<String>>(&mut c)
             .await
             .map_err(|e| fenced(e, lease))?;

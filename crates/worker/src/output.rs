@@ -40,6 +40,10 @@ pub(crate) struct LogSummary {
     pub(crate) last_seq: u64,
     /// Why the log could not be made or written (disk full...), the build's error reason.
     pub(crate) write_error: Option<String>,
+    /// The last batch, in the file but not yet published: every sink was gone when it was
+    /// read, so nothing follows it, and it goes out with the build's end, in the same
+    /// round trip (for a short build, one of five fewer).
+    pub(crate) held: Option<OutputMessage>,
 }
 
 /// Starts the writer of the build's log `dir/log.jsonl` for one attempt of the build (the
@@ -82,6 +86,7 @@ pub(crate) fn start(
         };
         let build = &active.lease.build;
         let mut seq = 0u64;
+        let mut held = None;
         let mut batch: Vec<LogLine> = Vec::new();
         let mut bytes: Vec<u8> = Vec::new();
         while let Some(first) = rx.recv().await {
@@ -122,6 +127,10 @@ pub(crate) fn start(
             let msg = OutputMessage::Lines {
                 lines: std::mem::take(&mut batch),
             };
+            if rx.is_closed() && rx.is_empty() {
+                held = Some(msg);
+                break;
+            }
             if let Err(e) = store.publish_output(build, &msg).await {
                 tracing::debug!(error = %e, "cannot publish output (live views only)");
             }
@@ -129,6 +138,7 @@ pub(crate) fn start(
         LogSummary {
             last_seq: seq,
             write_error,
+            held,
         }
     });
     (LogSink { tx }, handle)

@@ -90,6 +90,7 @@ async fn run_claimed(w: &Worker, claimed: Claimed, active: &Arc<Active>) {
         active.stop(StopReason::Cancelled);
     }
 
+    let mut held = None;
     let outcome = match log {
         Err(reason) => error_outcome(reason),
         Ok((dir, sink, writer)) => {
@@ -109,12 +110,19 @@ async fn run_claimed(w: &Worker, claimed: Claimed, active: &Arc<Active>) {
                     outcome = error_outcome(reason);
                 }
                 outcome.last_seq = summary.last_seq;
+                held = summary.held;
             }
             outcome
         }
     };
     metrics::gauge!("kiln_worker_running_builds").decrement(1.0);
 
+    if !matches!(
+        active.reason(),
+        Some(StopReason::Cancelled | StopReason::LogFailed) | None
+    ) {
+        publish_held(w, &lease.build, held.take()).await;
+    }
     match active.reason() {
         Some(StopReason::LeaseLost) => {
             metrics::counter!("kiln_worker_builds_discarded_total").increment(1);
@@ -153,7 +161,7 @@ async fn run_claimed(w: &Worker, claimed: Claimed, active: &Arc<Active>) {
                 last_seq,
                 attempt: doc.attempt,
             };
-            if let Some(oldest_kept) = finish(w, &lease, &doc, &end).await {
+            if let Some(oldest_kept) = finish(w, &lease, &doc, held.as_ref(), &end).await {
                 metrics::counter!("kiln_worker_builds_finished_total", "status" => doc.status.as_str()).increment(1);
                 tracing::info!(build = %lease.build, status = %doc.status, duration_ms = doc.duration_ms, "build finished");
                 if let Some(oldest_kept) = oldest_kept {
@@ -175,6 +183,16 @@ async fn discard_storage<S, T>(log: Result<(PathBuf, S, JoinHandle<T>), String>)
     }
 }
 
+/// Publishes the log's last batch when the build does not end through `finish` (which
+/// publishes it itself): live views only, so a failure is not the build's.
+async fn publish_held(w: &Worker, build: &kiln_model::BuildRef, held: Option<OutputMessage>) {
+    if let Some(msg) = held {
+        if let Err(e) = w.store.publish_output(build, &msg).await {
+            tracing::debug!(error = %e, "cannot publish output (live views only)");
+        }
+    }
+}
+
 fn error_outcome(reason: String) -> Outcome {
     Outcome {
         status: BuildStatus::Error,
@@ -184,7 +202,8 @@ fn error_outcome(reason: String) -> Outcome {
     }
 }
 
-/// Records the final state (and tells live watchers the build ended), retrying while Redis
+/// Records the final state (and sends live watchers the log's last lines and the build's
+/// end), retrying while Redis
 /// is unreachable for up to one lease; after that the lease has expired and the reaper owns
 /// the build. Returns `None` when it was not recorded, else the oldest build number the
 /// job keeps.
@@ -192,12 +211,13 @@ async fn finish(
     w: &Worker,
     lease: &kiln_store::Lease,
     doc: &kiln_model::BuildDocument,
+    last_lines: Option<&OutputMessage>,
     end: &OutputMessage,
 ) -> Option<Option<u64>> {
     let give_up = Instant::now() + w.settings.lease;
     let mut delay = Duration::from_millis(100);
     loop {
-        match w.store.finish_build(lease, doc, end).await {
+        match w.store.finish_build(lease, doc, last_lines, end).await {
             Ok(oldest_kept) => return Some(oldest_kept),
             Err(StoreError::Stale(_)) => {
                 tracing::warn!(build = %lease.build, "lease lost before the result was recorded; discarded");

@@ -1,10 +1,11 @@
 -- Records a build's final state, releases its lease and hands it to every durable consumer
 -- in the same atomic step, so a finished build is never missing from the indexer's list;
--- then tells the build's live watchers it ended. Returns the oldest build number the job
--- keeps (false when none), for the worker to prune storage below it.
+-- then sends the build's live watchers the log's last lines (when the worker held them
+-- back for this round trip) and tells them it ended. Returns the oldest build number the
+-- job keeps (false when none), for the worker to prune storage below it.
 -- KEYS: build, owners, leases, inflight, consumers set, running list, job's recent list
 -- ARGV: owner, document, finished prefix, events channel, event JSON, output channel,
---       end message JSON
+--       end message JSON, last lines message JSON ('' none)
 if redis.call('HGET', KEYS[2], KEYS[1]) ~= ARGV[1] then return redis.error_reply('STALE lease') end
 local old = redis.call('GET', KEYS[1])
 if not old then return redis.error_reply('STALE build deleted') end
@@ -15,5 +16,6 @@ redis.call('LREM', KEYS[4], 0, KEYS[1])
 redis.call('LREM', KEYS[6], 0, KEYS[1])
 push_finished(KEYS[5], ARGV[3], KEYS[1])
 redis.call('PUBLISH', ARGV[4], ARGV[5])
+if ARGV[8] ~= '' then redis.call('PUBLISH', ARGV[6], ARGV[8]) end
 redis.call('PUBLISH', ARGV[6], ARGV[7])
 return redis.call('LINDEX', KEYS[7], -1)
