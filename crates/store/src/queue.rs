@@ -33,11 +33,13 @@ impl Lease {
     }
 }
 
-/// A build just taken from a queue, with its document as it was queued.
+/// A build just taken from a queue, with its document as it was queued and its job's
+/// definition as it is now (`None`: the job is gone).
 #[derive(Debug, Clone)]
 pub struct Claimed {
     pub lease: Lease,
     pub doc: BuildDocument,
+    pub def: Option<JobDefinition>,
 }
 
 /// The reply to a heartbeat: build keys whose lease the worker no longer holds (it must
@@ -76,7 +78,9 @@ fn fenced(e: redis::RedisError, lease: &Lease) -> StoreError {
 }
 
 impl Store {
-    /// Takes the oldest build of `queue`, if any, under a new lease of `lease` length.
+    /// Takes the oldest build of `queue`, if any, under a new lease of `lease` length, with
+    /// its job's definition: the worker starts the first step without waiting for
+    /// [`Store::start_build`].
     pub async fn claim(
         &self,
         queue: &Name,
@@ -86,7 +90,7 @@ impl Store {
         let token = uuid::Uuid::new_v4().simple().to_string();
         let owner = format!("{worker} {token} {queue}");
         let mut c = self.conn().await?;
-        let r: Option<(String, String)> = scripts::CLAIM
+        let r: Option<(String, String, Option<String>)> = scripts::CLAIM
             .key(keys::queue(queue))
             .key(keys::queue_marker(queue))
             .key(keys::inflight(worker))
@@ -95,12 +99,17 @@ impl Store {
             .key(keys::running(queue))
             .arg(owner)
             .arg(lease.as_millis() as u64)
+            .arg(keys::prefix::JOB)
             .invoke_async(&mut c)
             .await?;
-        let Some((key, raw)) = r else { return Ok(None) };
+        let Some((key, raw, def)) = r else {
+            return Ok(None);
+        };
         let build =
             BuildRef::from_key(&key).map_err(|e| StoreError::Conflict(format!("{key}: {e}")))?;
+        let def = def.map(|d| parse(&keys::job(&build.job), &d)).transpose()?;
         Ok(Some(Claimed {
+            def,
             doc: parse(&key, &raw)?,
             lease: Lease {
                 build,
@@ -123,26 +132,20 @@ impl Store {
         Ok(r.is_some())
     }
 
-    /// Marks a claimed build running and returns its job's current definition.
-    pub async fn start_build(
-        &self,
-        lease: &Lease,
-        doc: &BuildDocument,
-    ) -> Result<Option<JobDefinition>, StoreError> {
-        let job_key = keys::job(&lease.build.job);
+    /// Marks a claimed build running (fenced by its lease) and tells the events channel.
+    pub async fn start_build(&self, lease: &Lease, doc: &BuildDocument) -> Result<(), StoreError> {
         let mut c = self.conn().await?;
-        let def: Option<String> = scripts::WRITE
+        scripts::WRITE
             .key(lease.build.key())
             .key(keys::LEASE_OWNERS)
-            .key(&job_key)
             .arg(lease.owner())
             .arg(to_json(doc)?)
             .arg(keys::EVENTS_CHANNEL)
             .arg(event(BuildEventKind::Started, doc))
-            .invoke_async(&mut c)
+            .invoke_async::<Option<String>>(&mut c)
             .await
             .map_err(|e| fenced(e, lease))?;
-        def.map(|d| parse(&job_key, &d)).transpose()
+        Ok(())
     }
 
     /// Records progress (step results) of a running build, fenced by its lease.

@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use chrono::Utc;
 use kiln_model::{output, BuildDocument, BuildStatus, JobDefinition, StepResult, Stream};
+use tokio::sync::watch;
 use tokio::time::Instant;
 
 use crate::output::LogSink;
@@ -47,6 +48,9 @@ pub(crate) struct Execution<'a> {
     pub(crate) sink: LogSink,
     pub(crate) build_dir: PathBuf,
     pub(crate) deadline: Instant,
+    /// Whether Redis accepted the build's start, once it answered: the steps run meanwhile,
+    /// but no step result is written before the start itself.
+    pub(crate) started: watch::Receiver<Option<bool>>,
 }
 
 impl Execution<'_> {
@@ -160,7 +164,7 @@ impl Execution<'_> {
     /// round trip fewer per build.
     async fn record(&self, doc: &mut BuildDocument, step: StepResult, more_follow: bool) {
         doc.steps.push(step);
-        if !more_follow {
+        if !more_follow || !self.start_accepted().await {
             return;
         }
         match self
@@ -176,6 +180,17 @@ impl Execution<'_> {
                 tracing::warn!(error = %e, "cannot record step result; the final write will carry it");
             }
         }
+    }
+
+    /// Waits for Redis's answer to the build's start; `false` when it was not accepted
+    /// (the build is being stopped then).
+    async fn start_accepted(&self) -> bool {
+        let mut started = self.started.clone();
+        let accepted = started
+            .wait_for(Option::is_some)
+            .await
+            .is_ok_and(|s| *s == Some(true));
+        accepted
     }
 
     async fn run_step(

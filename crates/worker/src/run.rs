@@ -1,15 +1,13 @@
 //! One build's life on this worker: start (fenced), execute, then record the result, hand
 //! it back, or discard it, depending on why it ended.
 
-use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::Utc;
 use kiln_model::{storage, BuildStatus, OutputMessage};
 use kiln_store::{Claimed, StoreError};
-use tokio::sync::OwnedSemaphorePermit;
-use tokio::task::JoinHandle;
+use tokio::sync::{watch, OwnedSemaphorePermit};
 use tokio::time::Instant;
 use tracing::Instrument;
 
@@ -34,7 +32,16 @@ pub(crate) async fn run(
 }
 
 async fn run_claimed(w: &Worker, claimed: Claimed, active: &Arc<Active>) {
-    let Claimed { lease, mut doc } = claimed;
+    let Claimed {
+        lease,
+        mut doc,
+        def,
+    } = claimed;
+    let Some(def) = def else {
+        // The lease stays until it expires; the reaper then deals with the build.
+        tracing::warn!(build = %lease.build, "job definition is gone; build abandoned");
+        return;
+    };
     let started = Instant::now();
     let was_cancelled = doc.cancel_requested;
     doc.status = BuildStatus::Running;
@@ -45,8 +52,10 @@ async fn run_claimed(w: &Worker, claimed: Claimed, active: &Arc<Active>) {
     doc.finished_at = None;
     doc.duration_ms = None;
     doc.exit_code = None;
-    // The log's writer makes the storage folder and the file while the fenced start runs
-    // and the first step starts: neither waits for the other.
+    // The fenced start, the log's writer making the storage folder and the file, and the
+    // first step all begin now; none waits for another. A start Redis refuses stops the
+    // build's steps (`LeaseLost`: killed, nothing written); fenced writes of step results
+    // wait for the start.
     let log = storage::build_dir(&w.settings.storage_root, &doc.storage_path)
         .ok_or_else(|| format!("invalid storage path {:?}", doc.storage_path))
         .map(|dir| {
@@ -64,58 +73,74 @@ async fn run_claimed(w: &Worker, claimed: Claimed, active: &Arc<Active>) {
             );
             (dir, sink, writer)
         });
-    let def = w.store.start_build(&lease, &doc).await;
-    let def = match def {
-        Ok(Some(def)) => def,
-        Ok(None) => {
-            tracing::warn!(build = %lease.build, "job definition is gone; build abandoned");
-            discard_storage(log).await;
-            return;
-        }
-        Err(StoreError::Stale(_)) => {
-            tracing::warn!(build = %lease.build, "lease lost before the build started");
-            discard_storage(log).await;
-            return;
-        }
-        Err(e) => {
-            // The lease stays; if Redis does not come back in time the reaper requeues it.
-            w.record_redis_failure();
-            tracing::warn!(build = %lease.build, error = %e, "cannot start build");
-            return;
-        }
+    let (started_tx, started_rx) = watch::channel(None);
+    let running = doc.clone();
+    let start = async {
+        let refused = match w.store.start_build(&lease, &running).await {
+            Ok(()) => {
+                tracing::info!(build = %lease.build, "build started");
+                let _ = started_tx.send(Some(true));
+                return false;
+            }
+            Err(StoreError::Stale(_)) => {
+                tracing::warn!(build = %lease.build, "lease lost before the build started");
+                true
+            }
+            Err(e) => {
+                // The lease stays; if Redis does not come back in time the reaper requeues it.
+                w.record_redis_failure();
+                tracing::warn!(build = %lease.build, error = %e, "cannot start build");
+                false
+            }
+        };
+        active.stop(StopReason::LeaseLost);
+        let _ = started_tx.send(Some(false));
+        refused
     };
-    tracing::info!(build = %lease.build, "build started");
     metrics::gauge!("kiln_worker_running_builds").increment(1.0);
     if was_cancelled {
         active.stop(StopReason::Cancelled);
     }
 
     let mut held = None;
-    let outcome = match log {
-        Err(reason) => error_outcome(reason),
-        Ok((dir, sink, writer)) => {
-            let deadline = Instant::now() + Duration::from_secs(def.timeout_secs);
-            let exec = Execution {
-                worker: w,
-                active,
-                def: &def,
-                sink,
-                build_dir: dir,
-                deadline,
-            };
-            let mut outcome = exec.run(&mut doc).await;
-            drop(exec);
-            if let Ok(summary) = writer.await {
-                if let Some(reason) = summary.write_error {
-                    outcome = error_outcome(reason);
+    let mut made = None;
+    let execute = async {
+        match log {
+            Err(reason) => error_outcome(reason),
+            Ok((dir, sink, writer)) => {
+                made = Some(dir.clone());
+                let deadline = Instant::now() + Duration::from_secs(def.timeout_secs);
+                let exec = Execution {
+                    worker: w,
+                    active,
+                    def: &def,
+                    sink,
+                    build_dir: dir,
+                    deadline,
+                    started: started_rx,
+                };
+                let mut outcome = exec.run(&mut doc).await;
+                drop(exec);
+                if let Ok(summary) = writer.await {
+                    if let Some(reason) = summary.write_error {
+                        outcome = error_outcome(reason);
+                    }
+                    outcome.last_seq = summary.last_seq;
+                    held = summary.held;
                 }
-                outcome.last_seq = summary.last_seq;
-                held = summary.held;
+                outcome
             }
-            outcome
         }
     };
+    let (refused, outcome) = tokio::join!(start, execute);
     metrics::gauge!("kiln_worker_running_builds").decrement(1.0);
+    if refused {
+        // Its job or the build itself was deleted meanwhile: leave no folder behind.
+        if let Some(dir) = made {
+            let _ = tokio::task::spawn_blocking(move || std::fs::remove_dir_all(dir)).await;
+        }
+        return;
+    }
 
     if !matches!(
         active.reason(),
@@ -169,17 +194,6 @@ async fn run_claimed(w: &Worker, claimed: Claimed, active: &Arc<Active>) {
                 }
             }
         }
-    }
-}
-
-/// Removes the storage folder made for a build that turned out not to be this worker's to
-/// run (its job or the build itself was deleted meanwhile), so none is left behind: once
-/// its writer, which makes it, has ended.
-async fn discard_storage<S, T>(log: Result<(PathBuf, S, JoinHandle<T>), String>) {
-    if let Ok((dir, sink, writer)) = log {
-        drop(sink);
-        let _ = writer.await;
-        let _ = tokio::task::spawn_blocking(move || std::fs::remove_dir_all(dir)).await;
     }
 }
 

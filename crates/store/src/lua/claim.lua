@@ -2,8 +2,9 @@
 -- worker under a fresh random token, in one step: no moment exists where a build is
 -- neither queued nor leased.
 -- KEYS: queue, marker, inflight, leases, owners, running list of the queue
--- ARGV: owner ("<worker> <token> <queue>"), lease ms
--- Returns {key, document} or nil when the queue is empty.
+-- ARGV: owner ("<worker> <token> <queue>"), lease ms, job key prefix
+-- Returns {key, document, job definition (nil when the job is gone)} or nil when the queue
+-- is empty. The definition comes along so the worker can start the first step at once.
 for _ = 1, 1000 do
   local key = redis.call('RPOP', KEYS[1])
   if not key then return nil end
@@ -16,7 +17,7 @@ for _ = 1, 1000 do
     redis.call('LPUSH', KEYS[6], key)
     -- Another idle worker may take the next one.
     if redis.call('LLEN', KEYS[1]) > 0 then redis.call('ZADD', KEYS[2], 0, '0') end
-    return {key, doc}
+    return {key, doc, redis.call('GET', ARGV[3] .. job_of(doc))}
   end
 end
 return nil

@@ -26,3 +26,14 @@ local function keep_cancel_flag(old, new)
   end
   return new
 end
+
+-- The job a build document belongs to. Documents are written by Kiln with `job` right after
+-- `schema_version`, so a match at the start finds it without decoding the whole document
+-- (names are letters, digits, '.' and '-': nothing JSON escapes); anything else is decoded.
+local function job_of(doc)
+  local job = string.match(doc, '^{"schema_version":%d+,"job":"([^"]+)"')
+  if job then return job end
+  local ok, d = pcall(cjson.decode, doc)
+  if ok and type(d) == 'table' and type(d.job) == 'string' then return d.job end
+  return ''
+end

@@ -1,11 +1,10 @@
 -- A worker's fenced write of a build document: refused unless the worker still holds the
 -- build's lease token, so a worker that lost its lease cannot overwrite a newer run.
--- KEYS: build, owners, job definition (optional: returned when given)
+-- KEYS: build, owners
 -- ARGV: owner ("<worker> <token>"), document, events channel, event JSON ('' none)
 if redis.call('HGET', KEYS[2], KEYS[1]) ~= ARGV[1] then return redis.error_reply('STALE lease') end
 local old = redis.call('GET', KEYS[1])
 if not old then return redis.error_reply('STALE build deleted') end
 redis.call('SET', KEYS[1], keep_cancel_flag(old, ARGV[2]))
 if ARGV[4] ~= '' then redis.call('PUBLISH', ARGV[3], ARGV[4]) end
-if KEYS[3] then return redis.call('GET', KEYS[3]) end
 return false
