@@ -42,7 +42,7 @@ pub(crate) struct LogSummary {
     pub(crate) write_error: Option<String>,
     /// The last batch, in the file but not yet published: every sink was gone when it was
     /// read, so nothing follows it, and it goes out with the build's end, in the same
-    /// round trip (for a short build, one of five fewer).
+    /// round trip (a short build made five round trips, now four).
     pub(crate) held: Option<OutputMessage>,
 }
 
@@ -54,10 +54,10 @@ pub(crate) struct LogSummary {
 ///
 /// Returns at once: the writer makes the folder and the file itself, in the blocking pool,
 /// while the build's first step starts; lines sent meanwhile wait in the channel. Making
-/// them sat between a build's claim and its first step, and the hop to the pool and back
-/// took longer than the fenced start beside it (`make bench`, trigger figure), and on
-/// network storage each of them is a round trip to the file server. A log that cannot be
-/// made stops the build (its steps' process groups are killed) and fails it as `error`.
+/// them used to sit between a build's claim and its first step (`make bench`, trigger
+/// figure), and on network storage each of them is a round trip to the file server. A log
+/// that cannot be made stops the build (its steps' process groups are killed) and fails it
+/// as `error`.
 pub(crate) fn start(
     store: Store,
     active: Arc<Active>,

@@ -1,5 +1,5 @@
-//! One build's life on this worker: start (fenced), execute, then record the result, hand
-//! it back, or discard it, depending on why it ended.
+//! One build's life on this worker: start (fenced) while the first step already runs,
+//! execute, then record the result, hand it back, or discard it, depending on why it ended.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -142,9 +142,9 @@ async fn run_claimed(w: &Worker, claimed: Claimed, active: &Arc<Active>) {
         return;
     }
 
-    if !matches!(
+    if matches!(
         active.reason(),
-        Some(StopReason::Cancelled | StopReason::LogFailed) | None
+        Some(StopReason::LeaseLost | StopReason::Shutdown)
     ) {
         publish_held(w, &lease.build, held.take()).await;
     }
@@ -217,10 +217,9 @@ fn error_outcome(reason: String) -> Outcome {
 }
 
 /// Records the final state (and sends live watchers the log's last lines and the build's
-/// end), retrying while Redis
-/// is unreachable for up to one lease; after that the lease has expired and the reaper owns
-/// the build. Returns `None` when it was not recorded, else the oldest build number the
-/// job keeps.
+/// end), retrying while Redis is unreachable for up to one lease; after that the lease has
+/// expired and the reaper owns the build. Returns `None` when it was not recorded, else the
+/// oldest build number the job keeps.
 async fn finish(
     w: &Worker,
     lease: &kiln_store::Lease,
