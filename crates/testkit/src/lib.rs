@@ -49,14 +49,20 @@ impl RedisServer {
         let port = self.port.to_string();
         let mut args = vec!["--port", port.as_str()];
         args.extend_from_slice(extra);
-        self.spawn_plain(&args)
+        self.spawn_with(&args, true)
     }
 
-    fn wait_ready(&mut self) -> bool {
-        match self.child.as_mut() {
-            Some(child) => accepts_within(self.port, child, Duration::from_secs(10)),
+    /// Whether this server's own process answers on its port, else it is stopped. `plain`:
+    /// it speaks plain RESP, so its pid can be asked (a TLS-only one cannot).
+    fn wait_ready(&mut self, plain: bool) -> bool {
+        let ready = match self.child.as_mut() {
+            Some(child) => answers_within(self.port, child, Duration::from_secs(10), plain),
             None => false,
+        };
+        if !ready {
+            self.stop();
         }
+        ready
     }
 
     pub fn url(&self) -> String {
@@ -111,7 +117,7 @@ impl RedisServer {
                 "--tls-auth-clients",
                 "no",
             ];
-            if s.spawn_plain(&args) {
+            if s.spawn_with(&args, false) {
                 let url = format!("rediss://127.0.0.1:{}/#insecure", s.port);
                 return (s, url);
             }
@@ -120,7 +126,7 @@ impl RedisServer {
     }
 
     /// Starts `redis-server` with exactly `args` (plus a data folder) and waits for its port.
-    fn spawn_plain(&mut self, args: &[&str]) -> bool {
+    fn spawn_with(&mut self, args: &[&str], plain: bool) -> bool {
         let child = Command::new("redis-server")
             .args(["--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
             .arg("--dir")
@@ -131,7 +137,7 @@ impl RedisServer {
             .spawn()
             .expect("redis-server must be installed to run Kiln's tests");
         self.child = Some(child);
-        self.wait_ready()
+        self.wait_ready(plain)
     }
 
     pub fn port(&self) -> u16 {
@@ -187,29 +193,32 @@ impl SentinelServer {
     /// Starts a sentinel for the master on `master_port` and waits until it knows it.
     pub fn start(master_port: u16) -> Self {
         let dir = tempfile::tempdir().expect("temp dir for sentinel");
-        let port = free_port();
         let conf = dir.path().join("sentinel.conf");
-        std::fs::write(
-            &conf,
-            format!(
-                "port {port}\nbind 127.0.0.1\nsentinel monitor mymaster 127.0.0.1 {master_port} 1\nsentinel down-after-milliseconds mymaster 1000\n"
-            ),
-        )
-        .expect("sentinel config");
-        let child = Command::new("redis-server")
-            .arg(&conf)
-            .arg("--sentinel")
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("redis-server --sentinel");
-        let mut s = Self {
-            child,
-            port,
-            _dir: dir,
-        };
-        if accepts_within(port, &mut s.child, Duration::from_secs(10)) {
-            return s;
+        for _ in 0..20 {
+            let port = free_port();
+            std::fs::write(
+                &conf,
+                format!(
+                    "port {port}\nbind 127.0.0.1\nsentinel monitor mymaster 127.0.0.1 {master_port} 1\nsentinel down-after-milliseconds mymaster 1000\n"
+                ),
+            )
+            .expect("sentinel config");
+            let mut child = Command::new("redis-server")
+                .arg(&conf)
+                .arg("--sentinel")
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .expect("redis-server --sentinel");
+            if answers_within(port, &mut child, Duration::from_secs(10), true) {
+                return Self {
+                    child,
+                    port,
+                    _dir: dir,
+                };
+            }
+            let _ = child.kill();
+            let _ = child.wait();
         }
         panic!("redis sentinel did not start");
     }
@@ -230,20 +239,53 @@ impl Drop for SentinelServer {
     }
 }
 
-/// Polls until `port` accepts connections (true) or `child` exits or `within` passes
-/// (false). Synchronous: servers are started before a test's runtime does anything.
-fn accepts_within(port: u16, child: &mut Child, within: Duration) -> bool {
+/// Polls until `child` answers on `port` (true), or it exits or `within` passes (false).
+/// With `plain`, the answer must come from `child` itself (`INFO server` names the pid): a
+/// port free a moment ago may have been taken by another test's server meanwhile, and a
+/// server that cannot bind exits only after that one already accepted our connection.
+/// Synchronous: servers are started before a test's runtime does anything.
+fn answers_within(port: u16, child: &mut Child, within: Duration, plain: bool) -> bool {
     let deadline = Instant::now() + within;
     while Instant::now() < deadline {
-        if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
-            return true;
-        }
         if let Ok(Some(_)) = child.try_wait() {
             return false;
+        }
+        if plain {
+            if let Some(pid) = server_pid(port) {
+                return pid == child.id();
+            }
+        } else if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
+            return true;
         }
         std::thread::sleep(Duration::from_millis(10));
     }
     false
+}
+
+/// The pid of the Redis server answering plain RESP on `port`, if one does.
+fn server_pid(port: u16) -> Option<u32> {
+    use std::io::{Read, Write};
+    let mut conn = std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;
+    conn.set_read_timeout(Some(Duration::from_secs(2))).ok()?;
+    conn.write_all(b"INFO server\r\n").ok()?;
+    let mut reply = Vec::new();
+    let mut chunk = [0u8; 4096];
+    loop {
+        let n = conn.read(&mut chunk).ok()?;
+        if n == 0 {
+            return None;
+        }
+        reply.extend_from_slice(&chunk[..n]);
+        let text = String::from_utf8_lossy(&reply);
+        let pid = text
+            .split("process_id:")
+            .nth(1)
+            .and_then(|rest| rest.split_once("\r\n"))
+            .and_then(|(pid, _)| pid.trim().parse().ok());
+        if pid.is_some() {
+            return pid;
+        }
+    }
 }
 
 /// Polls `check` until it yields `Some`, or panics with `what` after `timeout`.
@@ -296,4 +338,36 @@ pub async fn snapshot(pool: &deadpool_redis::Pool) -> Vec<(String, String)> {
         out.push((k, format!("{dump:?}")));
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_port_answered_by_another_server_is_not_taken_for_ours() {
+        let theirs = RedisServer::start();
+        // A process of ours that never listens, on a port another server already holds: what
+        // a server that lost the race for its port looks like before it exits.
+        let mut ours = Command::new("sleep").arg("30").spawn().expect("sleep");
+        assert!(!answers_within(
+            theirs.port(),
+            &mut ours,
+            Duration::from_secs(5),
+            true
+        ));
+        let _ = ours.kill();
+        let _ = ours.wait();
+        let mut again = RedisServer {
+            child: None,
+            port: theirs.port(),
+            dir: tempfile::tempdir().expect("dir"),
+        };
+        assert!(!again.spawn(&[]), "a second server cannot have the port");
+        assert!(again.child.is_none(), "the loser is stopped");
+        assert_eq!(
+            server_pid(theirs.port()),
+            theirs.child.as_ref().map(Child::id)
+        );
+    }
 }
