@@ -1,10 +1,12 @@
 //! Dev-only helpers: a private `redis-server` per test, killed on drop, and `wait_for`
 //! polling with a deadline instead of sleeps.
 
+use std::collections::BTreeSet;
 use std::future::Future;
 use std::net::TcpListener;
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
+use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 /// A `redis-server` of the test's own on a free port. Never a shared Redis: pub/sub is not
@@ -15,10 +17,18 @@ pub struct RedisServer {
     dir: tempfile::TempDir,
 }
 
-/// A port the OS says is free now.
+/// A port the OS says is free now, and never one this process was given before: tests run
+/// on parallel threads, and the OS may hand the port it just gave one of them to the next
+/// caller before the first test's server has bound it.
 pub fn free_port() -> u16 {
-    let l = TcpListener::bind("127.0.0.1:0").expect("bind an ephemeral port");
-    l.local_addr().expect("local addr").port()
+    static GIVEN: Mutex<BTreeSet<u16>> = Mutex::new(BTreeSet::new());
+    loop {
+        let l = TcpListener::bind("127.0.0.1:0").expect("bind an ephemeral port");
+        let port = l.local_addr().expect("local addr").port();
+        if GIVEN.lock().map_or(true, |mut given| given.insert(port)) {
+            return port;
+        }
+    }
 }
 
 impl RedisServer {
@@ -369,5 +379,11 @@ mod tests {
             server_pid(theirs.port()),
             theirs.child.as_ref().map(Child::id)
         );
+    }
+
+    #[test]
+    fn a_port_is_handed_out_once() {
+        let ports: BTreeSet<u16> = (0..200).map(|_| free_port()).collect();
+        assert_eq!(ports.len(), 200);
     }
 }
