@@ -135,7 +135,7 @@ impl RedisServer {
         panic!("could not start a TLS redis-server");
     }
 
-    /// Starts `redis-server` with exactly `args` (plus a data folder) and waits for its port.
+    /// Starts `redis-server` with exactly `args` (plus a data folder) and waits until it answers.
     fn spawn_with(&mut self, args: &[&str], plain: bool) -> bool {
         let child = Command::new("redis-server")
             .args(["--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
