@@ -29,7 +29,8 @@ end
 
 -- The job a build document belongs to. Documents are written by Kiln with `job` right after
 -- `schema_version`, so a match at the start finds it without decoding the whole document
--- (names are letters, digits, '.' and '-': nothing JSON escapes); anything else is decoded.
+-- (names hold only letters, digits, '.', '-' and '_': nothing JSON escapes); anything else is
+-- decoded.
 local function job_of(doc)
   local job = string.match(doc, '^{"schema_version":%d+,"job":"([^"]+)"')
   if job then return job end
