@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use chrono::Utc;
-use kiln_model::{output, LogLine, OutputMessage, Stream};
+use kiln_model::{output, BuildRef, LogLine, OutputMessage, Stream};
 use kiln_store::Store;
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
@@ -131,9 +131,7 @@ pub(crate) fn start(
                 held = Some(msg);
                 break;
             }
-            if let Err(e) = store.publish_output(build, &msg).await {
-                tracing::debug!(error = %e, "cannot publish output (live views only)");
-            }
+            publish(&store, build, &msg).await;
         }
         LogSummary {
             last_seq: seq,
@@ -142,6 +140,14 @@ pub(crate) fn start(
         }
     });
     (LogSink { tx }, handle)
+}
+
+/// Publishes a batch of the build's lines for live views; a failure is not the build's
+/// (the file holds them, and watchers catch up from it).
+pub(crate) async fn publish(store: &Store, build: &BuildRef, msg: &OutputMessage) {
+    if let Err(e) = store.publish_output(build, msg).await {
+        tracing::debug!(error = %e, "cannot publish output (live views only)");
+    }
 }
 
 fn create_log(

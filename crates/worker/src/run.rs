@@ -146,7 +146,10 @@ async fn run_claimed(w: &Worker, claimed: Claimed, active: &Arc<Active>) {
         active.reason(),
         Some(StopReason::LeaseLost | StopReason::Shutdown)
     ) {
-        publish_held(w, &lease.build, held.take()).await;
+        // The build does not end through `finish`, which would publish the last batch.
+        if let Some(msg) = held.take() {
+            crate::output::publish(&w.store, &lease.build, &msg).await;
+        }
     }
     match active.reason() {
         Some(StopReason::LeaseLost) => {
@@ -193,16 +196,6 @@ async fn run_claimed(w: &Worker, claimed: Claimed, active: &Arc<Active>) {
                     crate::prune::prune_storage(w, &doc, oldest_kept).await;
                 }
             }
-        }
-    }
-}
-
-/// Publishes the log's last batch when the build does not end through `finish` (which
-/// publishes it itself): live views only, so a failure is not the build's.
-async fn publish_held(w: &Worker, build: &kiln_model::BuildRef, held: Option<OutputMessage>) {
-    if let Some(msg) = held {
-        if let Err(e) = w.store.publish_output(build, &msg).await {
-            tracing::debug!(error = %e, "cannot publish output (live views only)");
         }
     }
 }
