@@ -71,20 +71,16 @@ async fn trigger_to_start(c: &mut Cluster, size: Size, report: &mut Report) -> a
     let _: () = finished.del("kiln:finished:bench-t2s").await?;
     let mut kiln = Samples::new();
     for _ in 0..size.trigger_builds {
-        let t0 = Utc::now();
-        let n = c.trigger("t2s").await?;
-        let key: Option<(String, String)> = finished.brpop("kiln:finished:bench-t2s", 60.0).await?;
-        anyhow::ensure!(
-            key.is_some_and(|(_, k)| k == format!("job_t2s_{n}")),
-            "t2s#{n} did not finish in time"
-        );
-        let doc = c.build("t2s", n).await?;
-        let started: DateTime<Utc> = doc["steps"][0]["started_at"]
-            .as_str()
-            .context("no step start")?
-            .parse()?;
-        kiln.push_ms((started - t0).num_microseconds().unwrap_or(0) as f64 / 1000.0);
+        kiln.push_ms(trigger_once(c, &mut finished).await?);
     }
+    // CI builds mostly arrive one by one, after every service sat idle for a while.
+    let mut quiet = Samples::new();
+    let pings = command_calls(&mut finished, "ping").await?;
+    for _ in 0..size.quiet_builds {
+        tokio::time::sleep(QUIET).await;
+        quiet.push_ms(trigger_once(c, &mut finished).await?);
+    }
+    let pings = command_calls(&mut finished, "ping").await? - pings;
     let _: () = finished
         .srem("kiln:finished-consumers", "bench-t2s")
         .await?;
@@ -131,8 +127,50 @@ async fn trigger_to_start(c: &mut Cluster, size: Size, report: &mut Report) -> a
         base.pct(99.0),
         &note,
     );
+    report.add(
+        "trigger_to_start_after_quiet_p50",
+        quiet.pct(50.0),
+        "ms",
+        base.pct(50.0),
+        &format!(
+            "{} builds of `true`, each triggered after {} s without any; baseline: the p50 above",
+            size.quiet_builds,
+            QUIET.as_secs()
+        ),
+    );
+    report.add(
+        "health_checks_per_quiet_build",
+        pings as f64 / size.quiet_builds as f64,
+        "PING",
+        f64::NAN,
+        "connection checks (`PING`) by all services over the quiet builds, per build: each is a round trip before an operation",
+    );
     c.stop_extras();
     Ok(())
+}
+
+/// How long every service sits idle before each of figure 1's quiet builds.
+const QUIET: Duration = Duration::from_secs(2);
+
+/// Triggers one build of `t2s` and waits for its end on the bench's durable list; returns
+/// the time from the trigger to its first step's start, in ms.
+async fn trigger_once(
+    c: &Cluster,
+    finished: &mut deadpool_redis::Connection,
+) -> anyhow::Result<f64> {
+    let t0 = Utc::now();
+    let n = c.trigger("t2s").await?;
+    let key: Option<(String, String)> = finished.brpop("kiln:finished:bench-t2s", 60.0).await?;
+    anyhow::ensure!(
+        key.is_some_and(|(_, k)| k == format!("job_t2s_{n}")),
+        "t2s#{n} did not finish in time"
+    );
+    let doc = c.build("t2s", n).await?;
+    let started: DateTime<Utc> = doc["steps"][0]["started_at"]
+        .as_str()
+        .context("no step start")?
+        .parse()?;
+    Ok((started - t0).num_microseconds().unwrap_or(0) as f64 / 1000.0)
 }
 
 async fn wait_final(c: &Cluster, job: &str, n: u64) -> anyhow::Result<Value> {
@@ -200,6 +238,23 @@ fn storage_create_p50(storage: &std::path::Path, n: usize) -> anyhow::Result<f64
         made.push(t.elapsed());
     }
     Ok(made.pct(50.0))
+}
+
+/// How many times Redis ran `command` so far (`INFO commandstats`), asked on a connection
+/// the caller holds (a pooled one is checked with a `PING` when taken).
+async fn command_calls(
+    conn: &mut deadpool_redis::Connection,
+    command: &str,
+) -> anyhow::Result<u64> {
+    let info: String = redis::cmd("INFO")
+        .arg("commandstats")
+        .query_async(conn)
+        .await?;
+    Ok(info
+        .lines()
+        .find_map(|l| l.strip_prefix(&format!("cmdstat_{command}:calls=")))
+        .and_then(|rest| rest.split(',').next()?.parse().ok())
+        .unwrap_or(0))
 }
 
 async fn commandstats(c: &Cluster) -> anyhow::Result<(u64, u64)> {

@@ -18,6 +18,8 @@ use anyhow::Context;
 #[derive(Clone, Copy)]
 pub(crate) struct Size {
     pub(crate) trigger_builds: usize,
+    /// Builds of figure 1 triggered each after a quiet spell (`figures::QUIET`).
+    pub(crate) quiet_builds: usize,
     pub(crate) throughput_builds: usize,
     pub(crate) output_lines: usize,
     pub(crate) watchers: &'static [usize],
@@ -31,6 +33,7 @@ impl Size {
         if quick {
             Self {
                 trigger_builds: 100,
+                quiet_builds: 3,
                 throughput_builds: 400,
                 output_lines: 2_000,
                 watchers: &[1, 100, 300],
@@ -41,6 +44,7 @@ impl Size {
         } else {
             Self {
                 trigger_builds: 500,
+                quiet_builds: 10,
                 throughput_builds: 2_000,
                 output_lines: 5_000,
                 watchers: &[1, 100, 1_000],

@@ -2,17 +2,24 @@
 //! every time a connection leaves the pool, and the Sentinel manager a `ROLE`: one extra
 //! round trip per operation, which doubled the round trips of every service (measured in
 //! `make bench`, see docs/performance.md). Instead a connection is checked only when it may
-//! be bad: after sitting unused for a while, or when another connection of the same pool
-//! failed since it was last taken (Redis restarted, a failover). A connection that fails is
-//! dropped when it is released rather than put back (see `connect::Conn`).
+//! be bad: after sitting unused for half a minute, or when another connection of the same
+//! pool failed since it was last taken (Redis restarted, a failover). A connection that fails
+//! is dropped when it is released rather than put back (see `connect::Conn`). Pools hand
+//! out the connection released last (LIFO), so a service's steady trickle of operations (a
+//! worker's heartbeat, say) keeps the one it reaches for first from ever going idle.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use deadpool::managed::Metrics;
 
-/// A connection unused for this long is checked before it is handed out again.
-const IDLE_CHECK: Duration = Duration::from_secs(1);
+/// A connection unused for this long is checked before it is handed out again. It was one
+/// second, and CI builds arrive in ones and twos: a build triggered after a quiet second paid
+/// a `PING` round trip in the api and another in the worker's claim before its first step
+/// (seen with `MONITOR`). What the check guards against takes longer than this: a
+/// middlebox dropping an idle flow (minutes) or a server `timeout` (off by default). A
+/// restart or failover is caught by the first operation that fails (see `failed`).
+const IDLE_CHECK: Duration = Duration::from_secs(30);
 
 /// What one pool knows about its connections' health.
 pub(crate) struct Checks {
@@ -82,7 +89,11 @@ mod tests {
         let busy = used(Duration::from_millis(5));
         assert!(!checks.needed(&busy));
         assert!(
-            checks.needed(&used(Duration::from_secs(2))),
+            !checks.needed(&used(Duration::from_secs(2))),
+            "nor one unused for a few seconds"
+        );
+        assert!(
+            checks.needed(&used(IDLE_CHECK + Duration::from_secs(1))),
             "idle ones are"
         );
         checks.failed();

@@ -238,6 +238,7 @@ pub(crate) fn pool(
     };
     Pool::builder(manager)
         .max_size(size)
+        .queue_mode(deadpool::managed::QueueMode::Lifo)
         .runtime(Runtime::Tokio1)
         .wait_timeout(Some(Duration::from_secs(5)))
         .create_timeout(Some(Duration::from_secs(3)))

@@ -134,6 +134,7 @@ pub(crate) fn pool(
     };
     deadpool::managed::Pool::builder(manager)
         .max_size(size)
+        .queue_mode(deadpool::managed::QueueMode::Lifo)
         .runtime(deadpool::Runtime::Tokio1)
         .wait_timeout(Some(Duration::from_secs(5)))
         .create_timeout(Some(Duration::from_secs(3)))

@@ -1,5 +1,6 @@
 //! The connection pool against a real redis-server: an operation costs its own round
-//! trips only, and a Redis restart costs at most one failed operation.
+//! trips only, also after a quiet spell, and a Redis restart costs at most one failed
+//! operation.
 
 use kiln_store::{Store, StoreOptions};
 use kiln_testkit::RedisServer;
@@ -27,6 +28,27 @@ async fn a_busy_pool_sends_no_health_checks() {
     }
     assert!(store.health().await.reachable);
     assert_eq!(stat(&redis, "ping").await, before, "no PING per operation");
+}
+
+/// Builds come in ones and twos: the first operation after a few quiet seconds (a trigger,
+/// a claim) must not wait for a health check's round trip.
+#[tokio::test]
+async fn a_connection_unused_for_a_few_seconds_is_not_checked_first() {
+    let redis = RedisServer::start();
+    let store = Store::new(&StoreOptions::new(redis.url())).expect("store");
+    let warm = futures::future::join_all((0..4).map(|_| store.health())).await;
+    assert!(warm.iter().all(|h| h.reachable));
+    let before = stat(&redis, "ping").await;
+    // The quiet spell is what is under test, not a wait for something to happen.
+    tokio::time::sleep(std::time::Duration::from_millis(2_500)).await;
+    for _ in 0..4 {
+        assert!(store.health().await.reachable);
+    }
+    assert_eq!(
+        stat(&redis, "ping").await,
+        before,
+        "a PING before the first operation after the pause"
+    );
 }
 
 #[tokio::test]
