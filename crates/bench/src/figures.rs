@@ -75,12 +75,12 @@ async fn trigger_to_start(c: &mut Cluster, size: Size, report: &mut Report) -> a
     }
     // CI builds mostly arrive one by one, after every service sat idle for a while.
     let mut quiet = Samples::new();
-    let pings = command_calls(&mut finished, "ping").await?;
+    let pings_before = pings(&mut finished).await?;
     for _ in 0..size.quiet_builds {
         tokio::time::sleep(QUIET).await;
         quiet.push_ms(trigger_once(c, &mut finished).await?);
     }
-    let pings = command_calls(&mut finished, "ping").await? - pings;
+    let checks = pings(&mut finished).await? - pings_before;
     let _: () = finished
         .srem("kiln:finished-consumers", "bench-t2s")
         .await?;
@@ -140,7 +140,7 @@ async fn trigger_to_start(c: &mut Cluster, size: Size, report: &mut Report) -> a
     );
     report.add(
         "health_checks_per_quiet_build",
-        pings as f64 / size.quiet_builds as f64,
+        checks as f64 / size.quiet_builds as f64,
         "PING",
         f64::NAN,
         "connection checks (`PING`) by all services over the quiet builds, per build: each is a round trip before an operation",
@@ -240,48 +240,48 @@ fn storage_create_p50(storage: &std::path::Path, n: usize) -> anyhow::Result<f64
     Ok(made.pct(50.0))
 }
 
-/// How many times Redis ran `command` so far (`INFO commandstats`), asked on a connection
-/// the caller holds (a pooled one is checked with a `PING` when taken).
+/// Every command Redis ran so far with its number of calls (`INFO commandstats`), asked on
+/// `conn`: a connection the caller holds is not checked with a `PING` when taken, as a
+/// pooled one is.
 async fn command_calls(
     conn: &mut deadpool_redis::Connection,
-    command: &str,
-) -> anyhow::Result<u64> {
+) -> anyhow::Result<Vec<(String, u64)>> {
     let info: String = redis::cmd("INFO")
         .arg("commandstats")
         .query_async(conn)
         .await?;
     Ok(info
         .lines()
-        .find_map(|l| l.strip_prefix(&format!("cmdstat_{command}:calls=")))
-        .and_then(|rest| rest.split(',').next()?.parse().ok())
+        .filter_map(|line| {
+            let (name, rest) = line.strip_prefix("cmdstat_")?.split_once(':')?;
+            let calls = rest
+                .split(',')
+                .find_map(|kv| kv.strip_prefix("calls="))
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(0);
+            Some((name.to_owned(), calls))
+        })
+        .collect())
+}
+
+/// How many `PING`s Redis answered so far.
+async fn pings(conn: &mut deadpool_redis::Connection) -> anyhow::Result<u64> {
+    let calls = command_calls(conn).await?;
+    Ok(calls
+        .iter()
+        .find_map(|(name, n)| (name == "ping").then_some(*n))
         .unwrap_or(0))
 }
 
+/// Commands and scripts Redis ran so far.
 async fn commandstats(c: &Cluster) -> anyhow::Result<(u64, u64)> {
-    let mut conn = c.redis().await?;
-    let info: String = redis::cmd("INFO")
-        .arg("commandstats")
-        .query_async(&mut conn)
-        .await?;
-    let mut all = 0;
-    let mut scripts = 0;
-    for line in info.lines() {
-        let Some((name, rest)) = line
-            .strip_prefix("cmdstat_")
-            .and_then(|l| l.split_once(':'))
-        else {
-            continue;
-        };
-        let calls: u64 = rest
-            .split(',')
-            .find_map(|kv| kv.strip_prefix("calls="))
-            .and_then(|v| v.parse().ok())
-            .unwrap_or(0);
-        all += calls;
-        if name == "evalsha" || name == "eval" {
-            scripts += calls;
-        }
-    }
+    let calls = command_calls(&mut c.redis().await?).await?;
+    let all = calls.iter().map(|(_, n)| n).sum();
+    let scripts = calls
+        .iter()
+        .filter(|(name, _)| name == "evalsha" || name == "eval")
+        .map(|(_, n)| n)
+        .sum();
     Ok((all, scripts))
 }
 

@@ -134,22 +134,22 @@ impl Store {
 
     /// Marks a claimed build running (fenced by its lease) and tells the events channel.
     pub async fn start_build(&self, lease: &Lease, doc: &BuildDocument) -> Result<(), StoreError> {
-        let mut c = self.conn().await?;
-        scripts::WRITE
-            .key(lease.build.key())
-            .key(keys::LEASE_OWNERS)
-            .arg(lease.owner())
-            .arg(to_json(doc)?)
-            .arg(keys::EVENTS_CHANNEL)
-            .arg(event(BuildEventKind::Started, doc))
-            .invoke_async::<Option<String>>(&mut c)
+        self.write_fenced(lease, doc, &event(BuildEventKind::Started, doc))
             .await
-            .map_err(|e| fenced(e, lease))?;
-        Ok(())
     }
 
     /// Records progress (step results) of a running build, fenced by its lease.
     pub async fn update_build(&self, lease: &Lease, doc: &BuildDocument) -> Result<(), StoreError> {
+        self.write_fenced(lease, doc, "").await
+    }
+
+    /// Writes `doc` unless the lease was lost, and publishes `event` (`""`: none).
+    async fn write_fenced(
+        &self,
+        lease: &Lease,
+        doc: &BuildDocument,
+        event: &str,
+    ) -> Result<(), StoreError> {
         let mut c = self.conn().await?;
         scripts::WRITE
             .key(lease.build.key())
@@ -157,7 +157,7 @@ impl Store {
             .arg(lease.owner())
             .arg(to_json(doc)?)
             .arg(keys::EVENTS_CHANNEL)
-            .arg("")
+            .arg(event)
             .invoke_async::<Option<String>>(&mut c)
             .await
             .map_err(|e| fenced(e, lease))?;
