@@ -234,13 +234,31 @@ impl Spare {
                 }
                 _ => Err(e),
             })
-            .and_then(|()| std::fs::File::create(dir.join(output::LOG_FILE)));
+            .and_then(|()| open_empty_log(&dir.join(output::LOG_FILE)));
         if let Err(e) = &placed {
             self.spares.turn_off_if_apart(e);
             let _ = std::fs::remove_dir_all(spare);
         }
         placed
     }
+}
+
+/// Opens a spare's log, which is empty, for writing. Not with `O_TRUNC`: on ext4 truncating a
+/// file (even an empty one) marks it to be flushed to disk when it is closed (`auto_da_alloc`,
+/// the guard for programs that rewrite a file in place), so every build's log would have
+/// been written out synchronously at its end: a tenth of the worker's CPU per build in
+/// `make bench`, and a disk write per build (docs/performance.md, session 9). A log that is
+/// not empty after all is emptied, as `File::create` would.
+fn open_empty_log(path: &Path) -> io::Result<std::fs::File> {
+    let file = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open(path)?;
+    if file.metadata()?.len() > 0 {
+        file.set_len(0)?;
+    }
+    Ok(file)
 }
 
 /// Removes everything in `dir` (without following symlinks) except the log, which is
@@ -313,6 +331,20 @@ mod tests {
         assert!(spares.take(&job).is_none(), "taken once");
         spares.clear().expect("clear");
         assert!(!spare.exists());
+        let _ = std::fs::remove_dir_all(root);
+    }
+
+    /// A spare's log is opened without truncating it, yet a build never appends to
+    /// anything left in it.
+    #[test]
+    fn a_placed_log_starts_empty_whatever_the_spare_held() {
+        let root = scratch("log");
+        std::fs::create_dir_all(&root).expect("mkdir");
+        let path = root.join(output::LOG_FILE);
+        std::fs::write(&path, "left over\n").expect("write");
+        let mut log = open_empty_log(&path).expect("open");
+        std::io::Write::write_all(&mut log, b"new\n").expect("write");
+        assert_eq!(std::fs::read(&path).expect("read"), b"new\n");
         let _ = std::fs::remove_dir_all(root);
     }
 
