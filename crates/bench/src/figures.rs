@@ -86,31 +86,22 @@ async fn trigger_to_start(c: &mut Cluster, size: Size, report: &mut Report) -> a
         .await?;
     let mut base = Samples::new();
     let pool = c.redis.pool();
-    let mut blocked = pool.get().await?;
-    let mut pusher = pool.get().await?;
-    for i in 0..size.trigger_builds {
-        let waiter = tokio::spawn(async move {
-            let r: Option<String> = redis::cmd("BLMOVE")
-                .arg("bench:q")
-                .arg("bench:p")
-                .arg("RIGHT")
-                .arg("LEFT")
-                .arg(1)
-                .query_async(&mut blocked)
-                .await
-                .unwrap_or(None);
-            (r, blocked)
-        });
-        tokio::time::sleep(Duration::from_millis(1)).await;
-        let t0 = Instant::now();
-        let _: () = pusher.lpush("bench:q", i).await?;
-        let (_, conn) = waiter.await?;
-        blocked = conn;
-        tokio::process::Command::new("sh")
-            .args(["-c", "true"])
-            .status()
-            .await?;
-        base.push(t0.elapsed());
+    // The blocked side may wait longer than a pooled connection waits for a reply.
+    let blocked = redis::Client::open(c.redis.url())?
+        .get_multiplexed_async_connection_with_config(
+            &redis::AsyncConnectionConfig::new().set_response_timeout(None),
+        )
+        .await?;
+    let mut bare = BareRound {
+        blocked: Some(blocked),
+        pusher: pool.get().await?,
+    };
+    for _ in 0..size.trigger_builds {
+        base.push(bare.run(Duration::from_millis(1)).await?);
+    }
+    let mut base_quiet = Samples::new();
+    for _ in 0..size.quiet_builds {
+        base_quiet.push(bare.run(QUIET).await?);
     }
     let note = format!("{} sequential builds of `true`", size.trigger_builds);
     report.add(
@@ -131,9 +122,9 @@ async fn trigger_to_start(c: &mut Cluster, size: Size, report: &mut Report) -> a
         "trigger_to_start_after_quiet_p50",
         quiet.pct(50.0),
         "ms",
-        base.pct(50.0),
+        base_quiet.pct(50.0),
         &format!(
-            "{} builds of `true`, each triggered after {} s without any; baseline: the p50 above",
+            "{} builds of `true`, each triggered after {} s without any; baseline: the same bare queue-plus-spawn round, each after as long without any",
             size.quiet_builds,
             QUIET.as_secs()
         ),
@@ -147,6 +138,42 @@ async fn trigger_to_start(c: &mut Cluster, size: Size, report: &mut Report) -> a
     );
     c.stop_extras();
     Ok(())
+}
+
+/// Figure 1's baseline: an LPUSH seen by a BLMOVE blocked on another connection for
+/// `after`, then spawning `sh -c true` and waiting for it.
+struct BareRound {
+    /// `None` only while a round's BLMOVE holds it.
+    blocked: Option<redis::aio::MultiplexedConnection>,
+    pusher: deadpool_redis::Connection,
+}
+
+impl BareRound {
+    async fn run(&mut self, after: Duration) -> anyhow::Result<Duration> {
+        let mut blocked = self.blocked.take().context("a round failed earlier")?;
+        let waiter = tokio::spawn(async move {
+            let r: redis::RedisResult<Option<String>> = redis::cmd("BLMOVE")
+                .arg("bench:q")
+                .arg("bench:p")
+                .arg("RIGHT")
+                .arg("LEFT")
+                .arg(after.as_secs_f64() + 10.0)
+                .query_async(&mut blocked)
+                .await;
+            (r, blocked)
+        });
+        tokio::time::sleep(after).await;
+        let t0 = Instant::now();
+        let _: () = self.pusher.lpush("bench:q", 1).await?;
+        let (moved, conn) = waiter.await?;
+        anyhow::ensure!(moved?.is_some(), "the bare round's BLMOVE saw nothing");
+        self.blocked = Some(conn);
+        tokio::process::Command::new("sh")
+            .args(["-c", "true"])
+            .status()
+            .await?;
+        Ok(t0.elapsed())
+    }
 }
 
 /// How long every service sits idle before each of figure 1's quiet builds.
