@@ -45,10 +45,8 @@ impl Application {
             &settings.storage_root,
             settings.id.as_str(),
             2 * settings.concurrency as usize,
-            settings.concurrency as usize,
         ));
         clear_spares(&spares).await;
-        crate::spares::replenish(&spares);
         let worker = Arc::new(Worker {
             store,
             blocking,

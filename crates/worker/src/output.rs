@@ -48,9 +48,7 @@ pub(crate) struct LogSummary {
 
 /// Starts the writer of the build's log `dir/log.jsonl` for one attempt of the build (the
 /// previous attempt's log is kept beside it as `log.attempt-<n>.jsonl`). `spare`, an empty
-/// folder (`crate::spares`), becomes `dir` when given; `then`, blocking work such as making
-/// the spare that replaces it, runs in the same trip to the blocking pool, after the log is
-/// handed to the writer.
+/// folder (`crate::spares`), becomes `dir` when given.
 ///
 /// Returns at once: the writer makes the folder and the file itself, in the blocking pool,
 /// while the build's first step starts; lines sent meanwhile wait in the channel. Making
@@ -64,7 +62,6 @@ pub(crate) fn start(
     attempt: u32,
     dir: PathBuf,
     spare: Option<crate::spares::Spare>,
-    then: Option<Box<dyn FnOnce() + Send>>,
 ) -> (LogSink, JoinHandle<LogSummary>) {
     let (tx, mut rx) = mpsc::channel::<(Stream, String)>(4096);
     let handle = tokio::spawn(async move {
@@ -72,9 +69,6 @@ pub(crate) fn start(
         let (made_tx, made) = oneshot::channel();
         tokio::task::spawn_blocking(move || {
             let _ = made_tx.send(create_log(&dir, attempt, spare));
-            if let Some(work) = then {
-                work();
-            }
         });
         let (mut file, mut write_error) = match made.await.map_err(std::io::Error::other) {
             Ok(Ok(file)) => (Some(file), None),

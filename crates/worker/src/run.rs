@@ -69,7 +69,6 @@ async fn run_claimed(w: &Worker, claimed: Claimed, active: &Arc<Active>) {
                 doc.attempt,
                 dir.clone(),
                 spare,
-                crate::spares::refill(&w.spares),
             );
             (dir, sink, writer)
         });

@@ -1,19 +1,17 @@
-//! Spare build folders, so that starting a build renames a folder into place instead of
-//! making one, and a build leaving retention hands its folder on instead of freeing it.
-//!
-//! - *Used* spares: the folder of a build that fell out of retention is emptied (but for a
-//!   truncated `log.jsonl`) and becomes the folder of this worker's next build of the same
-//!   job. Only for the same job: a reader that still had the old log open sees that job's
-//!   next log, never another job's.
-//! - *Fresh* spares: a few empty folders with an empty log, made ahead of time off the
-//!   build's path, for a job that has no used one; each one taken is replaced in the
-//!   background.
+//! Spare build folders: the folder of a build that fell out of retention is emptied (but
+//! for its log, truncated) and becomes the folder of this worker's next build of the same
+//! job, so that a job at its retention, as most jobs of a CI server are, renames a folder
+//! into place instead of freeing one inode pair and allocating another per build. Only for
+//! the same job: a reader that still had the old log open sees that job's next log, never
+//! another job's.
 //!
 //! Why: on the benchmark machine's ext4 (no journal: every inode made scans past those
-//! freed in the last minutes) making the folder and the log in the build's path cost up to
-//! 0.5 ms where renaming a folder costs 0.03 ms, and a job at its retention made two inodes
-//! and freed two per build (docs/performance.md). Spares live in `<storage root>/.spare/<worker id>/`,
-//! outside `jobs/`, so no reader sees them and no other worker's pruning touches them.
+//! freed in the last minutes) making the folder and the log cost up to 0.5 ms where
+//! renaming a folder costs 0.03 ms (docs/performance.md). Spares live in
+//! `<storage root>/.spare/<worker id>/`, outside `jobs/`, so no reader sees them and no other
+//! worker's pruning touches them. (Empty folders made ahead of time for any job, *fresh*
+//! spares, were dropped in session 9: the log writer makes a build's folder while its first
+//! step already runs, so they saved no latency, and their rename cost CPU.)
 
 use std::io;
 use std::path::{Path, PathBuf};
@@ -25,10 +23,8 @@ use kiln_model::output;
 pub(crate) struct Spares {
     /// `<storage root>/.spare/<worker id>`.
     dir: PathBuf,
-    /// Most used spares kept; past that, folders of pruned builds are removed as before.
+    /// Most spares kept; past that, folders of pruned builds are removed as before.
     max_used: usize,
-    /// How many fresh spares are kept ready.
-    fresh_target: usize,
     /// Set when `.spare` turned out to be on another filesystem than `jobs/` (a rename
     /// across them fails): spares are then neither kept nor made.
     off: AtomicBool,
@@ -45,9 +41,6 @@ pub(crate) struct Spare {
 struct Kept {
     /// (job folder it came from, where it is now).
     used: Vec<(PathBuf, PathBuf)>,
-    fresh: Vec<PathBuf>,
-    /// Fresh spares being made.
-    making: usize,
     /// Names spares uniquely within `dir`.
     next: u64,
 }
@@ -60,16 +53,10 @@ impl Kept {
 }
 
 impl Spares {
-    pub(crate) fn new(
-        storage_root: &Path,
-        worker_id: &str,
-        max_used: usize,
-        fresh_target: usize,
-    ) -> Self {
+    pub(crate) fn new(storage_root: &Path, worker_id: &str, max_used: usize) -> Self {
         Self {
             dir: storage_root.join(".spare").join(worker_id),
             max_used,
-            fresh_target,
             off: AtomicBool::new(false),
             kept: Mutex::default(),
         }
@@ -80,7 +67,6 @@ impl Spares {
     pub(crate) fn clear(&self) -> io::Result<()> {
         if let Ok(mut kept) = self.kept.lock() {
             kept.used.clear();
-            kept.fresh.clear();
         }
         match std::fs::remove_dir_all(&self.dir) {
             Err(e) if e.kind() != io::ErrorKind::NotFound => Err(e),
@@ -88,63 +74,15 @@ impl Spares {
         }
     }
 
-    /// A spare folder for the next build of `job_dir`: one of its own, else a fresh one.
+    /// A spare folder for the next build of `job_dir`, if one of its builds left one.
     pub(crate) fn take(self: &Arc<Self>, job_dir: &Path) -> Option<Spare> {
         let mut kept = self.kept.lock().ok()?;
-        let path = match kept.used.iter().position(|(job, _)| job == job_dir) {
-            Some(i) => kept.used.swap_remove(i).1,
-            None => kept.fresh.pop()?,
-        };
+        let i = kept.used.iter().position(|(job, _)| job == job_dir)?;
+        let path = kept.used.swap_remove(i).1;
         Some(Spare {
             path,
             spares: self.clone(),
         })
-    }
-
-    /// How many fresh spares to make now to get back to the target, counted as being made.
-    /// One at a time, right after a build took one: a batch made while the next build
-    /// renames its spare out of the same folder would hold that rename up (both lock the
-    /// folder, and making an inode can take half a millisecond on ext4).
-    pub(crate) fn fresh_wanted(&self) -> usize {
-        let Ok(mut kept) = self.kept.lock() else {
-            return 0;
-        };
-        if self.off.load(Ordering::Relaxed) {
-            return 0;
-        }
-        let wanted = self
-            .fresh_target
-            .saturating_sub(kept.fresh.len() + kept.making);
-        kept.making += wanted;
-        wanted
-    }
-
-    /// Makes `n` fresh spares (blocking), after [`Spares::fresh_wanted`] counted them.
-    pub(crate) fn make_fresh(&self, n: usize) -> io::Result<()> {
-        let mut result = Ok(());
-        for _ in 0..n {
-            let made = self.name_fresh().and_then(|spare| {
-                std::fs::create_dir_all(&spare)?;
-                std::fs::File::create(spare.join(output::LOG_FILE))?;
-                Ok(spare)
-            });
-            let Ok(mut kept) = self.kept.lock() else {
-                return result;
-            };
-            kept.making = kept.making.saturating_sub(1);
-            match made {
-                Ok(spare) => kept.fresh.push(spare),
-                Err(e) => result = Err(e),
-            }
-        }
-        result
-    }
-
-    fn name_fresh(&self) -> io::Result<PathBuf> {
-        self.kept
-            .lock()
-            .map(|mut kept| kept.name(&self.dir))
-            .map_err(|_| io::Error::other("spares lock poisoned"))
     }
 
     /// Keeps `build_dir` (of a build that left retention) as a spare: moved out of `jobs/`
@@ -194,30 +132,6 @@ impl Spares {
             tracing::warn!(path = %self.dir.display(), "spare build folders are on another filesystem than the builds' folders; not used");
         }
     }
-}
-
-/// Starts making the fresh spares missing, in the blocking pool, without waiting: a
-/// failure only costs the builds that find none the time to make their own folder.
-pub(crate) fn replenish(spares: &Arc<Spares>) {
-    if let Some(work) = refill(spares) {
-        tokio::task::spawn_blocking(work);
-    }
-}
-
-/// The making of the fresh spares missing now, as blocking work for the caller to run
-/// (a build's log writer runs it right after placing the build's folder: one trip to the
-/// blocking pool per build instead of two); `None` when none are missing.
-pub(crate) fn refill(spares: &Arc<Spares>) -> Option<Box<dyn FnOnce() + Send>> {
-    let n = spares.fresh_wanted();
-    if n == 0 {
-        return None;
-    }
-    let s = spares.clone();
-    Some(Box::new(move || {
-        if let Err(e) = s.make_fresh(n) {
-            tracing::debug!(error = %e, "cannot make spare build folders");
-        }
-    }))
 }
 
 impl Spare {
@@ -303,7 +217,7 @@ mod tests {
         std::fs::write(old.join(output::LOG_FILE), "old line\n").expect("log");
         std::fs::write(old.join("log.attempt-1.jsonl"), "older\n").expect("log");
         std::fs::write(old.join("artifacts/sub/a.txt"), "a").expect("artifact");
-        let spares = Arc::new(Spares::new(&root, "w1", 1, 0));
+        let spares = Arc::new(Spares::new(&root, "w1", 1));
 
         let other_job = root.join("jobs/other");
         std::fs::create_dir_all(other_job.join("7")).expect("mkdir");
@@ -349,23 +263,25 @@ mod tests {
     }
 
     #[test]
-    fn fresh_spares_serve_any_job_and_are_placed_with_their_parents() {
-        let root = scratch("fresh");
-        let spares = Arc::new(Spares::new(&root, "w1", 4, 2));
-        assert_eq!(spares.fresh_wanted(), 2);
-        assert_eq!(spares.fresh_wanted(), 0, "those being made count");
-        spares.make_fresh(2).expect("make");
-        assert_eq!(spares.fresh_wanted(), 0, "all ready");
-        let dir = root.join("jobs/team/app/1");
-        let spare = spares.take(&root.join("jobs/team/app")).expect("fresh");
+    fn a_spare_is_placed_with_its_parents_and_never_over_a_folder() {
+        let root = scratch("place");
+        let job = root.join("jobs/team/app");
+        for n in ["1", "2"] {
+            std::fs::create_dir_all(job.join(n)).expect("mkdir");
+        }
+        let spares = Arc::new(Spares::new(&root, "w1", 4));
+        assert!(spares.keep(&job, &job.join("1")).expect("keep"));
+        assert!(spares.keep(&job, &job.join("2")).expect("keep"));
+        std::fs::remove_dir_all(root.join("jobs")).expect("job folder gone");
+        let dir = job.join("3");
+        let spare = spares.take(&job).expect("a spare");
         let from = spare.path.clone();
         let mut log = spare.place(&dir).expect("placed, parents made");
         std::io::Write::write_all(&mut log, b"line\n").expect("write");
         assert_eq!(names(&dir), [output::LOG_FILE]);
         assert!(!from.exists());
-        assert_eq!(spares.fresh_wanted(), 1, "the one taken is replaced");
 
-        let other = spares.take(&root.join("jobs/lib")).expect("the second");
+        let other = spares.take(&job).expect("the second");
         let from = other.path.clone();
         assert!(
             other.place(&dir).is_err(),
@@ -375,7 +291,6 @@ mod tests {
             !from.exists(),
             "a spare that could not be placed is removed"
         );
-        assert_eq!(spares.fresh_wanted(), 1, "then the other");
         assert_eq!(
             std::fs::read(dir.join(output::LOG_FILE)).expect("read"),
             b"line\n"
@@ -398,11 +313,11 @@ mod tests {
             "this test needs the temp dir and /dev/shm on different filesystems"
         );
         let elsewhere = shm.join(format!("kiln-spares-apart-{}", std::process::id()));
-        let spares = Arc::new(Spares::new(&elsewhere, "w1", 4, 2));
+        let spares = Arc::new(Spares::new(&elsewhere, "w1", 4));
         assert!(spares.keep(&job, &job.join("1")).is_err());
         assert!(job.join("1").exists(), "left for the caller to remove");
-        assert_eq!(spares.fresh_wanted(), 0, "no spares made once turned off");
         assert!(!spares.keep(&job, &job.join("1")).expect("spares are off"));
+        assert!(spares.take(&job).is_none());
         let _ = std::fs::remove_dir_all(root);
         let _ = std::fs::remove_dir_all(elsewhere);
     }
