@@ -23,7 +23,7 @@ pub use error::StoreError;
 pub use finished::DeadLetter;
 pub use links::{valid_repo_part, Link};
 pub use nodes::QueueStats;
-pub use queue::{Claimed, Heartbeat, Lease, ReapOutcome};
+pub use queue::{Claimed, Finished, Heartbeat, Lease, ReapOutcome};
 pub use raw::{is_layout_key, RawValue};
 pub use tree::PutOutcome;
 

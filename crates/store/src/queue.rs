@@ -29,8 +29,13 @@ pub struct Lease {
 
 impl Lease {
     fn owner(&self) -> String {
-        format!("{} {} {}", self.worker, self.token, self.queue)
+        owner(&self.worker, &self.token, &self.queue)
     }
+}
+
+/// How a lease's holder reads in `kiln:lease-owners`.
+fn owner(worker: &Name, token: &str, queue: &Name) -> String {
+    format!("{worker} {token} {queue}")
 }
 
 /// A build just taken from a queue, with its document as it was queued and its job's
@@ -40,6 +45,62 @@ pub struct Claimed {
     pub lease: Lease,
     pub doc: BuildDocument,
     pub def: Option<JobDefinition>,
+}
+
+/// What a claim returns: the build's key, its document and its job's definition.
+type ClaimReply = (String, String, Option<String>);
+
+/// What finishing returns: the oldest build number kept, then a claim's reply or nothing.
+type FinishReply = (
+    Option<String>,
+    Option<String>,
+    Option<String>,
+    Option<String>,
+);
+
+/// The lease a claim asks for, before Redis has picked the build.
+struct NextLease {
+    queue: Name,
+    worker: Name,
+    token: String,
+}
+
+impl NextLease {
+    fn new(queue: &Name, worker: &Name) -> Self {
+        Self {
+            queue: queue.clone(),
+            worker: worker.clone(),
+            token: uuid::Uuid::new_v4().simple().to_string(),
+        }
+    }
+
+    fn owner(&self) -> String {
+        owner(&self.worker, &self.token, &self.queue)
+    }
+
+    fn claimed(self, (key, raw, def): ClaimReply) -> Result<Claimed, StoreError> {
+        let build =
+            BuildRef::from_key(&key).map_err(|e| StoreError::Conflict(format!("{key}: {e}")))?;
+        let def = def.map(|d| parse(&keys::job(&build.job), &d)).transpose()?;
+        Ok(Claimed {
+            def,
+            doc: parse(&key, &raw)?,
+            lease: Lease {
+                build,
+                worker: self.worker,
+                token: self.token,
+                queue: self.queue,
+            },
+        })
+    }
+}
+
+/// A finished build's recording: the oldest build number its job keeps (storage below it
+/// can go) and, when asked for, the next build of the same queue, already claimed.
+#[derive(Debug)]
+pub struct Finished {
+    pub oldest_kept: Option<u64>,
+    pub next: Option<Claimed>,
 }
 
 /// The reply to a heartbeat: build keys whose lease the worker no longer holds (it must
@@ -87,37 +148,21 @@ impl Store {
         worker: &Name,
         lease: Duration,
     ) -> Result<Option<Claimed>, StoreError> {
-        let token = uuid::Uuid::new_v4().simple().to_string();
-        let owner = format!("{worker} {token} {queue}");
+        let next = NextLease::new(queue, worker);
         let mut c = self.conn().await?;
-        let r: Option<(String, String, Option<String>)> = scripts::CLAIM
+        let r: Option<ClaimReply> = scripts::CLAIM
             .key(keys::queue(queue))
             .key(keys::queue_marker(queue))
             .key(keys::inflight(worker))
             .key(keys::LEASES)
             .key(keys::LEASE_OWNERS)
             .key(keys::running(queue))
-            .arg(owner)
+            .arg(next.owner())
             .arg(lease.as_millis() as u64)
             .arg(keys::prefix::JOB)
             .invoke_async(&mut c)
             .await?;
-        let Some((key, raw, def)) = r else {
-            return Ok(None);
-        };
-        let build =
-            BuildRef::from_key(&key).map_err(|e| StoreError::Conflict(format!("{key}: {e}")))?;
-        let def = def.map(|d| parse(&keys::job(&build.job), &d)).transpose()?;
-        Ok(Some(Claimed {
-            def,
-            doc: parse(&key, &raw)?,
-            lease: Lease {
-                build,
-                worker: worker.clone(),
-                token,
-                queue: queue.clone(),
-            },
-        }))
+        r.map(|reply| next.claimed(reply)).transpose()
     }
 
     /// Blocks until `queue` may hold work or `timeout` passes. Call it on the dedicated
@@ -166,22 +211,26 @@ impl Store {
 
     /// Records the final state, drops the lease, hands the build to every durable consumer
     /// and publishes `last_lines` (the log's last batch, when the worker held it back) then
-    /// `end` on its output channel, in one step. Returns the oldest build number the job
-    /// keeps, below which its storage folders can go.
+    /// `end` on its output channel, in one step. With `claim_next` (a lease length) it also
+    /// claims the next build of the lease's queue for the same worker, as
+    /// [`Store::claim`] would, in the same round trip: a busy worker's slot goes from one
+    /// build to the next without a claim of its own.
     pub async fn finish_build(
         &self,
         lease: &Lease,
         doc: &BuildDocument,
         last_lines: Option<&OutputMessage>,
         end: &OutputMessage,
-    ) -> Result<Option<u64>, StoreError> {
+        claim_next: Option<Duration>,
+    ) -> Result<Finished, StoreError> {
         let last_lines = last_lines
             .map(crate::pubsub::encode_output)
             .transpose()?
             .unwrap_or_default();
         let end = crate::pubsub::encode_output(end)?;
+        let next = claim_next.map(|l| (NextLease::new(&lease.queue, &lease.worker), l));
         let mut c = self.conn().await?;
-        let oldest = scripts::FINISH
+        let (oldest, key, raw, def): FinishReply = scripts::FINISH
             .key(lease.build.key())
             .key(keys::LEASE_OWNERS)
             .key(keys::LEASES)
@@ -189,6 +238,8 @@ impl Store {
             .key(keys::FINISHED_CONSUMERS)
             .key(keys::running(&lease.queue))
             .key(keys::job_recent(&lease.build.job))
+            .key(keys::queue(&lease.queue))
+            .key(keys::queue_marker(&lease.queue))
             .arg(lease.owner())
             .arg(to_json(doc)?)
             .arg(keys::prefix::FINISHED)
@@ -197,10 +248,20 @@ impl Store {
             .arg(keys::output_channel(&lease.build))
             .arg(end)
             .arg(last_lines)
-            .invoke_async::<Option<String>>(&mut c)
+            .arg(next.as_ref().map(|(n, _)| n.owner()).unwrap_or_default())
+            .arg(next.as_ref().map_or(0, |(_, l)| l.as_millis() as u64))
+            .arg(keys::prefix::JOB)
+            .invoke_async(&mut c)
             .await
             .map_err(|e| fenced(e, lease))?;
-        Ok(oldest.and_then(|n| n.parse().ok()))
+        let next = match (next, key, raw) {
+            (Some((n, _)), Some(key), Some(raw)) => Some(n.claimed((key, raw, def))?),
+            _ => None,
+        };
+        Ok(Finished {
+            oldest_kept: oldest.and_then(|n| n.parse().ok()),
+            next,
+        })
     }
 
     /// Puts a build back at the head of its queue without counting the attempt (graceful

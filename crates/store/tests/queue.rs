@@ -1,10 +1,12 @@
 //! The claim against a real redis-server: a claimed build comes with its job's definition as
 //! it is now, however the build's document was written, so a worker can start the first
-//! step before its start is recorded.
+//! step before its start is recorded; a busy worker's finish claims its next build.
 
 use std::time::Duration;
 
-use kiln_model::{keys, JobDefinition, JobName, Name, Trigger, TriggerKind};
+use kiln_model::{
+    keys, BuildStatus, JobDefinition, JobName, Name, OutputMessage, Trigger, TriggerKind,
+};
 use kiln_store::{Store, StoreOptions, TriggerRequest};
 use kiln_testkit::RedisServer;
 
@@ -89,4 +91,86 @@ async fn a_claimed_build_comes_with_its_jobs_current_definition() {
         .await
         .expect("claim")
         .is_none());
+}
+
+/// Records `claimed` as a success; with `claim_next`, the finish claims the next build.
+async fn finish(
+    store: &Store,
+    claimed: kiln_store::Claimed,
+    claim_next: Option<Duration>,
+) -> kiln_store::Finished {
+    let mut doc = claimed.doc;
+    doc.status = BuildStatus::Success;
+    let end = OutputMessage::End {
+        status: doc.status,
+        last_seq: 0,
+        attempt: doc.attempt,
+    };
+    store
+        .finish_build(&claimed.lease, &doc, None, &end, claim_next)
+        .await
+        .expect("finish")
+}
+
+#[tokio::test]
+async fn a_finish_can_claim_the_queues_next_build_in_the_same_step() {
+    let redis = RedisServer::start();
+    let store = Store::new(&StoreOptions::new(redis.url())).expect("store");
+    let job = JobName::parse("app").expect("name");
+    let queue = Name::parse("default").expect("queue");
+    let worker = Name::parse("w1").expect("worker");
+    store.put_job(&job, &def("true")).await.expect("put");
+    let mut keys = Vec::new();
+    for _ in 0..3 {
+        keys.push(queued(&store, &job).await);
+    }
+    let mut c = redis.pool().get().await.expect("connection");
+    let owner = |key: &str| {
+        deadpool_redis::redis::cmd("HGET")
+            .arg(keys::LEASE_OWNERS)
+            .arg(key)
+            .clone()
+    };
+
+    let first = store.claim(&queue, &worker, LEASE).await.expect("claim");
+    let first = first.expect("a build");
+    let finished = finish(&store, first, None).await;
+    assert!(finished.next.is_none(), "not asked: nothing claimed");
+    let status = |doc: Option<kiln_model::BuildDocument>| doc.expect("document").status;
+    let second_ref = kiln_model::BuildRef::from_key(&keys[1]).expect("key");
+    assert_eq!(
+        status(store.get_build(&second_ref).await.expect("get")),
+        BuildStatus::Queued
+    );
+
+    let second = store.claim(&queue, &worker, LEASE).await.expect("claim");
+    let second = second.expect("a build");
+    let second_lease = second.lease.clone();
+    let finished = finish(&store, second, Some(LEASE)).await;
+    let third = finished.next.expect("the next build, claimed");
+    assert_eq!(third.lease.build.key(), keys[2]);
+    assert_eq!(third.def.as_ref().expect("definition").steps[0].run, "true");
+    assert_ne!(third.lease.token, second_lease.token, "a lease of its own");
+    let held: Option<String> = owner(&keys[2]).query_async(&mut c).await.expect("HGET");
+    assert_eq!(
+        held.as_deref(),
+        Some(format!("w1 {} default", third.lease.token).as_str())
+    );
+    let gone: Option<String> = owner(&keys[1]).query_async(&mut c).await.expect("HGET");
+    assert!(gone.is_none(), "the finished build's lease is dropped");
+    assert_eq!(
+        status(store.get_build(&second_ref).await.expect("get")),
+        BuildStatus::Success
+    );
+
+    let finished = finish(&store, third, Some(LEASE)).await;
+    assert!(finished.next.is_none(), "the queue is empty");
+    let inflight: Vec<String> = deadpool_redis::redis::cmd("LRANGE")
+        .arg(keys::inflight(&worker))
+        .arg(0)
+        .arg(-1)
+        .query_async(&mut c)
+        .await
+        .expect("LRANGE");
+    assert!(inflight.is_empty(), "{inflight:?}");
 }

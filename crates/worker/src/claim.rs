@@ -1,5 +1,7 @@
 //! The claim loop: whenever a slot is free, take the next build of the queue atomically
-//! (under a lease), else block on the queue's marker until work may have arrived.
+//! (under a lease), else block on the queue's marker until work may have arrived. A busy
+//! slot takes its next build with the finish of the last one (`run::launch`), so the loop
+//! only claims for slots that fell idle.
 
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -8,10 +10,23 @@ use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::state::{now_ms, Active, Worker};
+use tokio::sync::OwnedSemaphorePermit;
+
+use crate::state::{now_ms, Worker};
 
 /// Longest pause after a Redis error before the loop tries again.
 const MAX_BACKOFF: Duration = Duration::from_secs(5);
+
+/// A build slot taken: held by one build after another until the worker shuts down or its
+/// queue runs dry.
+pub(crate) struct Slot {
+    /// Not read: the slot is free again when it is dropped.
+    pub(crate) _permit: OwnedSemaphorePermit,
+    /// Where the builds run, so that shutting down waits for them.
+    pub(crate) builds: TaskTracker,
+    /// Cancelled when the worker stops taking builds.
+    pub(crate) stop: CancellationToken,
+}
 
 pub(crate) async fn claim_loop(w: Arc<Worker>, stop: CancellationToken, builds: TaskTracker) {
     let mut backoff = Duration::from_millis(100);
@@ -31,10 +46,12 @@ pub(crate) async fn claim_loop(w: Arc<Worker>, stop: CancellationToken, builds: 
         {
             Ok(Some(claimed)) => {
                 backoff = Duration::from_millis(100);
-                metrics::counter!("kiln_worker_claims_total").increment(1);
-                let active = Arc::new(Active::new(claimed.lease.clone()));
-                w.insert(claimed.lease.build.key(), active.clone());
-                builds.spawn(crate::run::run(w.clone(), claimed, active, slot));
+                let slot = Slot {
+                    _permit: slot,
+                    builds: builds.clone(),
+                    stop: stop.clone(),
+                };
+                crate::run::launch(&w, claimed, slot);
             }
             Ok(None) => {
                 drop(slot);

@@ -6,32 +6,40 @@ use std::time::Duration;
 
 use chrono::Utc;
 use kiln_model::{storage, BuildStatus, OutputMessage};
-use kiln_store::{Claimed, StoreError};
-use tokio::sync::{watch, OwnedSemaphorePermit};
+use kiln_store::{Claimed, Finished, StoreError};
+use tokio::sync::watch;
 use tokio::time::Instant;
 use tracing::Instrument;
 
+use crate::claim::Slot;
 use crate::execute::{Execution, Outcome};
 use crate::state::{Active, StopReason, Worker};
 
-pub(crate) async fn run(
-    w: Arc<Worker>,
-    claimed: Claimed,
-    active: Arc<Active>,
-    _slot: OwnedSemaphorePermit,
-) {
+/// Runs `claimed` in its own task, holding `slot` until the build is over or, when its
+/// finish claimed the next build, handing the slot on to that one.
+pub(crate) fn launch(w: &Arc<Worker>, claimed: Claimed, slot: Slot) {
+    metrics::counter!("kiln_worker_claims_total").increment(1);
+    let active = Arc::new(Active::new(claimed.lease.clone()));
     let key = claimed.lease.build.key();
+    w.insert(key.clone(), active.clone());
     let span = tracing::info_span!(
         "build",
         job.name = %claimed.lease.build.job,
         build.number = %claimed.lease.build.number,
         attempt = claimed.doc.attempt
     );
-    run_claimed(&w, claimed, &active).instrument(span).await;
-    w.remove(&key);
+    let builds = slot.builds.clone();
+    let w = w.clone();
+    builds.spawn(
+        async move {
+            run_claimed(&w, claimed, &active, slot).await;
+            w.remove(&key);
+        }
+        .instrument(span),
+    );
 }
 
-async fn run_claimed(w: &Worker, claimed: Claimed, active: &Arc<Active>) {
+async fn run_claimed(w: &Arc<Worker>, claimed: Claimed, active: &Arc<Active>, slot: Slot) {
     let Claimed {
         lease,
         mut doc,
@@ -188,10 +196,15 @@ async fn run_claimed(w: &Worker, claimed: Claimed, active: &Arc<Active>) {
                 last_seq,
                 attempt: doc.attempt,
             };
-            if let Some(oldest_kept) = finish(w, &lease, &doc, held.as_ref(), &end).await {
+            // Unless the worker is stopping, the finish also claims this slot's next build.
+            let claim_next = (!slot.stop.is_cancelled()).then_some(w.settings.lease);
+            if let Some(finished) = finish(w, &lease, &doc, held.as_ref(), &end, claim_next).await {
                 metrics::counter!("kiln_worker_builds_finished_total", "status" => doc.status.as_str()).increment(1);
                 tracing::info!(build = %lease.build, status = %doc.status, duration_ms = doc.duration_ms, "build finished");
-                if let Some(oldest_kept) = oldest_kept {
+                if let Some(next) = finished.next {
+                    launch(w, next, slot);
+                }
+                if let Some(oldest_kept) = finished.oldest_kept {
                     crate::prune::prune_storage(w, &doc, oldest_kept).await;
                 }
             }
@@ -210,20 +223,25 @@ fn error_outcome(reason: String) -> Outcome {
 
 /// Records the final state (and sends live watchers the log's last lines and the build's
 /// end), retrying while Redis is unreachable for up to one lease; after that the lease has
-/// expired and the reaper owns the build. Returns `None` when it was not recorded, else the
-/// oldest build number the job keeps.
+/// expired and the reaper owns the build. With `claim_next`, claims the slot's next build
+/// in the same round trip. Returns `None` when it was not recorded.
 async fn finish(
     w: &Worker,
     lease: &kiln_store::Lease,
     doc: &kiln_model::BuildDocument,
     last_lines: Option<&OutputMessage>,
     end: &OutputMessage,
-) -> Option<Option<u64>> {
+    claim_next: Option<Duration>,
+) -> Option<Finished> {
     let give_up = Instant::now() + w.settings.lease;
     let mut delay = Duration::from_millis(100);
     loop {
-        match w.store.finish_build(lease, doc, last_lines, end).await {
-            Ok(oldest_kept) => return Some(oldest_kept),
+        match w
+            .store
+            .finish_build(lease, doc, last_lines, end, claim_next)
+            .await
+        {
+            Ok(finished) => return Some(finished),
             Err(StoreError::Stale(_)) => {
                 tracing::warn!(build = %lease.build, "lease lost before the result was recorded; discarded");
                 return None;

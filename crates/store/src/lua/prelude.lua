@@ -38,3 +38,28 @@ local function job_of(doc)
   if ok and type(d) == 'table' and type(d.job) == 'string' then return d.job end
   return ''
 end
+
+-- Moves the oldest queued build into the worker's in-flight list and leases it to the
+-- worker under a fresh random token, in one step: no moment exists where a build is
+-- neither queued nor leased. Returns {key, document, job definition (false when the job is
+-- gone)}, or nil when the queue is empty. The definition comes along so the worker can
+-- start the first step at once. Used by claim.lua, and by finish.lua for a worker that
+-- takes its next build in the same round trip.
+local function claim_next(queue, marker, inflight, leases, owners, running, owner, lease_ms, job_prefix)
+  for _ = 1, 1000 do
+    local key = redis.call('RPOP', queue)
+    if not key then return nil end
+    local doc = redis.call('GET', key)
+    -- Entries whose document was deleted (job deleted, trimmed) are dropped.
+    if doc then
+      redis.call('LPUSH', inflight, key)
+      redis.call('ZADD', leases, now_ms() + tonumber(lease_ms), key)
+      redis.call('HSET', owners, key, owner)
+      redis.call('LPUSH', running, key)
+      -- Another idle worker may take the next one.
+      if redis.call('LLEN', queue) > 0 then redis.call('ZADD', marker, 0, '0') end
+      return {key, doc, redis.call('GET', job_prefix .. job_of(doc))}
+    end
+  end
+  return nil
+end
