@@ -21,6 +21,11 @@ impl Store {
     }
 }
 
+/// An optional output message for a script's argument: `""` when there is none.
+pub(crate) fn encode_optional(msg: Option<&OutputMessage>) -> Result<String, StoreError> {
+    Ok(msg.map(encode_output).transpose()?.unwrap_or_default())
+}
+
 /// An output message as published on a build's channel (also by `finish.lua`).
 pub(crate) fn encode_output(msg: &OutputMessage) -> Result<String, StoreError> {
     serde_json::to_string(msg).map_err(|e| StoreError::corrupt("output", e))

@@ -177,24 +177,33 @@ impl Store {
         Ok(r.is_some())
     }
 
-    /// Marks a claimed build running (fenced by its lease) and tells the events channel.
-    pub async fn start_build(&self, lease: &Lease, doc: &BuildDocument) -> Result<(), StoreError> {
-        self.write_fenced(lease, doc, &event(BuildEventKind::Started, doc))
-            .await
+    /// Marks a claimed build running (fenced by its lease), tells the events channel, and
+    /// publishes `first_lines`, the log's first batch, on the build's output channel.
+    pub async fn start_build(
+        &self,
+        lease: &Lease,
+        doc: &BuildDocument,
+        first_lines: Option<&OutputMessage>,
+    ) -> Result<(), StoreError> {
+        let event = event(BuildEventKind::Started, doc);
+        self.write_fenced(lease, doc, &event, first_lines).await
     }
 
     /// Records progress (step results) of a running build, fenced by its lease.
     pub async fn update_build(&self, lease: &Lease, doc: &BuildDocument) -> Result<(), StoreError> {
-        self.write_fenced(lease, doc, "").await
+        self.write_fenced(lease, doc, "", None).await
     }
 
-    /// Writes `doc` unless the lease was lost, and publishes `event` (`""`: none).
+    /// Writes `doc` unless the lease was lost, then publishes `event` (`""`: none) and
+    /// `lines` on the build's output channel.
     async fn write_fenced(
         &self,
         lease: &Lease,
         doc: &BuildDocument,
         event: &str,
+        lines: Option<&OutputMessage>,
     ) -> Result<(), StoreError> {
+        let lines = crate::pubsub::encode_optional(lines)?;
         let mut c = self.conn().await?;
         scripts::WRITE
             .key(lease.build.key())
@@ -203,6 +212,8 @@ impl Store {
             .arg(to_json(doc)?)
             .arg(keys::EVENTS_CHANNEL)
             .arg(event)
+            .arg(keys::output_channel(&lease.build))
+            .arg(lines)
             .invoke_async::<Option<String>>(&mut c)
             .await
             .map_err(|e| fenced(e, lease))?;
@@ -223,10 +234,7 @@ impl Store {
         end: &OutputMessage,
         claim_next: Option<Duration>,
     ) -> Result<Finished, StoreError> {
-        let last_lines = last_lines
-            .map(crate::pubsub::encode_output)
-            .transpose()?
-            .unwrap_or_default();
+        let last_lines = crate::pubsub::encode_optional(last_lines)?;
         let end = crate::pubsub::encode_output(end)?;
         let next = claim_next.map(|l| (NextLease::new(&lease.queue, &lease.worker), l));
         let mut c = self.conn().await?;

@@ -10,7 +10,7 @@ use std::sync::Arc;
 use chrono::Utc;
 use kiln_model::{output, BuildRef, LogLine, OutputMessage, Stream};
 use kiln_store::Store;
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::JoinHandle;
 
 use crate::state::{Active, StopReason};
@@ -42,7 +42,8 @@ pub(crate) struct LogSummary {
     pub(crate) write_error: Option<String>,
     /// The last batch, in the file but not yet published: every sink was gone when it was
     /// read, so nothing follows it, and it goes out with the build's end, in the same
-    /// round trip (a short build made five round trips, now four).
+    /// round trip (as the first batch goes out with the start: a short build makes three
+    /// round trips, claim included, where it made five).
     pub(crate) held: Option<OutputMessage>,
 }
 
@@ -62,6 +63,7 @@ pub(crate) fn start(
     attempt: u32,
     dir: PathBuf,
     spare: Option<crate::spares::Spare>,
+    start: FirstBatch,
 ) -> (LogSink, JoinHandle<LogSummary>) {
     let (tx, mut rx) = mpsc::channel::<(Stream, String)>(4096);
     let handle = tokio::spawn(async move {
@@ -83,10 +85,20 @@ pub(crate) fn start(
         let mut held = None;
         let mut batch: Vec<LogLine> = Vec::new();
         let mut bytes: Vec<u8> = Vec::new();
-        while let Some(first) = rx.recv().await {
+        let mut start = Some(start);
+        loop {
+            // The first batch is what has arrived by the time the log is made, perhaps
+            // nothing: it goes to the start, which must not wait for a line.
+            let first = match start {
+                Some(_) => rx.try_recv().ok(),
+                None => match rx.recv().await {
+                    Some(line) => Some(line),
+                    None => break,
+                },
+            };
             batch.clear();
             bytes.clear();
-            let mut next = Some(first);
+            let mut next = first;
             while let Some((stream, line)) = next.take() {
                 seq += 1;
                 let l = LogLine {
@@ -118,9 +130,14 @@ pub(crate) fn start(
                     file = None;
                 }
             }
-            let msg = OutputMessage::Lines {
+            let msg = (!batch.is_empty()).then(|| OutputMessage::Lines {
                 lines: std::mem::take(&mut batch),
-            };
+            });
+            if let Some(start) = start.take() {
+                start.hand_over(msg).await;
+                continue;
+            }
+            let Some(msg) = msg else { continue };
             if rx.is_closed() && rx.is_empty() {
                 held = Some(msg);
                 break;
@@ -134,6 +151,24 @@ pub(crate) fn start(
         }
     });
     (LogSink { tx }, handle)
+}
+
+/// How the log's first batch reaches the build's start: the start's script publishes it,
+/// so a build's start and its first lines (the first step's header, at least) are one
+/// round trip, not two. The start waits for the log to be made (in the blocking pool, while
+/// the first step already runs); the log's later batches wait for the start's answer, so
+/// live watchers get them in order.
+pub(crate) struct FirstBatch {
+    pub(crate) to_start: oneshot::Sender<Option<OutputMessage>>,
+    /// The start's answer (`Some`), as the step results wait for it.
+    pub(crate) started: watch::Receiver<Option<bool>>,
+}
+
+impl FirstBatch {
+    async fn hand_over(mut self, msg: Option<OutputMessage>) {
+        let _ = self.to_start.send(msg);
+        let _ = self.started.wait_for(Option::is_some).await;
+    }
 }
 
 /// Publishes a batch of the build's lines for live views; a failure is not the build's

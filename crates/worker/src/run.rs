@@ -7,7 +7,7 @@ use std::time::Duration;
 use chrono::Utc;
 use kiln_model::{storage, BuildStatus, OutputMessage};
 use kiln_store::{Claimed, Finished, StoreError};
-use tokio::sync::watch;
+use tokio::sync::{oneshot, watch};
 use tokio::time::Instant;
 use tracing::Instrument;
 
@@ -60,10 +60,12 @@ async fn run_claimed(w: &Arc<Worker>, claimed: Claimed, active: &Arc<Active>, sl
     doc.finished_at = None;
     doc.duration_ms = None;
     doc.exit_code = None;
-    // The fenced start, the log's writer making the storage folder and the file, and the
-    // first step all begin now; none waits for another. A start Redis refuses stops the
-    // build's steps (`LeaseLost`: killed, nothing written); fenced writes of step results
-    // wait for the start.
+    // The log's writer making the storage folder and the file, and the first step, begin
+    // now; the fenced start follows as soon as the log is made, carrying its first lines
+    // (`output::FirstBatch`). A start Redis refuses stops the build's steps (`LeaseLost`:
+    // killed, nothing written); fenced writes of step results wait for the start.
+    let (started_tx, started_rx) = watch::channel(None);
+    let (first_tx, first_rx) = oneshot::channel();
     let log = storage::build_dir(&w.settings.storage_root, &doc.storage_path)
         .ok_or_else(|| format!("invalid storage path {:?}", doc.storage_path))
         .map(|dir| {
@@ -77,13 +79,22 @@ async fn run_claimed(w: &Arc<Worker>, claimed: Claimed, active: &Arc<Active>, sl
                 doc.attempt,
                 dir.clone(),
                 spare,
+                crate::output::FirstBatch {
+                    to_start: first_tx,
+                    started: started_rx.clone(),
+                },
             );
             (dir, sink, writer)
         });
-    let (started_tx, started_rx) = watch::channel(None);
     let running = doc.clone();
     let start = async {
-        let refused = match w.store.start_build(&lease, &running).await {
+        // Without a writer (no valid folder) there is no batch and no wait.
+        let first_lines = first_rx.await.ok().flatten();
+        let refused = match w
+            .store
+            .start_build(&lease, &running, first_lines.as_ref())
+            .await
+        {
             Ok(()) => {
                 tracing::info!(build = %lease.build, "build started");
                 let _ = started_tx.send(Some(true));
