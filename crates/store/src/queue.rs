@@ -96,11 +96,13 @@ impl NextLease {
 }
 
 /// A finished build's recording: the oldest build number its job keeps (storage below it
-/// can go) and, when asked for, the next build of the same queue, already claimed.
+/// can go) and, when asked for, the next build of the same queue, already claimed. A next
+/// build that cannot be read (a corrupt document) is an error of its own: the finish was
+/// recorded all the same, and the unreadable build's lease runs out for the reaper.
 #[derive(Debug)]
 pub struct Finished {
     pub oldest_kept: Option<u64>,
-    pub next: Option<Claimed>,
+    pub next: Result<Option<Claimed>, StoreError>,
 }
 
 /// The reply to a heartbeat: build keys whose lease the worker no longer holds (it must
@@ -263,8 +265,8 @@ impl Store {
             .await
             .map_err(|e| fenced(e, lease))?;
         let next = match (next, key, raw) {
-            (Some((n, _)), Some(key), Some(raw)) => Some(n.claimed((key, raw, def))?),
-            _ => None,
+            (Some((n, _)), Some(key), Some(raw)) => n.claimed((key, raw, def)).map(Some),
+            _ => Ok(None),
         };
         Ok(Finished {
             oldest_kept: oldest.and_then(|n| n.parse().ok()),

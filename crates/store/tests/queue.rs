@@ -135,7 +135,10 @@ async fn a_finish_can_claim_the_queues_next_build_in_the_same_step() {
     let first = store.claim(&queue, &worker, LEASE).await.expect("claim");
     let first = first.expect("a build");
     let finished = finish(&store, first, None).await;
-    assert!(finished.next.is_none(), "not asked: nothing claimed");
+    assert!(
+        finished.next.expect("next").is_none(),
+        "not asked: nothing claimed"
+    );
     let status = |doc: Option<kiln_model::BuildDocument>| doc.expect("document").status;
     let second_ref = kiln_model::BuildRef::from_key(&keys[1]).expect("key");
     assert_eq!(
@@ -147,7 +150,10 @@ async fn a_finish_can_claim_the_queues_next_build_in_the_same_step() {
     let second = second.expect("a build");
     let second_lease = second.lease.clone();
     let finished = finish(&store, second, Some(LEASE)).await;
-    let third = finished.next.expect("the next build, claimed");
+    let third = finished
+        .next
+        .expect("next")
+        .expect("the next build, claimed");
     assert_eq!(third.lease.build.key(), keys[2]);
     assert_eq!(third.def.as_ref().expect("definition").steps[0].run, "true");
     assert_ne!(third.lease.token, second_lease.token, "a lease of its own");
@@ -164,7 +170,7 @@ async fn a_finish_can_claim_the_queues_next_build_in_the_same_step() {
     );
 
     let finished = finish(&store, third, Some(LEASE)).await;
-    assert!(finished.next.is_none(), "the queue is empty");
+    assert!(finished.next.expect("next").is_none(), "the queue is empty");
     let inflight: Vec<String> = deadpool_redis::redis::cmd("LRANGE")
         .arg(keys::inflight(&worker))
         .arg(0)

@@ -22,7 +22,10 @@ pub(crate) fn launch(w: &Arc<Worker>, claimed: Claimed, slot: Slot) {
     let active = Arc::new(Active::new(claimed.lease.clone()));
     let key = claimed.lease.build.key();
     w.insert(key.clone(), active.clone());
+    // A root span: a build launched by the finish of the one before must not become its
+    // child, or a busy slot's spans would nest (and stay alive) without end.
     let span = tracing::info_span!(
+        parent: None,
         "build",
         job.name = %claimed.lease.build.job,
         build.number = %claimed.lease.build.number,
@@ -212,8 +215,12 @@ async fn run_claimed(w: &Arc<Worker>, claimed: Claimed, active: &Arc<Active>, sl
             if let Some(finished) = finish(w, &lease, &doc, held.as_ref(), &end, claim_next).await {
                 metrics::counter!("kiln_worker_builds_finished_total", "status" => doc.status.as_str()).increment(1);
                 tracing::info!(build = %lease.build, status = %doc.status, duration_ms = doc.duration_ms, "build finished");
-                if let Some(next) = finished.next {
-                    launch(w, next, slot);
+                match finished.next {
+                    Ok(Some(next)) => launch(w, next, slot),
+                    Ok(None) => {}
+                    Err(e) => {
+                        tracing::warn!(error = %e, "cannot read the next build claimed; its lease will run out for the reaper")
+                    }
                 }
                 if let Some(oldest_kept) = finished.oldest_kept {
                     crate::prune::prune_storage(w, &doc, oldest_kept).await;
