@@ -33,13 +33,25 @@ async fn queued(store: &Store, job: &JobName) -> String {
     t.build.build_ref().key()
 }
 
-#[tokio::test]
-async fn a_claimed_build_comes_with_its_jobs_current_definition() {
+fn redis_and_store() -> (RedisServer, Store) {
     let redis = RedisServer::start();
     let store = Store::new(&StoreOptions::new(redis.url())).expect("store");
-    let job = JobName::parse("app").expect("name");
-    let queue = Name::parse("default").expect("queue");
-    let worker = Name::parse("w1").expect("worker");
+    (redis, store)
+}
+
+/// The job, queue and worker every test here uses.
+fn names() -> (JobName, Name, Name) {
+    (
+        JobName::parse("app").expect("name"),
+        Name::parse("default").expect("queue"),
+        Name::parse("w1").expect("worker"),
+    )
+}
+
+#[tokio::test]
+async fn a_claimed_build_comes_with_its_jobs_current_definition() {
+    let (redis, store) = redis_and_store();
+    let (job, queue, worker) = names();
     store.put_job(&job, &def("echo one")).await.expect("put");
     let first = queued(&store, &job).await;
     let second = queued(&store, &job).await;
@@ -114,11 +126,8 @@ async fn finish(
 
 #[tokio::test]
 async fn a_finish_can_claim_the_queues_next_build_in_the_same_step() {
-    let redis = RedisServer::start();
-    let store = Store::new(&StoreOptions::new(redis.url())).expect("store");
-    let job = JobName::parse("app").expect("name");
-    let queue = Name::parse("default").expect("queue");
-    let worker = Name::parse("w1").expect("worker");
+    let (redis, store) = redis_and_store();
+    let (job, queue, worker) = names();
     store.put_job(&job, &def("true")).await.expect("put");
     let mut keys = Vec::new();
     for _ in 0..3 {
