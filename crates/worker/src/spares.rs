@@ -24,9 +24,9 @@ pub(crate) struct Spares {
     /// `<storage root>/.spare/<worker id>`.
     dir: PathBuf,
     /// Most spares kept; past that, folders of pruned builds are removed as before.
-    max_used: usize,
+    max_kept: usize,
     /// Set when `.spare` turned out to be on another filesystem than `jobs/` (a rename
-    /// across them fails): spares are then neither kept nor made.
+    /// across them fails): spares are then not kept.
     off: AtomicBool,
     kept: Mutex<Kept>,
 }
@@ -53,10 +53,10 @@ impl Kept {
 }
 
 impl Spares {
-    pub(crate) fn new(storage_root: &Path, worker_id: &str, max_used: usize) -> Self {
+    pub(crate) fn new(storage_root: &Path, worker_id: &str, max_kept: usize) -> Self {
         Self {
             dir: storage_root.join(".spare").join(worker_id),
-            max_used,
+            max_kept,
             off: AtomicBool::new(false),
             kept: Mutex::default(),
         }
@@ -99,7 +99,7 @@ impl Spares {
             let Ok(mut kept) = self.kept.lock() else {
                 return Ok(false);
             };
-            let evicted = (kept.used.len() >= self.max_used && !kept.used.is_empty())
+            let evicted = (kept.used.len() >= self.max_kept && !kept.used.is_empty())
                 .then(|| kept.used.remove(0).1);
             (kept.name(&self.dir), evicted)
         };
