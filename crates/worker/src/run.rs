@@ -186,12 +186,7 @@ async fn run_claimed(w: &Arc<Worker>, claimed: Claimed, active: &Arc<Active>, sl
                 "handed back by worker {} when it shut down",
                 w.settings.id
             ));
-            match w.store.release_build(&lease, &doc).await {
-                Ok(()) => tracing::info!(build = %lease.build, "build handed back to its queue"),
-                Err(e) => {
-                    tracing::warn!(build = %lease.build, error = %e, "cannot hand back; the reaper will requeue it")
-                }
-            }
+            hand_back(w, &lease, &doc).await;
         }
         Some(StopReason::Cancelled | StopReason::LogFailed) | None => {
             let last_seq = outcome.last_seq;
@@ -216,6 +211,11 @@ async fn run_claimed(w: &Arc<Worker>, claimed: Claimed, active: &Arc<Active>, sl
                 metrics::counter!("kiln_worker_builds_finished_total", "status" => doc.status.as_str()).increment(1);
                 tracing::info!(build = %lease.build, status = %doc.status, duration_ms = doc.duration_ms, "build finished");
                 match finished.next {
+                    // The worker began to stop while the finish was on its way (it may
+                    // have been retried for a while): the build claimed with it goes back.
+                    Ok(Some(next)) if slot.stop.is_cancelled() => {
+                        hand_back(w, &next.lease, &next.doc).await
+                    }
                     Ok(Some(next)) => launch(w, next, slot),
                     Ok(None) => {}
                     Err(e) => {
@@ -226,6 +226,17 @@ async fn run_claimed(w: &Arc<Worker>, claimed: Claimed, active: &Arc<Active>, sl
                     crate::prune::prune_storage(w, &doc, oldest_kept).await;
                 }
             }
+        }
+    }
+}
+
+/// Puts a build this worker holds back at the head of its queue, its attempt not counted,
+/// as `doc` (which should read as queued).
+async fn hand_back(w: &Worker, lease: &kiln_store::Lease, doc: &kiln_model::BuildDocument) {
+    match w.store.release_build(lease, doc).await {
+        Ok(()) => tracing::info!(build = %lease.build, "build handed back to its queue"),
+        Err(e) => {
+            tracing::warn!(build = %lease.build, error = %e, "cannot hand back; the reaper will requeue it")
         }
     }
 }
