@@ -168,12 +168,17 @@ impl BareRound {
         let (moved, conn) = waiter.await?;
         anyhow::ensure!(moved?.is_some(), "the bare round's BLMOVE saw nothing");
         self.blocked = Some(conn);
-        tokio::process::Command::new("sh")
-            .args(["-c", "true"])
-            .status()
-            .await?;
+        spawn_true().await?;
         Ok(t0.elapsed())
     }
+}
+
+/// Runs `sh -c true` to its end, the way every baseline of the bench spawns it.
+async fn spawn_true() -> std::io::Result<std::process::ExitStatus> {
+    tokio::process::Command::new("sh")
+        .args(["-c", "true"])
+        .status()
+        .await
 }
 
 /// How long every service sits idle before each of figure 1's quiet builds.
@@ -231,10 +236,7 @@ async fn spawn_ceiling(total: usize, threads: usize) -> anyhow::Result<Ceiling> 
         let left = left.clone();
         tasks.push(tokio::spawn(async move {
             while left.fetch_sub(1, Ordering::Relaxed) as i64 > 0 {
-                let _ = tokio::process::Command::new("sh")
-                    .args(["-c", "true"])
-                    .status()
-                    .await;
+                let _ = spawn_true().await;
             }
         }));
     }

@@ -238,7 +238,7 @@ impl Store {
     ) -> Result<Finished, StoreError> {
         let last_lines = crate::pubsub::encode_optional(last_lines)?;
         let end = crate::pubsub::encode_output(end)?;
-        let next = claim_next.map(|l| (NextLease::new(&lease.queue, &lease.worker), l));
+        let next = claim_next.map(|_| NextLease::new(&lease.queue, &lease.worker));
         let mut c = self.conn().await?;
         let (oldest, key, raw, def): FinishReply = scripts::FINISH
             .key(lease.build.key())
@@ -258,14 +258,14 @@ impl Store {
             .arg(keys::output_channel(&lease.build))
             .arg(end)
             .arg(last_lines)
-            .arg(next.as_ref().map(|(n, _)| n.owner()).unwrap_or_default())
-            .arg(next.as_ref().map_or(0, |(_, l)| l.as_millis() as u64))
+            .arg(next.as_ref().map(NextLease::owner).unwrap_or_default())
+            .arg(claim_next.map_or(0, |l| l.as_millis() as u64))
             .arg(keys::prefix::JOB)
             .invoke_async(&mut c)
             .await
             .map_err(|e| fenced(e, lease))?;
         let next = match (next, key, raw) {
-            (Some((n, _)), Some(key), Some(raw)) => n.claimed((key, raw, def)).map(Some),
+            (Some(n), Some(key), Some(raw)) => n.claimed((key, raw, def)).map(Some),
             _ => Ok(None),
         };
         Ok(Finished {
