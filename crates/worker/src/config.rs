@@ -73,6 +73,9 @@ pub(crate) struct Settings {
     pub(crate) launcher: crate::process::Launcher,
     pub(crate) workspace_root: PathBuf,
     pub(crate) storage_root: PathBuf,
+    /// Whether the storage root is on a local filesystem (`crate::local_fs`): the build's
+    /// folder and log are then made on the event loop, not in the blocking pool.
+    pub(crate) storage_local: bool,
 }
 
 fn default_id() -> String {
@@ -143,6 +146,7 @@ impl WorkerConfig {
             launcher,
             workspace_root: w.workspace_root.clone(),
             storage_root: self.common.storage.root.clone(),
+            storage_local: crate::local_fs::is_local(&self.common.storage.root),
         })
     }
 }

@@ -8,6 +8,7 @@ mod config;
 mod execute;
 mod heartbeat;
 mod http;
+mod local_fs;
 mod output;
 mod process;
 mod prune;

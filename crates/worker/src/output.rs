@@ -51,30 +51,35 @@ pub(crate) struct LogSummary {
 /// previous attempt's log is kept beside it as `log.attempt-<n>.jsonl`). `spare`, an empty
 /// folder (`crate::spares`), becomes `dir` when given.
 ///
-/// Returns at once: the writer makes the folder and the file itself, in the blocking pool,
-/// while the build's first step starts; lines sent meanwhile wait in the channel. Making
-/// them used to sit between a build's claim and its first step (`make bench`, trigger
-/// figure), and on network storage each of them is a round trip to the file server. A log
-/// that cannot be made stops the build (its steps' process groups are killed) and fails it
-/// as `error`.
+/// Returns at once: the writer makes the folder and the file itself while the build's first
+/// step starts; lines sent meanwhile wait in the channel. Making them used to sit between a
+/// build's claim and its first step (`make bench`, trigger figure). On `local` storage the
+/// writer makes them on the event loop; elsewhere (network storage, where each is a round
+/// trip to the file server) in the blocking pool. A log that cannot be made stops the build
+/// (its steps' process groups are killed) and fails it as `error`.
 pub(crate) fn start(
     store: Store,
     active: Arc<Active>,
     attempt: u32,
     dir: PathBuf,
     spare: Option<crate::spares::Spare>,
+    local: bool,
     start: FirstBatch,
 ) -> (LogSink, JoinHandle<LogSummary>) {
     let (tx, mut rx) = mpsc::channel::<(Stream, String)>(4096);
     let handle = tokio::spawn(async move {
         let shown = dir.display().to_string();
-        let (made_tx, made) = oneshot::channel();
-        tokio::task::spawn_blocking(move || {
-            let _ = made_tx.send(create_log(&dir, attempt, spare));
-        });
-        let (mut file, mut write_error) = match made.await.map_err(std::io::Error::other) {
-            Ok(Ok(file)) => (Some(file), None),
-            Ok(Err(e)) | Err(e) => {
+        let made = if local {
+            create_log(&dir, attempt, spare)
+        } else {
+            tokio::task::spawn_blocking(move || create_log(&dir, attempt, spare))
+                .await
+                .map_err(std::io::Error::other)
+                .flatten()
+        };
+        let (mut file, mut write_error) = match made {
+            Ok(file) => (Some(file), None),
+            Err(e) => {
                 active.stop(StopReason::LogFailed);
                 let reason = format!("cannot create the build log in {shown}: {e}");
                 (None, Some(reason))

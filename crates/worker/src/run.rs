@@ -82,6 +82,7 @@ async fn run_claimed(w: &Arc<Worker>, claimed: Claimed, active: &Arc<Active>, sl
                 doc.attempt,
                 dir.clone(),
                 spare,
+                w.settings.storage_local,
                 crate::output::FirstBatch {
                     to_start: first_tx,
                     started: started_rx.clone(),
