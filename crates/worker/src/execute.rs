@@ -237,7 +237,7 @@ impl Execution<'_> {
             _ = self.active.stop.cancelled() => None,
         };
         // Kill whatever the step left behind in its group, and everything on timeout/stop.
-        process::kill_group(p.pgid);
+        p.kill_group();
         let finished = ended.is_some();
         let exit = match ended {
             Some(s) => s.ok(),

@@ -29,7 +29,10 @@ fn fs_type(path: &Path) -> Option<i64> {
         }
         st.assume_init()
     };
-    #[allow(clippy::unnecessary_cast, reason = "f_type's width differs between targets")]
+    #[allow(
+        clippy::unnecessary_cast,
+        reason = "f_type's width differs between targets"
+    )]
     Some(st.f_type as i64)
 }
 

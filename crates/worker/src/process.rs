@@ -2,22 +2,30 @@
 //! whole tree, and dies with the worker, so a requeued build never overlaps an orphan of its
 //! earlier attempt.
 //!
-//! Dying with the worker is left to the kernel. For every step the worker opens a pipe, the
-//! step's *lifeline*, and keeps both ends itself; each end is armed (`O_ASYNC` with
+//! Dying with the worker is left to the kernel. Every running step has a pipe, its
+//! *lifeline*, of which the worker keeps both ends; each end is armed (`O_ASYNC` with
 //! `F_SETOWN` and `F_SETSIG`) to send SIGKILL to the step's process group when the pipe's
 //! other side loses its last holder. When the worker exits, however it exits, the kernel
-//! closes its files: whichever end goes first, the other one fires. No helper process runs
-//! beside the step and nothing runs between fork and exec, so a step costs one `posix_spawn`
-//! of the configured shell, like running that shell by hand (a watcher shell per step, the
-//! previous design, cost about as much CPU again; see docs/performance.md).
+//! closes its files: whichever end goes first, the other one fires. Lifelines are reused
+//! from step to step (re-armed for the new group), and nothing runs beside the step or
+//! between fork and exec: a step costs one `posix_spawn` of the configured shell, like
+//! running that shell by hand (a watcher shell per step, an earlier design, cost about as
+//! much CPU again; see docs/performance.md).
+//!
+//! The worker calls `posix_spawn` itself rather than through `std::process::Command`: the
+//! standard library rebuilds the whole environment (a sorted map, then a C array) for every
+//! process whose environment differs from the worker's, which every step's does (its
+//! `KILN_*` variables); here the worker's part is made once, at start-up.
 
 use std::collections::BTreeMap;
-use std::ffi::OsString;
+use std::ffi::CString;
 use std::io::{self, PipeReader, PipeWriter};
-use std::os::fd::OwnedFd;
-use std::os::unix::process::CommandExt;
+use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::process::ExitStatusExt;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, ExitStatus, Stdio};
+use std::process::ExitStatus;
+use std::sync::{Arc, Mutex};
 
 use tokio::io::AsyncReadExt;
 use tokio::net::unix::pipe;
@@ -38,22 +46,24 @@ pub(crate) struct StepProcess {
     pub(crate) stderr: Option<pipe::Receiver>,
     exit: Exit,
     status: Option<ExitStatus>,
-    /// Held until the step is over; dropping it signals a group that is already gone.
-    /// (`None` only in a test that cuts it.)
+    /// Whether the group was killed after the step (`kill_group`); if not, dropping the step
+    /// kills it.
+    killed: bool,
+    /// Held while the step runs, then handed back to `lifelines` for the next step. (`None`
+    /// only in a test that cuts it.)
     lifeline: Option<Lifeline>,
+    lifelines: Lifelines,
 }
 
 /// How the worker learns that a step's process ended. Not through tokio's child handling:
 /// that reacts to every SIGCHLD by polling each running step, and cost the worker a fifth
-/// of its CPU per build in `make bench` together with the environment copies below.
+/// of its CPU per build in `make bench` together with the environment copies of the
+/// standard library's spawn.
 enum Exit {
     /// Linux: the process's pidfd turns readable when it ends, seen by the worker's own
     /// event loop; no signal handler, no thread.
     #[cfg(target_os = "linux")]
-    Pidfd {
-        child: Option<Child>,
-        ended: tokio::io::unix::AsyncFd<OwnedFd>,
-    },
+    Pidfd(tokio::io::unix::AsyncFd<OwnedFd>),
     /// Elsewhere, or on a kernel without pidfds (before 5.3): a blocking-pool thread waits.
     Thread(JoinHandle<io::Result<ExitStatus>>),
 }
@@ -65,54 +75,81 @@ impl StepProcess {
         if let Some(status) = self.status {
             return Ok(status);
         }
-        let status = self.exit.wait().await?;
+        let status = self.exit.wait(self.pgid).await?;
         self.status = Some(status);
         Ok(status)
+    }
+
+    /// Kills every process of the step's group: what the step left behind once it ended,
+    /// everything on a timeout or stop.
+    pub(crate) fn kill_group(&mut self) {
+        kill_group(self.pgid);
+        self.killed = true;
     }
 }
 
 impl Drop for StepProcess {
-    /// A step dropped before it was waited for (its build's task was aborted) is reaped
-    /// by the blocking pool once it ends, so no zombie is left behind.
+    /// A step dropped before its group was killed (its build's task was aborted) is killed
+    /// now, and reaped by the blocking pool once it ends, so no zombie is left behind. Its
+    /// lifeline goes back to the launcher for the next step.
     fn drop(&mut self) {
+        if !self.killed {
+            kill_group(self.pgid);
+        }
         #[cfg(target_os = "linux")]
-        if let (None, Exit::Pidfd { child, .. }) = (self.status, &mut self.exit) {
-            if let (Some(mut c), Ok(rt)) = (child.take(), tokio::runtime::Handle::try_current()) {
-                drop(rt.spawn_blocking(move || c.wait()));
+        if let (None, Exit::Pidfd(_)) = (self.status, &self.exit) {
+            if let Ok(rt) = tokio::runtime::Handle::try_current() {
+                let pid = self.pgid;
+                drop(rt.spawn_blocking(move || wait_blocking(pid)));
             }
+        }
+        if let (Some(l), Ok(mut pool)) = (self.lifeline.take(), self.lifelines.lock()) {
+            pool.push(l);
         }
     }
 }
 
+/// Lifelines of steps that ended, ready for the next ones: at most as many as steps ever
+/// ran at once.
+type Lifelines = Arc<Mutex<Vec<Lifeline>>>;
+
 /// How step processes are started, decided once from `worker.shell` at start-up.
 #[derive(Debug, Clone)]
 pub(crate) struct Launcher {
-    /// Absolute path of the shell: the standard library uses `posix_spawn` only when it
-    /// need not look the program up in the step's `PATH`.
-    program: PathBuf,
-    /// `$0` of the step, the shell's name as configured, so its error messages read as usual.
-    arg0: String,
-    /// The shell's arguments before the script (`-e -c`).
-    args: Vec<String>,
+    /// Absolute path of the shell, found on the worker's `PATH` once.
+    program: CString,
+    /// `$0` of the step (the shell's name as configured, so its error messages read as
+    /// usual), then the shell's arguments before the script (`-e -c`).
+    argv: Arc<[CString]>,
     /// The worker's own environment without its `KILN_*` settings (which may hold
-    /// secrets): every step starts from it. Read once, not per step.
-    inherited: Vec<(OsString, OsString)>,
+    /// secrets): every step starts from it. Keys (when UTF-8) and `KEY=value` entries.
+    inherited: Arc<[(Option<String>, CString)]>,
+    lifelines: Lifelines,
 }
 
 impl Launcher {
     /// Checks `shell` (program, options..., ending in the flag that takes a script) and
     /// finds the program on the worker's `PATH`.
     pub(crate) fn new(shell: &[String]) -> Result<Self, String> {
-        let Some((program, args)) = shell.split_first() else {
+        let Some(program) = shell.first() else {
             return Err("must name a program".into());
         };
+        let c = |s: &[u8]| CString::new(s).map_err(|_| "must not contain NUL bytes".to_owned());
+        let inherited = std::env::vars_os()
+            .filter(|(k, _)| !k.as_encoded_bytes().starts_with(b"KILN_"))
+            .filter_map(|(k, v)| {
+                let entry = [k.as_bytes(), b"=", v.as_bytes()].concat();
+                Some((k.into_string().ok(), CString::new(entry).ok()?))
+            })
+            .collect();
         Ok(Self {
-            program: find_program(program)?,
-            arg0: program.clone(),
-            args: args.to_vec(),
-            inherited: std::env::vars_os()
-                .filter(|(k, _)| !k.as_encoded_bytes().starts_with(b"KILN_"))
-                .collect(),
+            program: c(find_program(program)?.as_os_str().as_bytes())?,
+            argv: shell
+                .iter()
+                .map(|a| c(a.as_bytes()))
+                .collect::<Result<_, _>>()?,
+            inherited,
+            lifelines: Arc::default(),
         })
     }
 
@@ -124,74 +161,220 @@ impl Launcher {
         cwd: &Path,
         env: &BTreeMap<String, String>,
     ) -> io::Result<StepProcess> {
-        let lifeline = Lifeline::new()?;
-        let mut child = Command::new(&self.program)
-            .arg0(&self.arg0)
-            .args(&self.args)
-            .arg(script)
-            .current_dir(cwd)
-            .env_clear()
-            .envs(self.inherited.iter().map(|(k, v)| (k, v)))
-            .envs(env)
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .process_group(0)
-            .spawn()?;
-        let pgid = child.id() as i32;
-        let stdout = child.stdout.take().map(OwnedFd::from);
-        let stderr = child.stderr.take().map(OwnedFd::from);
+        let nul = |_| {
+            io::Error::new(
+                io::ErrorKind::InvalidInput,
+                "NUL byte in a step's command, folder or environment",
+            )
+        };
+        let script = CString::new(script).map_err(nul)?;
+        let cwd = CString::new(cwd.as_os_str().as_bytes()).map_err(nul)?;
+        let own = env
+            .iter()
+            .map(|(k, v)| CString::new([k.as_bytes(), b"=", v.as_bytes()].concat()).map_err(nul))
+            .collect::<io::Result<Vec<_>>>()?;
+        let argv = (self.argv.iter().chain([&script]))
+            .map(|a| a.as_ptr())
+            .chain([std::ptr::null()])
+            .collect::<Vec<_>>();
+        let envp = (self.inherited.iter())
+            .filter(|(k, _)| k.as_ref().is_none_or(|k| !env.contains_key(k)))
+            .map(|(_, entry)| entry)
+            .chain(&own)
+            .map(|e| e.as_ptr())
+            .chain([std::ptr::null()])
+            .collect::<Vec<_>>();
+        let (out_r, out_w) = output_pipe()?;
+        let (err_r, err_w) = output_pipe()?;
+        let lifeline = self.lifeline()?;
+        let pid = spawn::posix_spawn(&self.program, &argv, &envp, &cwd, &out_w, &err_w)?;
+        drop((out_w, err_w));
         let mut step = StepProcess {
-            pgid,
+            pgid: pid,
             stdout: None,
             stderr: None,
-            exit: Exit::of(child),
+            exit: Exit::of(pid),
             status: None,
+            killed: false,
             lifeline: None,
+            lifelines: self.lifelines.clone(),
         };
         // From here on an error kills the group; dropping `step` reaps it.
-        let armed = lifeline.arm(pgid).and_then(|()| {
-            step.lifeline = Some(lifeline);
-            step.stdout = stdout.map(pipe::Receiver::from_owned_fd).transpose()?;
-            step.stderr = stderr.map(pipe::Receiver::from_owned_fd).transpose()?;
-            Ok(())
-        });
-        if let Err(e) = armed {
-            kill_group(pgid);
-            return Err(e);
-        }
+        lifeline.arm(pid)?;
+        step.lifeline = Some(lifeline);
+        step.stdout = Some(pipe::Receiver::from_owned_fd_unchecked(out_r)?);
+        step.stderr = Some(pipe::Receiver::from_owned_fd_unchecked(err_r)?);
         Ok(step)
+    }
+
+    /// A lifeline from an earlier step, or a new one.
+    fn lifeline(&self) -> io::Result<Lifeline> {
+        match self.lifelines.lock().ok().and_then(|mut pool| pool.pop()) {
+            Some(l) => Ok(l),
+            None => Lifeline::new(),
+        }
+    }
+}
+
+/// A pipe for a step's output: the write end for the step, the read end for the worker's
+/// event loop (non-blocking). Both close on exec: the spawn gives the step its copy.
+fn output_pipe() -> io::Result<(OwnedFd, OwnedFd)> {
+    let (read, write) = std::io::pipe()?;
+    #[expect(unsafe_code, reason = "fcntl has no safe wrapper in std")]
+    // SAFETY: fcntl on a descriptor owned here, with integer arguments only.
+    if unsafe { libc::fcntl(read.as_raw_fd(), libc::F_SETFL, libc::O_NONBLOCK) } == -1 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok((read.into(), write.into()))
+}
+
+/// The one call into `posix_spawn`, with its attribute and file-action objects.
+mod spawn {
+    #![expect(
+        unsafe_code,
+        reason = "posix_spawn and its helpers have no wrapper in std"
+    )]
+
+    use std::ffi::{c_char, CStr};
+    use std::io;
+    use std::mem::MaybeUninit;
+    use std::os::fd::{AsRawFd, OwnedFd};
+
+    /// Starts `program` with `argv` and `envp` (both NULL-terminated) in `cwd`, in a new
+    /// process group of its own, with `/dev/null` as stdin, `stdout` and `stderr` as its
+    /// output, every signal unblocked and SIGPIPE at its default (the worker ignores it).
+    /// Returns the process id (and group id).
+    pub(super) fn posix_spawn(
+        program: &CStr,
+        argv: &[*const c_char],
+        envp: &[*const c_char],
+        cwd: &CStr,
+        stdout: &OwnedFd,
+        stderr: &OwnedFd,
+    ) -> io::Result<i32> {
+        debug_assert!(argv.last().is_some_and(|p| p.is_null()));
+        debug_assert!(envp.last().is_some_and(|p| p.is_null()));
+        let mut actions = FileActions::new()?;
+        let attr = Attr::new()?;
+        // SAFETY: the objects were initialised by their constructors and live until the
+        // end of this function; every pointer is to a NUL-terminated string or array that
+        // outlives the call; the descriptors are open.
+        unsafe {
+            let fa = actions.0.as_mut_ptr();
+            check(libc::posix_spawn_file_actions_addopen(
+                fa,
+                0,
+                c"/dev/null".as_ptr(),
+                libc::O_RDONLY,
+                0,
+            ))?;
+            check(libc::posix_spawn_file_actions_adddup2(
+                fa,
+                stdout.as_raw_fd(),
+                1,
+            ))?;
+            check(libc::posix_spawn_file_actions_adddup2(
+                fa,
+                stderr.as_raw_fd(),
+                2,
+            ))?;
+            check(libc::posix_spawn_file_actions_addchdir_np(fa, cwd.as_ptr()))?;
+            let mut pid = 0;
+            check(libc::posix_spawn(
+                &mut pid,
+                program.as_ptr(),
+                actions.0.as_ptr(),
+                attr.0.as_ptr(),
+                argv.as_ptr().cast(),
+                envp.as_ptr().cast(),
+            ))?;
+            Ok(pid)
+        }
+    }
+
+    fn check(ret: libc::c_int) -> io::Result<()> {
+        match ret {
+            0 => Ok(()),
+            e => Err(io::Error::from_raw_os_error(e)),
+        }
+    }
+
+    struct FileActions(Box<MaybeUninit<libc::posix_spawn_file_actions_t>>);
+
+    impl FileActions {
+        fn new() -> io::Result<Self> {
+            let mut fa = Box::new(MaybeUninit::uninit());
+            // SAFETY: initialises the object in place; destroyed on drop only once made.
+            check(unsafe { libc::posix_spawn_file_actions_init(fa.as_mut_ptr()) })?;
+            Ok(Self(fa))
+        }
+    }
+
+    impl Drop for FileActions {
+        fn drop(&mut self) {
+            // SAFETY: initialised in `new`, destroyed once.
+            unsafe { libc::posix_spawn_file_actions_destroy(self.0.as_mut_ptr()) };
+        }
+    }
+
+    struct Attr(Box<MaybeUninit<libc::posix_spawnattr_t>>);
+
+    impl Attr {
+        fn new() -> io::Result<Self> {
+            let mut a = Box::new(MaybeUninit::uninit());
+            // SAFETY: initialises the object in place; destroyed on drop only once made.
+            check(unsafe { libc::posix_spawnattr_init(a.as_mut_ptr()) })?;
+            let mut attr = Self(a);
+            // SAFETY: `attr` is initialised; the signal sets are initialised before use.
+            unsafe {
+                let mut none = MaybeUninit::<libc::sigset_t>::uninit();
+                libc::sigemptyset(none.as_mut_ptr());
+                let mut pipe = MaybeUninit::<libc::sigset_t>::uninit();
+                libc::sigemptyset(pipe.as_mut_ptr());
+                libc::sigaddset(pipe.as_mut_ptr(), libc::SIGPIPE);
+                let p = attr.0.as_mut_ptr();
+                check(libc::posix_spawnattr_setpgroup(p, 0))?;
+                check(libc::posix_spawnattr_setsigmask(p, none.as_ptr()))?;
+                check(libc::posix_spawnattr_setsigdefault(p, pipe.as_ptr()))?;
+                check(libc::posix_spawnattr_setflags(
+                    p,
+                    (libc::POSIX_SPAWN_SETPGROUP
+                        | libc::POSIX_SPAWN_SETSIGMASK
+                        | libc::POSIX_SPAWN_SETSIGDEF) as libc::c_short,
+                ))?;
+            }
+            Ok(attr)
+        }
+    }
+
+    impl Drop for Attr {
+        fn drop(&mut self) {
+            // SAFETY: initialised in `new`, destroyed once.
+            unsafe { libc::posix_spawnattr_destroy(self.0.as_mut_ptr()) };
+        }
     }
 }
 
 impl Exit {
-    fn of(child: Child) -> Self {
+    fn of(pid: i32) -> Self {
         #[cfg(target_os = "linux")]
-        match pidfd(child.id()) {
-            Ok(ended) => {
-                return Exit::Pidfd {
-                    child: Some(child),
-                    ended,
-                }
-            }
+        match pidfd(pid) {
+            Ok(ended) => return Exit::Pidfd(ended),
             Err(e) => tracing::debug!(error = %e, "no pidfd; a thread waits for the step"),
         }
-        Self::by_thread(child)
+        Self::by_thread(pid)
     }
 
-    fn by_thread(mut child: Child) -> Self {
-        Exit::Thread(tokio::task::spawn_blocking(move || child.wait()))
+    fn by_thread(pid: i32) -> Self {
+        Exit::Thread(tokio::task::spawn_blocking(move || wait_blocking(pid)))
     }
 
-    /// The process's exit status, once: cancel-safe until it returns.
-    async fn wait(&mut self) -> io::Result<ExitStatus> {
+    /// The exit status of process `pid`, once: cancel-safe until it returns.
+    async fn wait(&mut self, pid: i32) -> io::Result<ExitStatus> {
         match self {
             #[cfg(target_os = "linux")]
-            Exit::Pidfd { child, ended } => loop {
-                let Some(c) = child.as_mut() else {
-                    return Err(io::Error::other("step process already reaped"));
-                };
-                if let Some(status) = c.try_wait()? {
+            Exit::Pidfd(ended) => loop {
+                if let Some(status) = try_wait(pid)? {
                     return Ok(status);
                 }
                 ended.readable().await?.clear_ready();
@@ -201,10 +384,35 @@ impl Exit {
     }
 }
 
+/// Reaps child `pid` if it has ended.
+#[cfg(target_os = "linux")]
+fn try_wait(pid: i32) -> io::Result<Option<ExitStatus>> {
+    waitpid(pid, libc::WNOHANG)
+}
+
+/// Waits for child `pid` to end and reaps it.
+fn wait_blocking(pid: i32) -> io::Result<ExitStatus> {
+    waitpid(pid, 0)?.ok_or_else(|| io::Error::other("waitpid returned without a status"))
+}
+
+fn waitpid(pid: i32, flags: libc::c_int) -> io::Result<Option<ExitStatus>> {
+    let mut status = 0;
+    loop {
+        #[expect(unsafe_code, reason = "waitpid has no wrapper in std for a raw pid")]
+        // SAFETY: waitpid writes the status into a local integer.
+        match unsafe { libc::waitpid(pid, &mut status, flags) } {
+            -1 if io::Error::last_os_error().kind() == io::ErrorKind::Interrupted => continue,
+            -1 => return Err(io::Error::last_os_error()),
+            0 => return Ok(None),
+            _ => return Ok(Some(ExitStatus::from_raw(status))),
+        }
+    }
+}
+
 /// A pidfd for process `pid`, registered with the worker's event loop. `pid` is a child
 /// of this worker not yet waited for, so its number cannot have been reused.
 #[cfg(target_os = "linux")]
-fn pidfd(pid: u32) -> io::Result<tokio::io::unix::AsyncFd<OwnedFd>> {
+fn pidfd(pid: i32) -> io::Result<tokio::io::unix::AsyncFd<OwnedFd>> {
     use std::os::fd::FromRawFd;
     #[expect(unsafe_code, reason = "pidfd_open has no wrapper in std or libc")]
     // SAFETY: pidfd_open takes plain integers and returns a new descriptor or -1.
@@ -227,51 +435,66 @@ fn pidfd(pid: u32) -> io::Result<tokio::io::unix::AsyncFd<OwnedFd>> {
     }
 }
 
-/// Both ends of one step's lifeline pipe. Only the worker holds them; nothing is ever
-/// written to or read from it.
+/// Both ends of one lifeline pipe. Only the worker holds them; nothing is ever written to
+/// or read from it.
+#[derive(Debug)]
 struct Lifeline {
     read: PipeReader,
     write: PipeWriter,
 }
 
 impl Lifeline {
-    fn new() -> std::io::Result<Self> {
+    /// A new lifeline, set to send SIGKILL (`F_SETSIG`, `O_ASYNC`) to whichever group it is
+    /// armed for.
+    #[cfg(target_os = "linux")]
+    fn new() -> io::Result<Self> {
+        /// `F_SETSIG` from `<asm-generic/fcntl.h>` (x86-64, arm64...); the libc crate
+        /// does not export it.
+        const F_SETSIG: libc::c_int = 10;
         let (read, write) = std::io::pipe()?;
+        for fd in [read.as_raw_fd(), write.as_raw_fd()] {
+            #[expect(unsafe_code, reason = "fcntl has no safe wrapper in std")]
+            // SAFETY: fcntl on a descriptor owned here, with integer arguments only.
+            let set = unsafe {
+                libc::fcntl(fd, F_SETSIG, libc::SIGKILL) != -1 && {
+                    let flags = libc::fcntl(fd, libc::F_GETFL);
+                    flags != -1 && libc::fcntl(fd, libc::F_SETFL, flags | libc::O_ASYNC) != -1
+                }
+            };
+            if !set {
+                return Err(io::Error::last_os_error());
+            }
+        }
         Ok(Self { read, write })
     }
 
     /// From now on, closing either end while the other is open sends SIGKILL to process
     /// group `pgid`. Signals go to that group as the kernel knew it when armed, never to a
-    /// later group that happens to reuse the number.
+    /// later group that happens to reuse the number. The write end is armed first: the
+    /// kernel closes a dying process's files in order, the read end (the lower number)
+    /// first, which fires the write end's signal.
     #[cfg(target_os = "linux")]
-    fn arm(&self, pgid: i32) -> std::io::Result<()> {
-        use std::os::fd::AsRawFd;
-        /// `F_SETSIG` from `<asm-generic/fcntl.h>` (x86-64, arm64...); the libc crate
-        /// does not export it.
-        const F_SETSIG: libc::c_int = 10;
-        for fd in [self.read.as_raw_fd(), self.write.as_raw_fd()] {
+    fn arm(&self, pgid: i32) -> io::Result<()> {
+        for fd in [self.write.as_raw_fd(), self.read.as_raw_fd()] {
             #[expect(unsafe_code, reason = "fcntl has no safe wrapper in std")]
             // SAFETY: fcntl on a descriptor this struct owns, with integer arguments only.
-            let armed = unsafe {
-                libc::fcntl(fd, libc::F_SETOWN, -pgid) != -1
-                    && libc::fcntl(fd, F_SETSIG, libc::SIGKILL) != -1
-                    && {
-                        let flags = libc::fcntl(fd, libc::F_GETFL);
-                        flags != -1 && libc::fcntl(fd, libc::F_SETFL, flags | libc::O_ASYNC) != -1
-                    }
-            };
-            if !armed {
-                return Err(std::io::Error::last_os_error());
+            if unsafe { libc::fcntl(fd, libc::F_SETOWN, -pgid) } == -1 {
+                return Err(io::Error::last_os_error());
             }
         }
         Ok(())
     }
 
+    #[cfg(not(target_os = "linux"))]
+    fn new() -> io::Result<Self> {
+        let (read, write) = std::io::pipe()?;
+        Ok(Self { read, write })
+    }
+
     /// Only Linux lets a pipe's closing send SIGKILL: elsewhere (a developer's laptop) a step
     /// outlives a worker that is killed outright, though not one that shuts down cleanly.
     #[cfg(not(target_os = "linux"))]
-    fn arm(&self, _pgid: i32) -> std::io::Result<()> {
-        let _ = (&self.read, &self.write);
+    fn arm(&self, _pgid: i32) -> io::Result<()> {
         Ok(())
     }
 }
@@ -299,8 +522,8 @@ fn find_program(program: &str) -> Result<PathBuf, String> {
         .ok_or_else(|| format!("{program} was not found on PATH"))
 }
 
-/// Kills every process of the step's group.
-pub(crate) fn kill_group(pgid: i32) {
+/// Kills every process of group `pgid`.
+fn kill_group(pgid: i32) {
     #[expect(unsafe_code, reason = "killpg has no safe wrapper in std")]
     // SAFETY: killpg takes plain integers and has no memory effects.
     unsafe {
@@ -412,21 +635,78 @@ mod tests {
 
     #[tokio::test]
     async fn without_a_pidfd_a_thread_waits_for_the_step() {
-        let child = Command::new("sh")
-            .args(["-c", "sleep 0.05; exit 7"])
-            .spawn()
+        let l = Launcher::new(&shell(&["sh", "-c"])).expect("sh");
+        let mut p = l
+            .spawn(
+                "sleep 0.05; exit 7",
+                &std::env::temp_dir(),
+                &BTreeMap::new(),
+            )
             .expect("spawn");
-        let status = Exit::by_thread(child).wait().await.expect("wait");
+        p.exit = Exit::by_thread(p.pgid);
+        let status = p.wait().await.expect("wait");
         assert_eq!(status.code(), Some(7));
     }
 
-    /// A zombie of a step whose build task was dropped would stay in the process table for
-    /// the worker's whole life.
     #[tokio::test]
-    async fn a_step_dropped_before_its_end_is_reaped_when_it_ends() {
+    async fn a_step_runs_in_its_folder_with_the_workers_environment_overlaid_by_its_own() {
+        let l = Launcher::new(&shell(&["sh", "-c"])).expect("sh");
+        let dir = std::fs::canonicalize(std::env::temp_dir()).expect("temp dir");
+        let env = BTreeMap::from([
+            ("HOME".to_owned(), "/kiln-home".to_owned()),
+            ("KILN_JOB".to_owned(), "j".to_owned()),
+        ]);
+        let script = format!(
+            "[ \"$(pwd -P)\" = '{}' ] || exit 3; [ \"$HOME\" = /kiln-home ] || exit 4; \
+             [ \"$(env | grep -c '^HOME=')\" = 1 ] || exit 5; [ \"$KILN_JOB\" = j ] || exit 6; \
+             [ -n \"$PATH\" ] || exit 7",
+            dir.display()
+        );
+        let mut p = l.spawn(&script, &dir, &env).expect("spawn");
+        assert_eq!(p.wait().await.expect("wait").code(), Some(0));
+    }
+
+    #[test]
+    fn a_nul_byte_in_a_step_is_refused_before_anything_starts() {
+        let l = Launcher::new(&shell(&["sh", "-c"])).expect("sh");
+        let env = BTreeMap::from([("A".to_owned(), "x\0y".to_owned())]);
+        let e = l
+            .spawn("true", &std::env::temp_dir(), &env)
+            .err()
+            .expect("refused");
+        assert_eq!(e.kind(), io::ErrorKind::InvalidInput);
+    }
+
+    /// Lifelines are reused: one that served an ended step must guard the next step's
+    /// group, not the old one's.
+    #[cfg(target_os = "linux")]
+    #[tokio::test]
+    async fn a_reused_lifeline_guards_its_new_step() {
+        let l = Launcher::new(&shell(&["sh", "-c"])).expect("sh");
+        let mut first = l
+            .spawn("true", &std::env::temp_dir(), &BTreeMap::new())
+            .expect("spawn");
+        first.wait().await.expect("wait");
+        first.kill_group();
+        drop(first);
+        let p = l
+            .spawn(
+                "sleep 300 & sleep 301",
+                &std::env::temp_dir(),
+                &BTreeMap::new(),
+            )
+            .expect("spawn");
+        assert!(l.lifelines.lock().expect("pool").is_empty(), "taken again");
+        cut_lifeline_and_see_the_group_killed(p).await;
+    }
+
+    /// A zombie of a step whose build task was dropped would stay in the process table for
+    /// the worker's whole life, and its group would run on.
+    #[tokio::test]
+    async fn a_step_dropped_before_its_end_is_killed_and_reaped() {
         let l = Launcher::new(&shell(&["sh", "-c"])).expect("sh");
         let p = l
-            .spawn("sleep 0.05", &std::env::temp_dir(), &BTreeMap::new())
+            .spawn("sleep 300", &std::env::temp_dir(), &BTreeMap::new())
             .expect("spawn");
         let stat = format!("/proc/{}/stat", p.pgid);
         drop(p);
@@ -445,15 +725,22 @@ mod tests {
     #[tokio::test]
     async fn closing_a_steps_lifeline_kills_its_whole_group() {
         let l = Launcher::new(&shell(&["sh", "-c"])).expect("sh");
-        let mut p = l
+        let p = l
             .spawn(
                 "sleep 300 & sleep 301",
                 &std::env::temp_dir(),
                 &BTreeMap::new(),
             )
             .expect("spawn");
+        assert!(group_alive(p.pgid));
+        cut_lifeline_and_see_the_group_killed(p).await;
+    }
+
+    /// Closes `p`'s lifeline as the kernel would when the worker dies, then checks that the
+    /// step and the `sleep` it left in the background were killed.
+    #[cfg(target_os = "linux")]
+    async fn cut_lifeline_and_see_the_group_killed(mut p: StepProcess) {
         let pgid = p.pgid;
-        assert!(group_alive(pgid));
         p.lifeline = None;
         let status = tokio::time::timeout(Duration::from_secs(10), p.wait())
             .await
