@@ -535,14 +535,18 @@ fn kill_group(pgid: i32) {
 /// to the log. Never blocks the child on a full pipe: reading is continuous.
 pub(crate) async fn pump(mut pipe: pipe::Receiver, stream: Stream, sink: LogSink) {
     // Read into capacity that is never zeroed: most steps print little or nothing, and
-    // clearing 64 KiB per pipe per step showed in the worker's profile.
+    // clearing 64 KiB per pipe per step showed in the worker's profile. Small at first:
+    // allocating 64 KiB twice per step (heap growth, page faults, trimming) showed too; a
+    // step whose output fills the buffer gets the pipe's whole capacity from then on.
+    let mut size = 4 * 1024;
     let mut buf: Vec<u8> = Vec::new();
     let mut pending: Vec<u8> = Vec::new();
     loop {
         buf.clear();
-        buf.reserve(64 * 1024);
+        buf.reserve(size);
         match pipe.read_buf(&mut buf).await {
             Ok(0) | Err(_) => break,
+            Ok(n) if n >= size => size = 64 * 1024,
             Ok(_) => {}
         }
         let mut rest = &buf[..];
