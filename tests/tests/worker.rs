@@ -96,6 +96,87 @@ async fn a_subscriber_of_the_builds_channel_gets_every_line_then_the_end() {
     assert!(texts.last().unwrap().starts_with('✔'), "{texts:?}");
 }
 
+/// On a worker busy with another build, a build that ends while its start lingers is
+/// recorded by its finish alone, one write instead of two; its watchers still see it
+/// start, every line in order, its end and its finish.
+#[tokio::test]
+async fn on_a_busy_worker_a_quick_builds_start_rides_with_its_finish() {
+    use futures::StreamExt;
+    use kiln_model::{keys, BuildRef, OutputMessage};
+    let c = Cluster::start().await;
+    let mut opts = WorkerOpts::new("w1");
+    opts.concurrency = 2;
+    // Far longer than the quick build takes, even on a loaded machine.
+    opts.start_linger_ms = Some(1000);
+    let _w = c.worker(opts).await;
+    c.apply("long", job(&["sleep 60"])).await;
+    c.apply("quick", job(&["echo one; echo two"])).await;
+    let long = c.trigger("long").await;
+    // Its worker had nothing else to do: it was started at once.
+    c.wait_status("long", long, "running", T).await;
+
+    let monitor = support::Monitor::start(&c.redis_url()).await;
+    let client = deadpool_redis::redis::Client::open(c.redis_url()).unwrap();
+    let mut sub = client.get_async_pubsub().await.unwrap();
+    let output = keys::output_channel(&BuildRef::from_key("job_quick_1").unwrap());
+    sub.subscribe(&output).await.unwrap();
+    sub.subscribe(keys::EVENTS_CHANNEL).await.unwrap();
+    assert_eq!(c.trigger("quick").await, 1);
+    let mut messages = sub.on_message();
+    let (mut events, mut lines, mut last_seq) = (Vec::new(), Vec::new(), None);
+    while last_seq.is_none() || events.last().map(String::as_str) != Some("finished success") {
+        let msg = tokio::time::timeout(T, messages.next())
+            .await
+            .expect("the build's end within the timeout")
+            .expect("the subscription stays open");
+        let payload: String = msg.get_payload().unwrap();
+        if msg.get_channel_name() == keys::EVENTS_CHANNEL {
+            let e: serde_json::Value = serde_json::from_str(&payload).unwrap();
+            if e["job"] == "quick" {
+                events.push(format!(
+                    "{} {}",
+                    e["kind"].as_str().unwrap(),
+                    e["status"].as_str().unwrap()
+                ));
+            }
+            continue;
+        }
+        match serde_json::from_str(&payload).unwrap() {
+            OutputMessage::Lines { lines: batch } => lines.extend(batch),
+            OutputMessage::End { last_seq: last, .. } => last_seq = Some(last),
+        }
+    }
+    assert_eq!(
+        events,
+        ["queued queued", "started running", "finished success"]
+    );
+    let seqs: Vec<u64> = lines.iter().map(|l| l.seq).collect();
+    assert_eq!(
+        seqs,
+        (1..=last_seq.unwrap()).collect::<Vec<_>>(),
+        "every line, in order"
+    );
+    let texts: Vec<&str> = lines.iter().map(|l| l.line.as_str()).collect();
+    assert!(
+        texts.contains(&"one") && texts.contains(&"two"),
+        "{texts:?}"
+    );
+    let b = c.build("quick", 1).await;
+    assert_eq!(b["status"], "success");
+    assert_eq!(b["node"], "w1");
+    assert!(b["started_at"].is_string());
+
+    // Redis saw the build's finish (9 keys) and no start of its own (2 keys).
+    let seen = monitor
+        .wait_for(T, |l| l.contains(r#""9" "job_quick_1""#))
+        .await;
+    let starts = seen
+        .iter()
+        .filter(|l| l.contains(r#""2" "job_quick_1" "kiln:lease-owners""#))
+        .count();
+    assert_eq!(starts, 0, "the start rode with the finish");
+}
+
 #[tokio::test]
 async fn a_build_whose_log_cannot_be_made_is_stopped_and_ends_in_error() {
     let c = Cluster::start().await;

@@ -6,8 +6,8 @@ use std::time::Duration;
 use chrono::Utc;
 use deadpool_redis::redis::{self, AsyncCommands};
 use kiln_model::{
-    keys, BuildDocument, BuildEvent, BuildEventKind, BuildRef, JobDefinition, Name, NodeInfo,
-    OutputMessage,
+    keys, BuildDocument, BuildEvent, BuildEventKind, BuildRef, BuildStatus, JobDefinition, Name,
+    NodeInfo, OutputMessage,
 };
 
 use crate::builds::now_rfc3339;
@@ -120,11 +120,17 @@ pub struct ReapOutcome {
 }
 
 fn event(kind: BuildEventKind, doc: &BuildDocument) -> String {
+    event_as(kind, doc, doc.status)
+}
+
+/// An event of `doc`'s build reading `status` (a start announced with the build's finish
+/// reads `running`).
+fn event_as(kind: BuildEventKind, doc: &BuildDocument, status: BuildStatus) -> String {
     let e = BuildEvent {
         kind,
         job: doc.job.clone(),
         number: doc.number,
-        status: doc.status,
+        status,
         folder: doc.folder.clone(),
         at: Utc::now(),
     };
@@ -227,7 +233,9 @@ impl Store {
     /// `end` on its output channel, in one step. With `claim_next` (a lease length) it also
     /// claims the next build of the lease's queue for the same worker, as
     /// [`Store::claim`] would, in the same round trip: a busy worker's slot goes from one
-    /// build to the next without a claim of its own.
+    /// build to the next without a claim of its own. With `announce_start` (a build whose
+    /// start was never written: it ended first) the `started` event goes out before the
+    /// `finished` one.
     pub async fn finish_build(
         &self,
         lease: &Lease,
@@ -235,6 +243,7 @@ impl Store {
         last_lines: Option<&OutputMessage>,
         end: &OutputMessage,
         claim_next: Option<Duration>,
+        announce_start: bool,
     ) -> Result<Finished, StoreError> {
         let last_lines = crate::pubsub::encode_optional(last_lines)?;
         let end = crate::pubsub::encode_output(end)?;
@@ -261,6 +270,11 @@ impl Store {
             .arg(next.as_ref().map(NextLease::owner).unwrap_or_default())
             .arg(claim_next.map_or(0, |l| l.as_millis() as u64))
             .arg(keys::prefix::JOB)
+            .arg(if announce_start {
+                event_as(BuildEventKind::Started, doc, BuildStatus::Running)
+            } else {
+                String::new()
+            })
             .invoke_async(&mut c)
             .await
             .map_err(|e| fenced(e, lease))?;

@@ -119,7 +119,7 @@ async fn finish(
         attempt: doc.attempt,
     };
     store
-        .finish_build(&claimed.lease, &doc, None, &end, claim_next)
+        .finish_build(&claimed.lease, &doc, None, &end, claim_next, false)
         .await
         .expect("finish")
 }

@@ -40,6 +40,11 @@ pub struct WorkerSettings {
     pub shell: Vec<String>,
     /// Where build workspaces live: one per build slot, emptied after each build.
     pub workspace_root: PathBuf,
+    /// While other builds run on this worker, how long a new build's start may wait to be
+    /// written: a build that ends within it is recorded, start included, by its finish
+    /// alone (one write instead of two). A worker with nothing else to do writes a start at
+    /// once. 0 writes every start at once.
+    pub start_linger_ms: u64,
 }
 
 impl Default for WorkerSettings {
@@ -55,6 +60,7 @@ impl Default for WorkerSettings {
             shutdown_grace_secs: 25,
             shell: vec!["sh".into(), "-e".into(), "-c".into()],
             workspace_root: std::env::temp_dir().join("kiln-work"),
+            start_linger_ms: 50,
         }
     }
 }
@@ -70,6 +76,7 @@ pub(crate) struct Settings {
     pub(crate) reap: Duration,
     pub(crate) claim_block: Duration,
     pub(crate) grace: Duration,
+    pub(crate) start_linger: Duration,
     pub(crate) launcher: crate::process::Launcher,
     pub(crate) workspace_root: PathBuf,
     pub(crate) storage_root: PathBuf,
@@ -132,6 +139,12 @@ impl WorkerConfig {
                 "reap_ms must be positive and claim_block_ms at least 100",
             ));
         }
+        if w.start_linger_ms > 1_000 {
+            return Err(ConfigError::invalid(
+                "worker.start_linger_ms",
+                "must be at most 1000",
+            ));
+        }
         let launcher = crate::process::Launcher::new(&w.shell)
             .map_err(|e| ConfigError::invalid("worker.shell", e))?;
         Ok(Settings {
@@ -143,6 +156,7 @@ impl WorkerConfig {
             reap: Duration::from_millis(w.reap_ms),
             claim_block: Duration::from_millis(w.claim_block_ms),
             grace: Duration::from_secs(w.shutdown_grace_secs),
+            start_linger: Duration::from_millis(w.start_linger_ms),
             launcher,
             workspace_root: w.workspace_root.clone(),
             storage_root: self.common.storage.root.clone(),

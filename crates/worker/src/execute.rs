@@ -13,6 +13,7 @@ use tokio::time::Instant;
 
 use crate::output::LogSink;
 use crate::process;
+use crate::start::{Progress, StartState};
 use crate::state::{Active, StopReason, Worker};
 
 /// After a step's main process ends, how long its output may still drain (from processes
@@ -50,7 +51,9 @@ pub(crate) struct Execution<'a> {
     pub(crate) deadline: Instant,
     /// Whether Redis accepted the build's start, once it answered: the steps run meanwhile,
     /// but no step result is written before the start itself.
-    pub(crate) started: watch::Receiver<Option<bool>>,
+    pub(crate) started: watch::Receiver<StartState>,
+    /// Tells a lingering start that a step result is due (`crate::start`).
+    pub(crate) progress: &'a watch::Sender<Progress>,
 }
 
 impl Execution<'_> {
@@ -164,7 +167,11 @@ impl Execution<'_> {
     /// round trip fewer per build.
     async fn record(&self, doc: &mut BuildDocument, step: StepResult, more_follow: bool) {
         doc.steps.push(step);
-        if !more_follow || !self.start_accepted().await {
+        if !more_follow {
+            return;
+        }
+        self.progress.send_replace(Progress::ResultDue);
+        if !self.start_accepted().await {
             return;
         }
         match self
@@ -187,9 +194,9 @@ impl Execution<'_> {
     async fn start_accepted(&self) -> bool {
         let mut started = self.started.clone();
         let accepted = started
-            .wait_for(Option::is_some)
+            .wait_for(|s| *s != StartState::Pending)
             .await
-            .is_ok_and(|s| *s == Some(true));
+            .is_ok_and(|s| *s == StartState::Accepted);
         accepted
     }
 

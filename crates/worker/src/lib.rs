@@ -15,6 +15,7 @@ mod prune;
 mod reaper;
 mod run;
 mod spares;
+mod start;
 mod state;
 mod workspace;
 

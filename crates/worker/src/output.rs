@@ -13,6 +13,7 @@ use kiln_store::Store;
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::JoinHandle;
 
+use crate::start::StartState;
 use crate::state::{Active, StopReason};
 
 /// Most lines written and published as one batch.
@@ -91,6 +92,8 @@ pub(crate) fn start(
         let mut batch: Vec<LogLine> = Vec::new();
         let mut bytes: Vec<u8> = Vec::new();
         let mut start = Some(start);
+        // Once the finish is to carry the start, every later batch waits for it too.
+        let mut holding = false;
         loop {
             // The first batch is what has arrived by the time the log is made, perhaps
             // nothing: it goes to the start, which must not wait for a line.
@@ -139,10 +142,14 @@ pub(crate) fn start(
                 lines: std::mem::take(&mut batch),
             });
             if let Some(start) = start.take() {
-                start.hand_over(msg).await;
+                holding = start.hand_over(msg).await;
                 continue;
             }
             let Some(msg) = msg else { continue };
+            if holding {
+                held = joined(held, Some(msg));
+                continue;
+            }
             if rx.is_closed() && rx.is_empty() {
                 held = Some(msg);
                 break;
@@ -165,15 +172,36 @@ pub(crate) fn start(
 /// live watchers get them in order.
 pub(crate) struct FirstBatch {
     pub(crate) to_start: oneshot::Sender<Option<OutputMessage>>,
-    /// The start's answer (`Some`), as the step results wait for it.
-    pub(crate) started: watch::Receiver<Option<bool>>,
+    /// What became of the start, as the step results wait for it.
+    pub(crate) started: watch::Receiver<StartState>,
 }
 
 impl FirstBatch {
-    async fn hand_over(mut self, msg: Option<OutputMessage>) {
+    /// Gives the start its batch and waits for it to be written or given up; returns
+    /// whether the finish is to carry the start (`StartState::WithFinish`).
+    async fn hand_over(mut self, msg: Option<OutputMessage>) -> bool {
         let _ = self.to_start.send(msg);
-        let _ = self.started.wait_for(Option::is_some).await;
+        self.started
+            .wait_for(|s| *s != StartState::Pending)
+            .await
+            .is_ok_and(|s| *s == StartState::WithFinish)
     }
+}
+
+/// `later`'s lines after `earlier`'s, as one batch (`None` when there are none).
+pub(crate) fn joined(
+    earlier: Option<OutputMessage>,
+    later: Option<OutputMessage>,
+) -> Option<OutputMessage> {
+    let lines: Vec<LogLine> = [earlier, later]
+        .into_iter()
+        .flatten()
+        .flat_map(|m| match m {
+            OutputMessage::Lines { lines } => lines,
+            OutputMessage::End { .. } => Vec::new(),
+        })
+        .collect();
+    (!lines.is_empty()).then_some(OutputMessage::Lines { lines })
 }
 
 /// Publishes a batch of the build's lines for live views; a failure is not the build's

@@ -13,6 +13,7 @@ use tracing::Instrument;
 
 use crate::claim::Slot;
 use crate::execute::{Execution, Outcome};
+use crate::start::{Progress, StartState};
 use crate::state::{Active, StopReason, Worker};
 
 /// Runs `claimed` in its own task, holding `slot` until the build is over or, when its
@@ -65,9 +66,11 @@ async fn run_claimed(w: &Arc<Worker>, claimed: Claimed, active: &Arc<Active>, sl
     doc.exit_code = None;
     // The log's writer making the storage folder and the file, and the first step, begin
     // now; the fenced start follows as soon as the log is made, carrying its first lines
-    // (`output::FirstBatch`). A start Redis refuses stops the build's steps (`LeaseLost`:
-    // killed, nothing written); fenced writes of step results wait for the start.
-    let (started_tx, started_rx) = watch::channel(None);
+    // (`output::FirstBatch`), unless it lingers and rides with the finish (`crate::start`).
+    // A start Redis refuses stops the build's steps (`LeaseLost`: killed, nothing written);
+    // fenced writes of step results wait for the start.
+    let (started_tx, started_rx) = watch::channel(StartState::Pending);
+    let (progress_tx, mut progress_rx) = watch::channel(Progress::Running);
     let (first_tx, first_rx) = oneshot::channel();
     let log = storage::build_dir(&w.settings.storage_root, &doc.storage_path)
         .ok_or_else(|| format!("invalid storage path {:?}", doc.storage_path))
@@ -94,30 +97,34 @@ async fn run_claimed(w: &Arc<Worker>, claimed: Claimed, active: &Arc<Active>, sl
     let start = async {
         // Without a writer (no valid folder) there is no batch and no wait.
         let first_lines = first_rx.await.ok().flatten();
-        let refused = match w
+        if crate::start::ends_while_lingering(w, &mut progress_rx).await {
+            let _ = started_tx.send(StartState::WithFinish);
+            return Start::WithFinish(first_lines);
+        }
+        let start = match w
             .store
             .start_build(&lease, &running, first_lines.as_ref())
             .await
         {
             Ok(()) => {
                 tracing::info!(build = %lease.build, "build started");
-                let _ = started_tx.send(Some(true));
-                return false;
+                let _ = started_tx.send(StartState::Accepted);
+                return Start::Written;
             }
             Err(StoreError::Stale(_)) => {
                 tracing::warn!(build = %lease.build, "lease lost before the build started");
-                true
+                Start::Refused
             }
             Err(e) => {
                 // The lease stays; if Redis does not come back in time the reaper requeues it.
                 w.record_redis_failure();
                 tracing::warn!(build = %lease.build, error = %e, "cannot start build");
-                false
+                Start::Failed
             }
         };
         active.stop(StopReason::LeaseLost);
-        let _ = started_tx.send(Some(false));
-        refused
+        let _ = started_tx.send(StartState::Refused);
+        start
     };
     metrics::gauge!("kiln_worker_running_builds").increment(1.0);
     if was_cancelled {
@@ -128,7 +135,10 @@ async fn run_claimed(w: &Arc<Worker>, claimed: Claimed, active: &Arc<Active>, sl
     let mut made = None;
     let execute = async {
         match log {
-            Err(reason) => error_outcome(reason),
+            Err(reason) => {
+                let _ = progress_tx.send(Progress::Over);
+                error_outcome(reason)
+            }
             Ok((dir, sink, writer)) => {
                 made = Some(dir.clone());
                 let deadline = Instant::now() + Duration::from_secs(def.timeout_secs);
@@ -140,9 +150,11 @@ async fn run_claimed(w: &Arc<Worker>, claimed: Claimed, active: &Arc<Active>, sl
                     build_dir: dir,
                     deadline,
                     started: started_rx,
+                    progress: &progress_tx,
                 };
                 let mut outcome = exec.run(&mut doc).await;
                 drop(exec);
+                let _ = progress_tx.send(Progress::Over);
                 if let Ok(summary) = writer.await {
                     if let Some(reason) = summary.write_error {
                         outcome = error_outcome(reason);
@@ -154,8 +166,16 @@ async fn run_claimed(w: &Arc<Worker>, claimed: Claimed, active: &Arc<Active>, sl
             }
         }
     };
-    let (refused, outcome) = tokio::join!(start, execute);
+    let (start, outcome) = tokio::join!(start, execute);
     metrics::gauge!("kiln_worker_running_builds").decrement(1.0);
+    let (with_start, refused) = match start {
+        Start::WithFinish(first_lines) => {
+            held = crate::output::joined(first_lines, held);
+            (true, false)
+        }
+        Start::Refused => (false, true),
+        Start::Written | Start::Failed => (false, false),
+    };
     if refused {
         // Its job or the build itself was deleted meanwhile: leave no folder behind.
         if let Some(dir) = made {
@@ -208,7 +228,9 @@ async fn run_claimed(w: &Arc<Worker>, claimed: Claimed, active: &Arc<Active>, sl
             };
             // Unless the worker is stopping, the finish also claims this slot's next build.
             let claim_next = (!slot.stop.is_cancelled()).then_some(w.settings.lease);
-            if let Some(finished) = finish(w, &lease, &doc, held.as_ref(), &end, claim_next).await {
+            if let Some(finished) =
+                finish(w, &lease, &doc, held.as_ref(), &end, claim_next, with_start).await
+            {
                 metrics::counter!("kiln_worker_builds_finished_total", "status" => doc.status.as_str()).increment(1);
                 tracing::info!(build = %lease.build, status = %doc.status, duration_ms = doc.duration_ms, "build finished");
                 match finished.next {
@@ -242,6 +264,19 @@ async fn hand_back(w: &Worker, lease: &kiln_store::Lease, doc: &kiln_model::Buil
     }
 }
 
+/// How a build's start ended.
+enum Start {
+    /// Redis accepted it.
+    Written,
+    /// Redis could not be reached: the build was stopped; its lease runs out for the reaper.
+    Failed,
+    /// The lease or the build was gone: the build was stopped and nothing is recorded.
+    Refused,
+    /// The build ended while its start lingered: the finish carries the start, and these
+    /// first lines ahead of the rest.
+    WithFinish(Option<OutputMessage>),
+}
+
 fn error_outcome(reason: String) -> Outcome {
     Outcome {
         status: BuildStatus::Error,
@@ -254,7 +289,8 @@ fn error_outcome(reason: String) -> Outcome {
 /// Records the final state (and sends live watchers the log's last lines and the build's
 /// end), retrying while Redis is unreachable for up to one lease; after that the lease has
 /// expired and the reaper owns the build. With `claim_next`, claims the slot's next build
-/// in the same round trip. Returns `None` when it was not recorded.
+/// in the same round trip; `with_start` also announces the build's start, which was never
+/// written (`crate::start`). Returns `None` when it was not recorded.
 async fn finish(
     w: &Worker,
     lease: &kiln_store::Lease,
@@ -262,13 +298,14 @@ async fn finish(
     last_lines: Option<&OutputMessage>,
     end: &OutputMessage,
     claim_next: Option<Duration>,
+    with_start: bool,
 ) -> Option<Finished> {
     let give_up = Instant::now() + w.settings.lease;
     let mut delay = Duration::from_millis(100);
     loop {
         match w
             .store
-            .finish_build(lease, doc, last_lines, end, claim_next)
+            .finish_build(lease, doc, last_lines, end, claim_next, with_start)
             .await
         {
             Ok(finished) => return Some(finished),

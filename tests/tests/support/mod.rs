@@ -129,6 +129,8 @@ pub struct WorkerOpts {
     pub lease_ms: u64,
     pub grace_secs: u64,
     pub queue: String,
+    /// `worker.start_linger_ms`; the worker's default when `None`.
+    pub start_linger_ms: Option<u64>,
 }
 
 impl WorkerOpts {
@@ -139,6 +141,7 @@ impl WorkerOpts {
             lease_ms: 1500,
             grace_secs: 10,
             queue: "default".into(),
+            start_linger_ms: None,
         }
     }
 }
@@ -217,33 +220,32 @@ impl Cluster {
 
     pub async fn worker(&self, opts: WorkerOpts) -> Proc {
         let port = free_port();
-        let p = spawn(
-            "kiln-worker",
-            port,
-            &[
-                ("KILN_REDIS__URL", self.redis_url.clone()),
-                (
-                    "KILN_STORAGE__ROOT",
-                    self.storage.path().display().to_string(),
-                ),
-                ("KILN_WORKER__ID", opts.id.clone()),
-                ("KILN_WORKER__QUEUE", opts.queue.clone()),
-                ("KILN_WORKER__CONCURRENCY", opts.concurrency.to_string()),
-                ("KILN_WORKER__LEASE_MS", opts.lease_ms.to_string()),
-                ("KILN_WORKER__RENEW_MS", (opts.lease_ms / 5).to_string()),
-                ("KILN_WORKER__REAP_MS", (opts.lease_ms / 5).to_string()),
-                ("KILN_WORKER__CLAIM_BLOCK_MS", "1000".into()),
-                (
-                    "KILN_WORKER__SHUTDOWN_GRACE_SECS",
-                    opts.grace_secs.to_string(),
-                ),
-                (
-                    "KILN_WORKER__WORKSPACE_ROOT",
-                    self.work.path().display().to_string(),
-                ),
-            ],
-            self.logs.path(),
-        );
+        let mut env = vec![
+            ("KILN_REDIS__URL", self.redis_url.clone()),
+            (
+                "KILN_STORAGE__ROOT",
+                self.storage.path().display().to_string(),
+            ),
+            ("KILN_WORKER__ID", opts.id.clone()),
+            ("KILN_WORKER__QUEUE", opts.queue.clone()),
+            ("KILN_WORKER__CONCURRENCY", opts.concurrency.to_string()),
+            ("KILN_WORKER__LEASE_MS", opts.lease_ms.to_string()),
+            ("KILN_WORKER__RENEW_MS", (opts.lease_ms / 5).to_string()),
+            ("KILN_WORKER__REAP_MS", (opts.lease_ms / 5).to_string()),
+            ("KILN_WORKER__CLAIM_BLOCK_MS", "1000".into()),
+            (
+                "KILN_WORKER__SHUTDOWN_GRACE_SECS",
+                opts.grace_secs.to_string(),
+            ),
+            (
+                "KILN_WORKER__WORKSPACE_ROOT",
+                self.work.path().display().to_string(),
+            ),
+        ];
+        if let Some(ms) = opts.start_linger_ms {
+            env.push(("KILN_WORKER__START_LINGER_MS", ms.to_string()));
+        }
+        let p = spawn("kiln-worker", port, &env, self.logs.path());
         self.wait_healthy(port).await;
         p
     }
@@ -562,4 +564,44 @@ pub fn git(dir: &Path, args: &[&str]) -> String {
         String::from_utf8_lossy(&out.stderr)
     );
     String::from_utf8_lossy(&out.stdout).trim().to_owned()
+}
+
+/// Every command Redis executes, as `MONITOR` reports it, from when it is started.
+pub struct Monitor {
+    seen: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
+    reader: tokio::task::JoinHandle<()>,
+}
+
+impl Monitor {
+    pub async fn start(redis_url: &str) -> Self {
+        use tokio::io::{AsyncBufReadExt, AsyncWriteExt};
+        let addr = redis_url.trim_start_matches("redis://");
+        let mut conn = tokio::net::TcpStream::connect(addr).await.unwrap();
+        conn.write_all(b"MONITOR\r\n").await.unwrap();
+        let mut lines = tokio::io::BufReader::new(conn).lines();
+        assert_eq!(lines.next_line().await.unwrap().as_deref(), Some("+OK"));
+        let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let into = seen.clone();
+        let reader = tokio::spawn(async move {
+            while let Ok(Some(line)) = lines.next_line().await {
+                into.lock().unwrap().push(line);
+            }
+        });
+        Self { seen, reader }
+    }
+
+    /// Polls until a command matching `until` was seen; returns everything seen so far.
+    pub async fn wait_for(&self, timeout: Duration, until: impl Fn(&str) -> bool) -> Vec<String> {
+        wait_for("a command on the monitor", timeout, || async {
+            let seen = self.seen.lock().unwrap().clone();
+            seen.iter().any(|l| until(l)).then_some(seen)
+        })
+        .await
+    }
+}
+
+impl Drop for Monitor {
+    fn drop(&mut self) {
+        self.reader.abort();
+    }
 }

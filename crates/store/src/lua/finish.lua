@@ -9,7 +9,8 @@
 --       queue, queue marker
 -- ARGV: owner, document, finished prefix, events channel, event JSON, output channel,
 --       end message JSON, last lines message JSON ('' none), next owner ('' claim nothing),
---       lease ms, job key prefix
+--       lease ms, job key prefix, started event JSON ('' none: the start was written
+--       before)
 -- Returns {oldest kept, key, document, job definition}, the last three false unless it
 -- claimed a build.
 if redis.call('HGET', KEYS[2], KEYS[1]) ~= ARGV[1] then return redis.error_reply('STALE lease') end
@@ -21,6 +22,7 @@ redis.call('HDEL', KEYS[2], KEYS[1])
 redis.call('LREM', KEYS[4], 0, KEYS[1])
 redis.call('LREM', KEYS[6], 0, KEYS[1])
 push_finished(KEYS[5], ARGV[3], KEYS[1])
+if ARGV[12] ~= '' then redis.call('PUBLISH', ARGV[4], ARGV[12]) end
 redis.call('PUBLISH', ARGV[4], ARGV[5])
 if ARGV[8] ~= '' then redis.call('PUBLISH', ARGV[6], ARGV[8]) end
 redis.call('PUBLISH', ARGV[6], ARGV[7])
