@@ -170,7 +170,7 @@ impl Execution<'_> {
         if !more_follow {
             return;
         }
-        self.progress.send_replace(Progress::ResultDue);
+        self.progress.send_replace(Progress::StartDue);
         if !self.start_accepted().await {
             return;
         }

@@ -13,7 +13,7 @@ use kiln_store::Store;
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::JoinHandle;
 
-use crate::start::StartState;
+use crate::start::{Progress, StartState};
 use crate::state::{Active, StopReason};
 
 /// Most lines written and published as one batch.
@@ -21,11 +21,15 @@ const MAX_BATCH: usize = 512;
 /// Most bytes of output in one batch (lines may be up to 64 KiB each).
 const MAX_BATCH_BYTES: usize = 256 * 1024;
 
+/// Lines the log's channel holds.
+const CHANNEL: usize = 4096;
+
 /// Where the build's processes send their lines. Cloneable; the log closes when every
 /// clone is dropped.
 #[derive(Clone)]
 pub(crate) struct LogSink {
     tx: mpsc::Sender<(Stream, String)>,
+    progress: Arc<watch::Sender<Progress>>,
 }
 
 impl LogSink {
@@ -33,6 +37,17 @@ impl LogSink {
         // The writer only stops after every sink is dropped, so this cannot fail while
         // a sink exists; a lost system line is not worth failing a build for.
         let _ = self.tx.send((stream, line)).await;
+        // A batch's worth of lines waiting means the writer waits for a lingering start:
+        // the build is no quick one, and its steps must not stall on a full channel.
+        if self.tx.capacity() <= CHANNEL - MAX_BATCH {
+            self.progress.send_if_modified(|p| {
+                let running = *p == Progress::Running;
+                if running {
+                    *p = Progress::StartDue;
+                }
+                running
+            });
+        }
     }
 }
 
@@ -67,7 +82,8 @@ pub(crate) fn start(
     local: bool,
     start: FirstBatch,
 ) -> (LogSink, JoinHandle<LogSummary>) {
-    let (tx, mut rx) = mpsc::channel::<(Stream, String)>(4096);
+    let (tx, mut rx) = mpsc::channel::<(Stream, String)>(CHANNEL);
+    let progress = start.progress.clone();
     let handle = tokio::spawn(async move {
         let shown = dir.display().to_string();
         let made = if local {
@@ -162,7 +178,7 @@ pub(crate) fn start(
             held,
         }
     });
-    (LogSink { tx }, handle)
+    (LogSink { tx, progress }, handle)
 }
 
 /// How the log's first batch reaches the build's start: the start's script publishes it,
@@ -174,6 +190,8 @@ pub(crate) struct FirstBatch {
     pub(crate) to_start: oneshot::Sender<Option<OutputMessage>>,
     /// What became of the start, as the step results wait for it.
     pub(crate) started: watch::Receiver<StartState>,
+    /// Told when output piles up behind a lingering start (`LogSink::line`).
+    pub(crate) progress: Arc<watch::Sender<Progress>>,
 }
 
 impl FirstBatch {

@@ -71,6 +71,7 @@ async fn run_claimed(w: &Arc<Worker>, claimed: Claimed, active: &Arc<Active>, sl
     // fenced writes of step results wait for the start.
     let (started_tx, started_rx) = watch::channel(StartState::Pending);
     let (progress_tx, mut progress_rx) = watch::channel(Progress::Running);
+    let progress_tx = Arc::new(progress_tx);
     let (first_tx, first_rx) = oneshot::channel();
     let log = storage::build_dir(&w.settings.storage_root, &doc.storage_path)
         .ok_or_else(|| format!("invalid storage path {:?}", doc.storage_path))
@@ -89,6 +90,7 @@ async fn run_claimed(w: &Arc<Worker>, claimed: Claimed, active: &Arc<Active>, sl
                 crate::output::FirstBatch {
                     to_start: first_tx,
                     started: started_rx.clone(),
+                    progress: progress_tx.clone(),
                 },
             );
             (dir, sink, writer)

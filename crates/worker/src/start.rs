@@ -7,7 +7,7 @@
 //! recorded, start included, by its finish alone — one script and one round trip per
 //! build instead of two, which is what a busy worker's rate is made of (`make bench`,
 //! docs/performance.md). A build that runs longer, or has a step result to record before
-//! its end, is started as soon as that is known.
+//! its end, or output piling up behind the start, is started as soon as that is known.
 
 use tokio::sync::watch;
 
@@ -31,8 +31,9 @@ pub(crate) enum StartState {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Progress {
     Running,
-    /// A step result is to be written, which needs the start first.
-    ResultDue,
+    /// The start is needed now: a step result is to be written, or output piles up
+    /// (neither happens in a quick build).
+    StartDue,
     /// Every step is over; the finish follows.
     Over,
 }
