@@ -5,7 +5,8 @@ use std::collections::BTreeMap;
 use chrono::{SecondsFormat, Utc};
 use deadpool_redis::redis::{self, AsyncCommands};
 use kiln_model::{
-    keys, BuildDocument, BuildNumber, BuildRef, BuildStatus, JobName, Trigger as BuildTrigger,
+    keys, BuildDocument, BuildEventKind, BuildNumber, BuildRef, BuildStatus, JobName,
+    Trigger as BuildTrigger,
 };
 
 use crate::connect::Store;
@@ -157,6 +158,19 @@ impl Store {
         }
         let rest = v.to_string();
         let rest = rest.strip_prefix('{').unwrap_or(&rest);
+        // The queued event without its closing brace: the script appends the number.
+        let queued_event = serde_json::json!({
+            "kind": BuildEventKind::Queued,
+            "job": req.job,
+            "status": BuildStatus::Queued,
+            "folder": def.folder,
+            "at": now_rfc3339(),
+        })
+        .to_string();
+        let queued_event = format!(
+            "{},\"number\":",
+            queued_event.strip_suffix('}').unwrap_or(&queued_event)
+        );
         let no_worker = serde_json::Value::from(format!(
             "no live worker serves queue '{}'; the build waits until one starts",
             def.queue
@@ -181,7 +195,7 @@ impl Store {
             .arg(def.retention.builds)
             .arg(def.queue.as_str())
             .arg(keys::build_prefix(&req.job))
-            .arg(now_rfc3339())
+            .arg(&queued_event)
             .arg(WORKER_LIVENESS_MS)
             .arg(keys::EVENTS_CHANNEL)
             .arg(&no_worker)

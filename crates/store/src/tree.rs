@@ -25,9 +25,6 @@ pub(crate) fn script_error(e: RedisError, what: &str) -> Option<StoreError> {
         Some(("NOTFOUND", _)) => Some(StoreError::NotFound(what.to_owned())),
         Some(("CONFLICT", d)) => Some(StoreError::Conflict(d)),
         Some(("STALE", d)) => Some(StoreError::Stale(d)),
-        Some(("DISABLED", _)) => Some(StoreError::Conflict(format!(
-            "{what} is disabled and accepts no new builds"
-        ))),
         Some(("NOFOLDER", d)) => Some(StoreError::Invalid {
             field: if d == "parent" { "parent" } else { "folder" }.into(),
             message: "no such folder".into(),

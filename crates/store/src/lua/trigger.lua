@@ -3,9 +3,10 @@
 -- KEYS: job, recent, counters, queue, marker, queues set, queue workers, leases, owners,
 --       running list of the queue
 -- ARGV: job name, document without its opening '{' and without number/storage_path/reason,
---       storage prefix, retention, queue name, build key prefix, now (RFC 3339),
---       liveness window ms, events channel, reason JSON when no worker is live ('' none),
---       expected definition, delivery key ('' none), delivery TTL seconds
+--       storage prefix, retention, queue name, build key prefix, the queued event's JSON
+--       up to its number (appended here), liveness window ms, events channel, reason JSON
+--       when no worker is live ('' none), expected definition (the caller checked that it
+--       accepts builds), delivery key ('' none), delivery TTL seconds
 -- Returns {n, document}, or {0, existing build key} when the delivery key shows this
 -- event was handled already. The storage folders of trimmed builds are the workers' to
 -- clear away (they reuse them).
@@ -22,7 +23,6 @@ end
 local def = redis.call('GET', KEYS[1])
 if not def then return redis.error_reply('NOTFOUND job') end
 if def ~= ARGV[11] then return redis.error_reply('RETRY definition changed') end
-if cjson.decode(def).disabled == true then return redis.error_reply('DISABLED job') end
 if ARGV[12] ~= '' then
   local seen = redis.call('GET', ARGV[12])
   if seen then return {0, seen} end
@@ -53,6 +53,5 @@ redis.call('LTRIM', KEYS[2], 0, keep - 1)
 redis.call('LPUSH', KEYS[4], key)
 redis.call('ZADD', KEYS[5], 0, '0')
 redis.call('SADD', KEYS[6], ARGV[5])
-local d = cjson.decode(doc)
-redis.call('PUBLISH', ARGV[9], event('queued', d, ARGV[7]))
+redis.call('PUBLISH', ARGV[9], ARGV[7] .. n .. '}')
 return {n, doc}
