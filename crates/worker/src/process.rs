@@ -373,11 +373,14 @@ impl Exit {
     async fn wait(&mut self, pid: i32) -> io::Result<ExitStatus> {
         match self {
             #[cfg(target_os = "linux")]
+            // Readable once the process ended: asked first, so a running step costs no
+            // `waitpid` that finds nothing.
             Exit::Pidfd(ended) => loop {
+                let mut ready = ended.readable().await?;
                 if let Some(status) = try_wait(pid)? {
                     return Ok(status);
                 }
-                ended.readable().await?.clear_ready();
+                ready.clear_ready();
             },
             Exit::Thread(waiter) => waiter.await.map_err(io::Error::other)?,
         }
