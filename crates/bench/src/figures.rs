@@ -397,7 +397,7 @@ async fn throughput(c: &mut Cluster, size: Size, report: &mut Report) -> anyhow:
                 (scripts1 - scripts0) as f64 / n,
                 "EVALSHA",
                 f64::NAN,
-                "atomic scripts: trigger, start (with the log's first lines), finish (with the next claim); a claim of its own when a slot was idle, step results of longer builds, renewals",
+                "atomic scripts: trigger, finish (with the next claim, and the start when the build ended while its start lingered); a start of its own when it did not, a claim of its own when a slot was idle, step results of longer builds, renewals",
             );
             if let Some(usage) = usage {
                 usage.report(&before, report);
