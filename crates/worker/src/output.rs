@@ -222,6 +222,46 @@ pub(crate) fn joined(
     (!lines.is_empty()).then_some(OutputMessage::Lines { lines })
 }
 
+/// Publishes `msg`'s lines in batches of the usual size, all but the last, which it
+/// returns: a start that rode with the finish leaves every line to the finish, and no
+/// message may grow past a batch for that.
+pub(crate) async fn publish_all_but_last(
+    store: &Store,
+    build: &BuildRef,
+    msg: Option<OutputMessage>,
+) -> Option<OutputMessage> {
+    let Some(OutputMessage::Lines { lines }) = msg else {
+        return msg;
+    };
+    let mut batches = batches(lines);
+    let last = batches.pop();
+    for lines in batches {
+        publish(store, build, &OutputMessage::Lines { lines }).await;
+    }
+    last.map(|lines| OutputMessage::Lines { lines })
+}
+
+/// `lines` in order, cut into batches of at most `MAX_BATCH` lines and, unless a single
+/// line is longer, `MAX_BATCH_BYTES` of text.
+fn batches(lines: Vec<LogLine>) -> Vec<Vec<LogLine>> {
+    let mut all = Vec::new();
+    let mut batch: Vec<LogLine> = Vec::new();
+    let mut bytes = 0;
+    for line in lines {
+        let full = batch.len() == MAX_BATCH || bytes + line.line.len() > MAX_BATCH_BYTES;
+        if full && !batch.is_empty() {
+            all.push(std::mem::take(&mut batch));
+            bytes = 0;
+        }
+        bytes += line.line.len();
+        batch.push(line);
+    }
+    if !batch.is_empty() {
+        all.push(batch);
+    }
+    all
+}
+
 /// Publishes a batch of the build's lines for live views; a failure is not the build's
 /// (the file holds them, and watchers catch up from it).
 pub(crate) async fn publish(store: &Store, build: &BuildRef, msg: &OutputMessage) {
@@ -247,4 +287,45 @@ fn create_log(
         )?;
     }
     std::fs::File::create(path)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn lines(n: usize, len: usize) -> Vec<LogLine> {
+        (1..=n as u64)
+            .map(|seq| LogLine {
+                seq,
+                ts: Utc::now(),
+                stream: Stream::Stdout,
+                attempt: 1,
+                line: "x".repeat(len),
+            })
+            .collect()
+    }
+
+    fn seqs(batches: &[Vec<LogLine>]) -> Vec<Vec<u64>> {
+        batches
+            .iter()
+            .map(|b| b.iter().map(|l| l.seq).collect())
+            .collect()
+    }
+
+    #[test]
+    fn held_lines_are_cut_into_ordinary_batches_in_order() {
+        let few = batches(lines(3, 10));
+        assert_eq!(seqs(&few), vec![vec![1, 2, 3]]);
+        let many = batches(lines(MAX_BATCH + 1, 10));
+        assert_eq!(many.len(), 2);
+        assert_eq!(many[0].len(), MAX_BATCH);
+        assert_eq!(many[1][0].seq, MAX_BATCH as u64 + 1);
+        // Lines of 100 KiB: two fit in 256 KiB, a third starts a batch.
+        let long = batches(lines(5, 100 * 1024));
+        assert_eq!(seqs(&long), vec![vec![1, 2], vec![3, 4], vec![5]]);
+        // A line longer than a batch's bytes is a batch of its own, never an empty one.
+        let huge = batches(lines(2, MAX_BATCH_BYTES + 1));
+        assert_eq!(seqs(&huge), vec![vec![1], vec![2]]);
+        assert!(batches(Vec::new()).is_empty());
+    }
 }

@@ -172,7 +172,8 @@ async fn run_claimed(w: &Arc<Worker>, claimed: Claimed, active: &Arc<Active>, sl
     metrics::gauge!("kiln_worker_running_builds").decrement(1.0);
     let (with_start, refused) = match start {
         Start::WithFinish(first_lines) => {
-            held = crate::output::joined(first_lines, held);
+            let all = crate::output::joined(first_lines, held.take());
+            held = crate::output::publish_all_but_last(&w.store, &lease.build, all).await;
             (true, false)
         }
         Start::Refused => (false, true),
