@@ -124,6 +124,7 @@ async fn on_a_busy_worker_a_quick_builds_start_rides_with_its_finish() {
     assert_eq!(c.trigger("quick").await, 1);
     let mut messages = sub.on_message();
     let (mut events, mut lines, mut last_seq) = (Vec::new(), Vec::new(), None);
+    let mut started_at = None;
     while last_seq.is_none() || events.last().map(String::as_str) != Some("finished success") {
         let msg = tokio::time::timeout(T, messages.next())
             .await
@@ -133,6 +134,9 @@ async fn on_a_busy_worker_a_quick_builds_start_rides_with_its_finish() {
         if msg.get_channel_name() == keys::EVENTS_CHANNEL {
             let e: serde_json::Value = serde_json::from_str(&payload).unwrap();
             if e["job"] == "quick" {
+                if e["kind"] == "started" {
+                    started_at = e["at"].as_str().map(str::to_owned);
+                }
                 events.push(format!(
                     "{} {}",
                     e["kind"].as_str().unwrap(),
@@ -164,7 +168,11 @@ async fn on_a_busy_worker_a_quick_builds_start_rides_with_its_finish() {
     let b = c.build("quick", 1).await;
     assert_eq!(b["status"], "success");
     assert_eq!(b["node"], "w1");
-    assert!(b["started_at"].is_string());
+    assert_eq!(
+        b["started_at"].as_str(),
+        started_at.as_deref(),
+        "the started event tells when the build started, not when it was recorded"
+    );
 
     // Redis saw the build's finish (9 keys) and no start of its own (2 keys).
     let seen = monitor

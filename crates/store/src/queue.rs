@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use chrono::Utc;
+use chrono::{DateTime, Utc};
 use deadpool_redis::redis::{self, AsyncCommands};
 use kiln_model::{
     keys, BuildDocument, BuildEvent, BuildEventKind, BuildRef, BuildStatus, JobDefinition, Name,
@@ -122,19 +122,24 @@ pub struct ReapOutcome {
 }
 
 fn event(kind: BuildEventKind, doc: &BuildDocument) -> String {
-    event_as(kind, doc, doc.status)
+    event_as(kind, doc, doc.status, Utc::now())
 }
 
-/// An event of `doc`'s build reading `status` (a start announced with the build's finish
-/// reads `running`).
-fn event_as(kind: BuildEventKind, doc: &BuildDocument, status: BuildStatus) -> String {
+/// An event of `doc`'s build reading `status`, that happened `at` (a start announced with
+/// the build's finish reads `running`, at the time the build started).
+fn event_as(
+    kind: BuildEventKind,
+    doc: &BuildDocument,
+    status: BuildStatus,
+    at: DateTime<Utc>,
+) -> String {
     let e = BuildEvent {
         kind,
         job: doc.job.clone(),
         number: doc.number,
         status,
         folder: doc.folder.clone(),
-        at: Utc::now(),
+        at,
     };
     serde_json::to_string(&e).unwrap_or_default()
 }
@@ -273,7 +278,8 @@ impl Store {
             .arg(claim_next.map_or(0, |l| l.as_millis() as u64))
             .arg(keys::prefix::JOB)
             .arg(if announce_start {
-                event_as(BuildEventKind::Started, doc, BuildStatus::Running)
+                let at = doc.started_at.unwrap_or_else(Utc::now);
+                event_as(BuildEventKind::Started, doc, BuildStatus::Running, at)
             } else {
                 String::new()
             })
