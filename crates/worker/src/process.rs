@@ -589,6 +589,12 @@ mod tests {
         words.iter().map(|w| (*w).to_owned()).collect()
     }
 
+    /// Starts `script` under `l` in the temporary folder with no variables of its own.
+    fn spawn(l: &Launcher, script: &str) -> StepProcess {
+        l.spawn(script, &std::env::temp_dir(), &BTreeMap::new())
+            .expect("spawn")
+    }
+
     /// Whether a process of group `pgid` still runs (zombies waiting for their reaper
     /// do not count).
     fn group_alive(pgid: i32) -> bool {
@@ -617,13 +623,7 @@ mod tests {
     #[tokio::test]
     async fn a_step_runs_under_the_shell_with_its_options_no_arguments_and_no_stdin() {
         let l = Launcher::new(&shell(&["sh", "-e", "-c"])).expect("sh");
-        let mut p = l
-            .spawn(
-                "[ $# = 0 ] || exit 3; [ \"$0\" = sh ] || exit 4; if read x; then exit 5; fi; false; exit 9",
-                &std::env::temp_dir(),
-                &BTreeMap::new(),
-            )
-            .expect("spawn");
+        let mut p = spawn(&l, "[ $# = 0 ] || exit 3; [ \"$0\" = sh ] || exit 4; if read x; then exit 5; fi; false; exit 9");
         let status = p.wait().await.expect("wait");
         assert_eq!(status.code(), Some(1), "set -e stops at `false`");
         kill_group(p.pgid);
@@ -632,9 +632,7 @@ mod tests {
     #[tokio::test]
     async fn another_program_gets_the_script_and_its_exit_code_comes_back() {
         let l = Launcher::new(&shell(&["env", "sh", "-c"])).expect("env");
-        let mut p = l
-            .spawn("exit 4", &std::env::temp_dir(), &BTreeMap::new())
-            .expect("spawn");
+        let mut p = spawn(&l, "exit 4");
         let status = p.wait().await.expect("wait");
         assert_eq!(status.code(), Some(4));
         kill_group(p.pgid);
@@ -643,13 +641,7 @@ mod tests {
     #[tokio::test]
     async fn without_a_pidfd_a_thread_waits_for_the_step() {
         let l = Launcher::new(&shell(&["sh", "-c"])).expect("sh");
-        let mut p = l
-            .spawn(
-                "sleep 0.05; exit 7",
-                &std::env::temp_dir(),
-                &BTreeMap::new(),
-            )
-            .expect("spawn");
+        let mut p = spawn(&l, "sleep 0.05; exit 7");
         p.exit = Exit::by_thread(p.pgid);
         let status = p.wait().await.expect("wait");
         assert_eq!(status.code(), Some(7));
@@ -690,19 +682,11 @@ mod tests {
     #[tokio::test]
     async fn a_reused_lifeline_guards_its_new_step() {
         let l = Launcher::new(&shell(&["sh", "-c"])).expect("sh");
-        let mut first = l
-            .spawn("true", &std::env::temp_dir(), &BTreeMap::new())
-            .expect("spawn");
+        let mut first = spawn(&l, "true");
         first.wait().await.expect("wait");
         first.kill_group();
         drop(first);
-        let p = l
-            .spawn(
-                "sleep 300 & sleep 301",
-                &std::env::temp_dir(),
-                &BTreeMap::new(),
-            )
-            .expect("spawn");
+        let p = spawn(&l, "sleep 300 & sleep 301");
         assert!(l.lifelines.lock().expect("pool").is_empty(), "taken again");
         cut_lifeline_and_see_the_group_killed(p).await;
     }
@@ -712,9 +696,7 @@ mod tests {
     #[tokio::test]
     async fn a_step_dropped_before_its_end_is_killed_and_reaped() {
         let l = Launcher::new(&shell(&["sh", "-c"])).expect("sh");
-        let p = l
-            .spawn("sleep 300", &std::env::temp_dir(), &BTreeMap::new())
-            .expect("spawn");
+        let p = spawn(&l, "sleep 300");
         let stat = format!("/proc/{}/stat", p.pgid);
         drop(p);
         let deadline = std::time::Instant::now() + Duration::from_secs(10);
@@ -732,13 +714,7 @@ mod tests {
     #[tokio::test]
     async fn closing_a_steps_lifeline_kills_its_whole_group() {
         let l = Launcher::new(&shell(&["sh", "-c"])).expect("sh");
-        let p = l
-            .spawn(
-                "sleep 300 & sleep 301",
-                &std::env::temp_dir(),
-                &BTreeMap::new(),
-            )
-            .expect("spawn");
+        let p = spawn(&l, "sleep 300 & sleep 301");
         assert!(group_alive(p.pgid));
         cut_lifeline_and_see_the_group_killed(p).await;
     }
