@@ -1,6 +1,7 @@
-//! A minimal HTTP/1.1 keep-alive client for the api figure: one fixed GET written and its
-//! response read by `Content-Length`, so that the load generator, which shares the cores
-//! with the api under test, costs about as little as the Redis client of the baseline.
+//! A minimal HTTP/1.1 keep-alive client for the api figure and the throughput figure's
+//! triggers: one fixed request (a GET, or a POST without a body) written and its response
+//! read by `Content-Length`, so that the load generator, which shares the cores with the
+//! services under test, costs about as little as the Redis client of a baseline.
 
 use anyhow::{bail, Context};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -13,11 +14,27 @@ pub(crate) struct Connection {
 }
 
 impl Connection {
-    pub(crate) async fn open(port: u16, path: &str, token: &str) -> anyhow::Result<Self> {
+    /// A connection that sends `GET path`.
+    pub(crate) async fn get(port: u16, path: &str, token: &str) -> anyhow::Result<Self> {
+        Self::open(port, &format!("GET {path}"), "", token).await
+    }
+
+    /// A connection that sends `POST path` without a body.
+    pub(crate) async fn post(port: u16, path: &str, token: &str) -> anyhow::Result<Self> {
+        Self::open(
+            port,
+            &format!("POST {path}"),
+            "Content-Length: 0\r\n",
+            token,
+        )
+        .await
+    }
+
+    async fn open(port: u16, line: &str, headers: &str, token: &str) -> anyhow::Result<Self> {
         let stream = TcpStream::connect(("127.0.0.1", port)).await?;
         stream.set_nodelay(true)?;
         let request = format!(
-            "GET {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nAuthorization: Bearer {token}\r\n\r\n"
+            "{line} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nAuthorization: Bearer {token}\r\n{headers}\r\n"
         )
         .into_bytes();
         Ok(Self {
@@ -27,8 +44,8 @@ impl Connection {
         })
     }
 
-    /// Sends the request and reads the whole response; fails unless the status is 200.
-    pub(crate) async fn get(&mut self) -> anyhow::Result<()> {
+    /// Sends the request and reads the whole response; fails unless the status is 2xx.
+    pub(crate) async fn send(&mut self) -> anyhow::Result<()> {
         self.stream.write_all(&self.request).await?;
         self.buf.clear();
         let head_end = loop {
@@ -38,7 +55,7 @@ impl Connection {
             self.fill().await?;
         };
         let head = std::str::from_utf8(&self.buf[..head_end])?;
-        if !head.starts_with("HTTP/1.1 200") {
+        if !head.starts_with("HTTP/1.1 2") {
             bail!("{}", head.lines().next().unwrap_or_default());
         }
         let length: usize = head
