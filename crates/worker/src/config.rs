@@ -164,3 +164,26 @@ impl WorkerConfig {
         })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn settings(worker: serde_json::Value) -> Result<Settings, ConfigError> {
+        let config: WorkerConfig =
+            serde_json::from_value(serde_json::json!({ "worker": worker })).expect("config");
+        config.settings()
+    }
+
+    #[test]
+    fn a_start_linger_longer_than_a_second_is_refused_by_name() {
+        let e = settings(serde_json::json!({"start_linger_ms": 1001}))
+            .expect_err("refused")
+            .to_string();
+        assert!(e.contains("worker.start_linger_ms"), "{e}");
+        let s = settings(serde_json::json!({"start_linger_ms": 0})).expect("0 turns it off");
+        assert!(s.start_linger.is_zero());
+        let s = settings(serde_json::json!({})).expect("defaults");
+        assert_eq!(s.start_linger, Duration::from_millis(50));
+    }
+}

@@ -11,6 +11,8 @@ use std::path::Path;
 /// Whether `path` (or, while it does not exist yet, its nearest existing ancestor) is on a
 /// filesystem the kernel serves locally. Unknown counts as remote: the safe side.
 pub(crate) fn is_local(path: &Path) -> bool {
+    // A relative root (the default `var/storage`) is judged from the working folder.
+    let path = std::path::absolute(path).unwrap_or_else(|_| path.to_owned());
     path.ancestors()
         .find_map(fs_type)
         .is_some_and(|t| !is_network(t))
@@ -83,5 +85,10 @@ mod tests {
             "same filesystem"
         );
         assert!(fs_type(&dir).is_some());
+        assert_eq!(
+            is_local(Path::new("kiln-not-made-yet/storage")),
+            is_local(&std::env::current_dir().expect("working folder")),
+            "a relative root is judged from the working folder"
+        );
     }
 }
