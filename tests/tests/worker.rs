@@ -125,7 +125,7 @@ async fn on_a_busy_worker_a_quick_builds_start_rides_with_its_finish() {
     let mut messages = sub.on_message();
     let (mut events, mut lines, mut last_seq) = (Vec::new(), Vec::new(), None);
     let mut started_at = None;
-    while last_seq.is_none() || events.last().map(String::as_str) != Some("finished success") {
+    while last_seq.is_none() || events.last().map(String::as_str) != Some("finished #1 success") {
         let msg = tokio::time::timeout(T, messages.next())
             .await
             .expect("the build's end within the timeout")
@@ -138,8 +138,9 @@ async fn on_a_busy_worker_a_quick_builds_start_rides_with_its_finish() {
                     started_at = e["at"].as_str().map(str::to_owned);
                 }
                 events.push(format!(
-                    "{} {}",
+                    "{} #{} {}",
                     e["kind"].as_str().unwrap(),
+                    e["number"],
                     e["status"].as_str().unwrap()
                 ));
             }
@@ -152,7 +153,11 @@ async fn on_a_busy_worker_a_quick_builds_start_rides_with_its_finish() {
     }
     assert_eq!(
         events,
-        ["queued queued", "started running", "finished success"]
+        [
+            "queued #1 queued",
+            "started #1 running",
+            "finished #1 success"
+        ]
     );
     let seqs: Vec<u64> = lines.iter().map(|l| l.seq).collect();
     assert_eq!(

@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 use chrono::{SecondsFormat, Utc};
 use deadpool_redis::redis::{self, AsyncCommands};
 use kiln_model::{
-    keys, BuildDocument, BuildEventKind, BuildNumber, BuildRef, BuildStatus, JobName,
+    keys, BuildDocument, BuildEvent, BuildEventKind, BuildNumber, BuildRef, BuildStatus, JobName,
     Trigger as BuildTrigger,
 };
 
@@ -158,19 +158,16 @@ impl Store {
         }
         let rest = v.to_string();
         let rest = rest.strip_prefix('{').unwrap_or(&rest);
-        // The queued event without its closing brace: the script appends the number.
-        let queued_event = serde_json::json!({
-            "kind": BuildEventKind::Queued,
-            "job": req.job,
-            "status": BuildStatus::Queued,
-            "folder": def.folder,
-            "at": now_rfc3339(),
+        // The queued event with number 0: the script puts in the number it takes.
+        let queued_event = serde_json::to_string(&BuildEvent {
+            kind: BuildEventKind::Queued,
+            job: req.job.clone(),
+            number: BuildNumber(0),
+            status: BuildStatus::Queued,
+            folder: def.folder.clone(),
+            at: Utc::now(),
         })
-        .to_string();
-        let queued_event = format!(
-            "{},\"number\":",
-            queued_event.strip_suffix('}').unwrap_or(&queued_event)
-        );
+        .map_err(|e| StoreError::corrupt("event", e))?;
         let no_worker = serde_json::Value::from(format!(
             "no live worker serves queue '{}'; the build waits until one starts",
             def.queue

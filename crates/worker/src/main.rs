@@ -3,7 +3,8 @@ use anyhow::Context;
 /// One thread runs the worker's tasks: they mostly wait on Redis, pipes and children, and
 /// keeping them on one thread spares a cross-thread wake-up at every hop between them
 /// (trigger to first step went from 1.09 to 0.90 ms p50 and 2.15 to 1.30 ms p99 in
-/// `make bench`, throughput unchanged). File work still goes to tokio's blocking pool.
+/// `make bench`, throughput unchanged). File work that can be slow (network storage,
+/// workspaces, artifacts) goes to tokio's blocking pool.
 #[tokio::main(flavor = "current_thread")]
 async fn main() -> anyhow::Result<()> {
     let path = kiln_service_kit::config::config_path_from_args();

@@ -58,8 +58,8 @@ pub(crate) struct LogSummary {
     pub(crate) write_error: Option<String>,
     /// The last batch, in the file but not yet published: every sink was gone when it was
     /// read, so nothing follows it, and it goes out with the build's end, in the same
-    /// round trip (as the first batch goes out with the start: a short build makes three
-    /// round trips, claim included, where it made five).
+    /// round trip, as the first batch goes out with the start. When the finish carries the
+    /// start (`crate::start`), every batch after the first.
     pub(crate) held: Option<OutputMessage>,
 }
 
@@ -147,7 +147,7 @@ pub(crate) fn start(
             // cost about half a millisecond of every line's latency (`make bench`, one
             // watcher: 1.1 ms p50 through the pool, 0.65 ms direct, as fast as a bare
             // PUBLISH). Making the folder and the file, the metadata operations that can be
-            // slow on network storage, stays in the pool.
+            // slow on network storage, goes to the pool there (`start`).
             if let Some(f) = &mut file {
                 if let Err(e) = f.write_all(&bytes) {
                     write_error = Some(format!("cannot write the build log: {e}"));
@@ -183,9 +183,9 @@ pub(crate) fn start(
 
 /// How the log's first batch reaches the build's start: the start's script publishes it,
 /// so a build's start and its first lines (the first step's header, at least) are one
-/// round trip, not two. The start waits for the log to be made (in the blocking pool, while
-/// the first step already runs); the log's later batches wait for the start's answer, so
-/// live watchers get them in order.
+/// round trip, not two. The start waits for the log to be made (while the first step already
+/// runs); the log's later batches wait for the start's answer, or for the finish when the
+/// start rides with it, so live watchers get them in order.
 pub(crate) struct FirstBatch {
     pub(crate) to_start: oneshot::Sender<Option<OutputMessage>>,
     /// What became of the start, as the step results wait for it.

@@ -4,7 +4,7 @@
 --       running list of the queue
 -- ARGV: job name, document without its opening '{' and without number/storage_path/reason,
 --       storage prefix, retention, queue name, build key prefix, the queued event's JSON
---       up to its number (appended here), liveness window ms, events channel, reason JSON
+--       with number 0 (the number taken is put in here), liveness window ms, events channel, reason JSON
 --       when no worker is live ('' none), expected definition (the caller checked that it
 --       accepts builds), delivery key ('' none), delivery TTL seconds
 -- Returns {n, document}, or {0, existing build key} when the delivery key shows this
@@ -53,5 +53,9 @@ redis.call('LTRIM', KEYS[2], 0, keep - 1)
 redis.call('LPUSH', KEYS[4], key)
 redis.call('ZADD', KEYS[5], 0, '0')
 redis.call('SADD', KEYS[6], ARGV[5])
-redis.call('PUBLISH', ARGV[9], ARGV[7] .. n .. '}')
+-- Names hold no '"', so the event's only `"number":0` is its number.
+local s, e = string.find(ARGV[7], '"number":0', 1, true)
+if s then
+  redis.call('PUBLISH', ARGV[9], string.sub(ARGV[7], 1, s - 1) .. '"number":' .. n .. string.sub(ARGV[7], e + 1))
+end
 return {n, doc}
