@@ -73,18 +73,6 @@ async fn trigger_to_start(c: &mut Cluster, size: Size, report: &mut Report) -> a
     for _ in 0..size.trigger_builds {
         kiln.push_ms(trigger_once(c, &mut finished).await?);
     }
-    // CI builds mostly arrive one by one, after every service sat idle for a while.
-    let mut quiet = Samples::new();
-    let pings_before = pings(&mut finished).await?;
-    for _ in 0..size.quiet_builds {
-        tokio::time::sleep(QUIET).await;
-        quiet.push_ms(trigger_once(c, &mut finished).await?);
-    }
-    let checks = pings(&mut finished).await? - pings_before;
-    let _: () = finished
-        .srem("kiln:finished-consumers", "bench-t2s")
-        .await?;
-    let mut base = Samples::new();
     let pool = c.redis.pool();
     // The blocked side may wait longer than a pooled connection waits for a reply.
     let blocked = redis::Client::open(c.redis.url())?
@@ -96,13 +84,25 @@ async fn trigger_to_start(c: &mut Cluster, size: Size, report: &mut Report) -> a
         blocked: Some(blocked),
         pusher: pool.get().await?,
     };
+    let mut base = Samples::new();
     for _ in 0..size.trigger_builds {
         base.push(bare.run(Duration::from_millis(1)).await?);
     }
+    // CI builds mostly arrive one by one, after every service sat idle for a while. Kiln's
+    // quiet builds alternate with the baseline's quiet rounds, so a slow spell of the machine
+    // (session 11 saw one push a run's p50 to 17 ms) falls on both.
+    let mut quiet = Samples::new();
     let mut base_quiet = Samples::new();
+    let pings_before = pings(&mut finished).await?;
     for _ in 0..size.quiet_builds {
+        tokio::time::sleep(QUIET).await;
+        quiet.push_ms(trigger_once(c, &mut finished).await?);
         base_quiet.push(bare.run(QUIET).await?);
     }
+    let checks = pings(&mut finished).await? - pings_before;
+    let _: () = finished
+        .srem("kiln:finished-consumers", "bench-t2s")
+        .await?;
     let note = format!("{} sequential builds of `true`", size.trigger_builds);
     report.add(
         "trigger_to_start_p50",
@@ -124,7 +124,7 @@ async fn trigger_to_start(c: &mut Cluster, size: Size, report: &mut Report) -> a
         "ms",
         base_quiet.pct(50.0),
         &format!(
-            "{} builds of `true`, each triggered after {} s without any; baseline: the same bare queue-plus-spawn round, each after as long without any",
+            "{} builds of `true`, each triggered after {} s without any; baseline: the same bare queue-plus-spawn round, each after as long without any, alternating with Kiln's",
             size.quiet_builds,
             QUIET.as_secs()
         ),
