@@ -328,9 +328,9 @@ async fn commandstats(c: &Cluster) -> anyhow::Result<(u64, u64)> {
 
 /// Rounds of figure 2 per worker count. Each round is set against the ceiling measured
 /// right before and right after it, and the median round is reported: on a shared machine
-/// a few seconds can run 20 % slow for everything at once (session 11 saw one run's ratio
-/// anywhere from 0.46 to 0.69 with the same binaries), and one such spell should not decide
-/// the figure.
+/// a few seconds can run 20 % slow for everything at once (in session 11 the 4-worker ratio
+/// of single-round runs ranged from 0.46 to 0.69 with the same binaries), and one such spell
+/// should not decide the figure.
 const ROUNDS: usize = 3;
 
 /// Figure 2: Builds of `true` through 1 and 4 workers (concurrency 4 each), triggered all at once,
