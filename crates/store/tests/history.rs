@@ -3,32 +3,18 @@
 //! the documents') is left out, not an error.
 
 use deadpool_redis::redis::AsyncCommands;
-use kiln_model::{JobDefinition, JobName, Trigger, TriggerKind};
-use kiln_store::{Store, StoreOptions, TriggerRequest};
-use kiln_testkit::RedisServer;
+use kiln_model::JobName;
+
+mod common;
+use common::{def, queued, redis_and_store};
 
 #[tokio::test]
 async fn a_history_page_is_newest_first_and_leaves_out_documents_gone() {
-    let redis = RedisServer::start();
-    let store = Store::new(&StoreOptions::new(redis.url())).expect("store");
+    let (redis, store) = redis_and_store();
     let job = JobName::parse("app").expect("name");
-    let def: JobDefinition =
-        serde_json::from_value(serde_json::json!({"steps": [{"name": "s", "run": "true"}]}))
-            .expect("definition");
-    store.put_job(&job, &def).await.expect("put");
-    let req = TriggerRequest {
-        job: job.clone(),
-        parameters: Default::default(),
-        trigger: Trigger {
-            kind: TriggerKind::Api,
-            by: None,
-            sha: None,
-            git_ref: None,
-        },
-        dedup: None,
-    };
+    store.put_job(&job, &def("true")).await.expect("put");
     for _ in 0..4 {
-        store.trigger(&req).await.expect("trigger");
+        queued(&store, &job).await;
     }
     // Deleted behind Kiln's back while `job_app_recent` still names it.
     let mut conn = redis.pool().get().await.expect("connection");

@@ -4,40 +4,13 @@
 
 use std::time::Duration;
 
-use kiln_model::{
-    keys, BuildStatus, JobDefinition, JobName, Name, OutputMessage, Trigger, TriggerKind,
-};
-use kiln_store::{Store, StoreOptions, TriggerRequest};
-use kiln_testkit::RedisServer;
+use kiln_model::{keys, BuildStatus, JobName, Name, OutputMessage};
+use kiln_store::Store;
+
+mod common;
+use common::{def, queued, redis_and_store};
 
 const LEASE: Duration = Duration::from_secs(30);
-
-fn def(step: &str) -> JobDefinition {
-    serde_json::from_value(serde_json::json!({"steps": [{"name": "s", "run": step}]}))
-        .expect("definition")
-}
-
-async fn queued(store: &Store, job: &JobName) -> String {
-    let req = TriggerRequest {
-        job: job.clone(),
-        parameters: Default::default(),
-        trigger: Trigger {
-            kind: TriggerKind::Api,
-            by: None,
-            sha: None,
-            git_ref: None,
-        },
-        dedup: None,
-    };
-    let t = store.trigger(&req).await.expect("trigger");
-    t.build.build_ref().key()
-}
-
-fn redis_and_store() -> (RedisServer, Store) {
-    let redis = RedisServer::start();
-    let store = Store::new(&StoreOptions::new(redis.url())).expect("store");
-    (redis, store)
-}
 
 /// The job, queue and worker every test here uses.
 fn names() -> (JobName, Name, Name) {
