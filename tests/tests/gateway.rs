@@ -188,6 +188,63 @@ async fn two_hundred_watchers_all_receive_the_complete_log_over_one_subscription
     .await;
 }
 
+/// At a build's end each watcher gets the end message as the worker published it, right
+/// behind the last lines: the gateway reads the document once per watcher, when it joins,
+/// and not again at the end (it used to, and read the log file twice more, for every
+/// watcher, which held up a popular build's last lines; `make bench`, figure 3).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_end_goes_to_every_watcher_without_reading_the_build_again() {
+    let c = Cluster::start().await;
+    let _w = c.worker(WorkerOpts::new("w1")).await;
+    let (_g, gw) = c.gateway().await;
+    let go = c.storage.path().join("go");
+    // Lines keep flowing while the watchers join, so no watcher's idle poll reads the build.
+    c.apply(
+        "ends",
+        job(&[&format!(
+            "while [ ! -e {} ]; do echo waiting; sleep 0.2; done; echo last",
+            go.display()
+        )]),
+    )
+    .await;
+    let n = c.trigger("ends").await;
+    let mut watchers = Vec::new();
+    for _ in 0..20 {
+        let mut ws = connect(&format!("{gw}/ws/builds/ends/{n}")).await;
+        // The gateway read the build for this watcher before sending it.
+        let first = tokio::time::timeout(T, ws.next())
+            .await
+            .unwrap()
+            .unwrap()
+            .unwrap();
+        let first: Value = serde_json::from_str(first.to_text().unwrap()).unwrap();
+        assert_eq!(first["type"], "build");
+        watchers.push(tokio::spawn(read_build(ws)));
+    }
+    let monitor = support::Monitor::start(&c.redis_url()).await;
+    std::fs::write(&go, "").unwrap();
+    for w in watchers {
+        let r = w.await.unwrap();
+        assert_eq!(r.stdout.last().map(String::as_str), Some("last"));
+        assert_eq!(r.end.as_deref(), Some("success"));
+        assert_eq!(r.close.as_ref().map(|c| c.0), Some(1000));
+    }
+    // Every command Redis ran before this one is on the monitor once this one is.
+    let mut conn = c.redis.pool().get().await.unwrap();
+    let _: Option<String> = deadpool_redis::redis::AsyncCommands::get(&mut conn, "sentinel")
+        .await
+        .unwrap();
+    let seen = monitor
+        .wait_for(T, |l| l.contains(r#""GET" "sentinel""#))
+        .await;
+    let key = format!(r#""GET" "job_ends_{n}""#);
+    let reads: Vec<&String> = seen
+        .iter()
+        .filter(|l| l.contains(&key) && !l.contains("lua]"))
+        .collect();
+    assert!(reads.is_empty(), "the build was read again: {reads:?}");
+}
+
 #[tokio::test]
 async fn watchers_lose_no_line_when_redis_restarts_mid_stream() {
     let mut c = Cluster::start_persistent().await;

@@ -27,14 +27,14 @@ pub(crate) struct Published {
 #[derive(Debug, Clone, Copy)]
 pub(crate) enum Header {
     Lines { attempt: u32, first: u64, last: u64 },
-    End { attempt: u32 },
+    End { attempt: u32, last_seq: u64 },
 }
 
 #[derive(Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case")]
 enum LightMessage {
     Lines { lines: Vec<LightLine> },
-    End { attempt: u32 },
+    End { attempt: u32, last_seq: u64 },
 }
 
 /// A log line's numbers; its text and other fields are skipped while parsing.
@@ -53,7 +53,7 @@ impl Published {
                     first: lines.first()?.seq,
                     last: lines.last()?.seq,
                 }),
-                LightMessage::End { attempt } => Some(Header::End { attempt }),
+                LightMessage::End { attempt, last_seq } => Some(Header::End { attempt, last_seq }),
             }
         })
     }
