@@ -208,6 +208,8 @@ async fn the_end_goes_to_every_watcher_without_reading_the_build_again() {
     )
     .await;
     let n = c.trigger("ends").await;
+    // Running, so lines flow from before the first watcher joins until the end.
+    c.wait_log_contains("ends", n, "waiting", T).await;
     let mut watchers = Vec::new();
     for _ in 0..20 {
         let mut ws = connect(&format!("{gw}/ws/builds/ends/{n}")).await;
