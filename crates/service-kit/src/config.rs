@@ -48,6 +48,8 @@ pub struct Common {
 pub struct RedisSettings {
     /// `redis://`, `rediss://` (TLS) or `unix://`.
     pub url: String,
+    /// The most connections a pool may hold. Operations running at the same time share
+    /// one (see `kiln_store::Store`), so a pool normally holds one.
     pub pool_size: usize,
 }
 

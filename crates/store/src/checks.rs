@@ -4,9 +4,10 @@
 //! `make bench`, see docs/performance.md). Instead a connection is checked only when it may
 //! be bad: after sitting unused for half a minute, or when another connection of the same
 //! pool failed since it was last taken (Redis restarted, a failover). A connection that fails
-//! is dropped when it is released rather than put back (see `connect::Conn`). Pools hand
-//! out the connection released last (LIFO), so a service's steady trickle of operations (a
-//! worker's heartbeat, say) keeps the one it reaches for first from ever going idle.
+//! is dropped rather than handed out again (see `connect::Conn`). Pools hand out the
+//! connection released last (LIFO), and operations share it (see `connect::Store`), so a
+//! service's steady trickle of operations (a worker's heartbeat, say) keeps it from ever
+//! going idle.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};

@@ -1,8 +1,10 @@
 //! Connecting to Redis, and checking that the Redis we got is safe to keep builds in.
 
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
-use deadpool::managed::{Metrics, Object, RecycleResult};
+use deadpool::managed::{Metrics, Object, RecycleError, RecycleResult};
 use deadpool_redis::redis::aio::MultiplexedConnection;
 use deadpool_redis::redis::{self, AsyncConnectionConfig, RedisError};
 use deadpool_redis::Runtime;
@@ -32,14 +34,34 @@ impl StoreOptions {
     }
 }
 
-/// A handle on Kiln's Redis. Cheap to clone; every operation takes a pooled connection.
+/// A handle on Kiln's Redis. Cheap to clone.
+///
+/// Operations running at the same time share one connection of the pool (redis-rs
+/// multiplexes them): requests that are ready together leave in one write and their replies
+/// come back in one read, so neither Redis nor the service pays a system call per command.
+/// Against a connection each, the api served 40 % more single-build reads and 25 % more
+/// history pages per second on the same two cores (docs/performance.md, session 12). Every
+/// command Kiln sends is safe to share: state lives in keys, transactions go out as one
+/// `MULTI`…`EXEC` pipeline, and the one blocking command has a store of its own
+/// ([`Store::blocking`]).
 #[derive(Clone)]
 pub struct Store {
     backend: Backend,
     /// How `backend` was built, for [`Store::for_this_thread`].
     pool: (String, usize, Option<Duration>),
+    /// Whether operations share a connection (all but the blocking store's).
+    shared: bool,
+    /// Held while a shared store takes its connection from the pool: operations starting
+    /// together wait for the one connection being opened or checked instead of each
+    /// opening another.
+    taking: Arc<tokio::sync::Mutex<()>>,
     pub(crate) jobs: std::sync::Arc<crate::job_cache::JobCache>,
 }
+
+/// A store whose connection blocks in a wait for work (see [`Store::blocking`]): a type of
+/// its own, so that a blocking command can never stall the operations of a shared one.
+#[derive(Clone)]
+pub struct BlockingStore(pub(crate) Store);
 
 /// A single Redis (`redis://`, `rediss://`, `unix://`) or Redis behind Sentinel.
 #[derive(Clone)]
@@ -48,52 +70,95 @@ enum Backend {
     Sentinel(SentinelPool),
 }
 
+/// A pooled connection, with what its users need to report it failed: a shared
+/// connection stays in the pool while operations use it, so a failure cannot take it out
+/// at once; the flag has the pool drop it the next time it is handed out.
+#[derive(Clone)]
+pub(crate) struct Shareable {
+    conn: MultiplexedConnection,
+    failed: Arc<AtomicBool>,
+    checks: Arc<Checks>,
+}
+
+impl Shareable {
+    pub(crate) fn new(conn: MultiplexedConnection, checks: &Arc<Checks>) -> Self {
+        Self {
+            conn,
+            failed: Arc::default(),
+            checks: checks.clone(),
+        }
+    }
+
+    pub(crate) fn conn(&mut self) -> &mut MultiplexedConnection {
+        &mut self.conn
+    }
+
+    /// Refuses a connection an operation saw fail, before any other check.
+    pub(crate) fn check_failed(&self) -> RecycleResult<RedisError> {
+        if self.failed.load(Ordering::Relaxed) {
+            return Err(RecycleError::message("the connection failed while in use"));
+        }
+        Ok(())
+    }
+
+    /// Marks the connection failed, and has its pool check the others before their next
+    /// use.
+    fn fail(&self) {
+        self.failed.store(true, Ordering::Relaxed);
+        self.checks.failed();
+    }
+}
+
 /// Connections to one Redis, made by deadpool-redis and checked as `checks` says.
 pub(crate) struct DirectManager {
     connections: deadpool_redis::Manager,
-    checks: Checks,
+    checks: Arc<Checks>,
 }
 
 type Pool = deadpool::managed::Pool<DirectManager>;
 
 impl deadpool::managed::Manager for DirectManager {
-    type Type = MultiplexedConnection;
+    type Type = Shareable;
     type Error = RedisError;
 
-    async fn create(&self) -> Result<MultiplexedConnection, RedisError> {
-        self.connections.create().await
+    async fn create(&self) -> Result<Shareable, RedisError> {
+        Ok(Shareable::new(
+            self.connections.create().await?,
+            &self.checks,
+        ))
     }
 
-    async fn recycle(
-        &self,
-        conn: &mut MultiplexedConnection,
-        metrics: &Metrics,
-    ) -> RecycleResult<RedisError> {
+    async fn recycle(&self, conn: &mut Shareable, metrics: &Metrics) -> RecycleResult<RedisError> {
+        conn.check_failed()?;
         if !self.checks.needed(metrics) {
             return Ok(());
         }
-        self.connections.recycle(conn, metrics).await
+        self.connections.recycle(conn.conn(), metrics).await
     }
 }
 
-/// A pooled connection of either kind; it speaks the redis-rs protocol, so commands,
-/// pipelines and scripts take it as they are. One that failed is dropped on release, not
-/// put back, and its pool checks its other connections before their next use.
+/// A connection for one operation; it speaks the redis-rs protocol, so commands, pipelines
+/// and scripts take it as they are. A failed one is dropped from its pool (at once when
+/// the operation had it to itself, on its next hand-out when shared), and its pool checks
+/// its other connections before their next use.
 pub(crate) struct Conn {
-    pooled: Option<Pooled>,
+    lease: Option<Lease>,
     broken: bool,
 }
 
-enum Pooled {
+enum Lease {
+    /// A clone of a connection that stays in the pool for other operations meanwhile.
+    Shared(Shareable),
     Direct(Object<DirectManager>),
     Sentinel(Object<SentinelManager>),
 }
 
 impl Conn {
     fn inner(&mut self) -> Option<&mut MultiplexedConnection> {
-        match self.pooled.as_mut()? {
-            Pooled::Direct(c) => Some(c),
-            Pooled::Sentinel(c) => Some(c),
+        match self.lease.as_mut()? {
+            Lease::Shared(c) => Some(c.conn()),
+            Lease::Direct(c) => Some(c.conn()),
+            Lease::Sentinel(c) => Some(c.conn()),
         }
     }
 
@@ -113,26 +178,19 @@ impl Drop for Conn {
         if !self.broken {
             return;
         }
-        match self.pooled.take() {
-            Some(Pooled::Direct(c)) => discard(c),
-            Some(Pooled::Sentinel(c)) => discard(c),
+        match self.lease.take() {
+            Some(Lease::Shared(c)) => c.fail(),
+            Some(Lease::Direct(c)) => discard(c),
+            Some(Lease::Sentinel(c)) => discard(c),
             None => {}
         }
     }
 }
 
 /// Drops a failed connection instead of returning it, and has its pool check the others.
-fn discard<M: deadpool::managed::Manager + AsRef<Checks>>(c: Object<M>) {
-    if let Some(pool) = Object::pool(&c) {
-        pool.manager().as_ref().failed();
-    }
+fn discard<M: deadpool::managed::Manager<Type = Shareable>>(c: Object<M>) {
+    c.checks.failed();
     drop(Object::take(c));
-}
-
-impl AsRef<Checks> for DirectManager {
-    fn as_ref(&self) -> &Checks {
-        &self.checks
-    }
 }
 
 impl redis::aio::ConnectionLike for Conn {
@@ -171,9 +229,10 @@ impl redis::aio::ConnectionLike for Conn {
     }
 
     fn get_db(&self) -> i64 {
-        match &self.pooled {
-            Some(Pooled::Direct(c)) => c.get_db(),
-            Some(Pooled::Sentinel(c)) => c.get_db(),
+        match &self.lease {
+            Some(Lease::Shared(c)) => c.conn.get_db(),
+            Some(Lease::Direct(c)) => c.conn.get_db(),
+            Some(Lease::Sentinel(c)) => c.conn.get_db(),
             None => 0,
         }
     }
@@ -234,7 +293,7 @@ pub(crate) fn pool(
     .map_err(|e| StoreError::Url(format!("{}: {e}", redact(url))))?;
     let manager = DirectManager {
         connections,
-        checks: Checks::default(),
+        checks: Arc::default(),
     };
     Pool::builder(manager)
         .max_size(size)
@@ -259,17 +318,22 @@ impl Store {
     /// Builds the pool; no connection is made until the first command, so a service can
     /// start while Redis is still coming up and report it through `/readyz`.
     pub fn new(options: &StoreOptions) -> Result<Self, StoreError> {
-        Self::build((
-            options.url.clone(),
-            options.pool_size,
-            Some(options.response_timeout),
-        ))
+        Self::build(
+            (
+                options.url.clone(),
+                options.pool_size,
+                Some(options.response_timeout),
+            ),
+            true,
+        )
     }
 
-    fn build(pool: (String, usize, Option<Duration>)) -> Result<Self, StoreError> {
+    fn build(pool: (String, usize, Option<Duration>), shared: bool) -> Result<Self, StoreError> {
         Ok(Self {
             backend: backend(&pool.0, pool.1, pool.2)?,
             pool,
+            shared,
+            taking: Arc::default(),
             jobs: Default::default(),
         })
     }
@@ -284,34 +348,56 @@ impl Store {
             Ok(backend) => Self {
                 backend,
                 pool: self.pool.clone(),
+                shared: self.shared,
+                taking: Arc::default(),
                 jobs: self.jobs.clone(),
             },
             Err(_) => self.clone(),
         }
     }
 
+    /// A connection for one operation: a clone of the pool's connection handed out last,
+    /// which goes straight back to the pool (LIFO), so the operations running at the same
+    /// time share it; the blocking store's operation has its connection to itself.
     pub(crate) async fn conn(&self) -> Result<Conn, StoreError> {
-        match &self.backend {
-            Backend::Direct(p) => Ok(Conn {
-                pooled: Some(Pooled::Direct(p.get().await?)),
-                broken: false,
-            }),
-            Backend::Sentinel(p) => p
-                .get()
-                .await
-                .map(|c| Conn {
-                    pooled: Some(Pooled::Sentinel(c)),
-                    broken: false,
-                })
-                .map_err(|e| StoreError::Unavailable(e.to_string())),
-        }
+        let _taking = match self.shared {
+            true => Some(self.taking.lock().await),
+            false => None,
+        };
+        let lease = match &self.backend {
+            Backend::Direct(p) => {
+                let c = p.get().await?;
+                match self.shared {
+                    true => Lease::Shared(c.clone()),
+                    false => Lease::Direct(c),
+                }
+            }
+            Backend::Sentinel(p) => {
+                let c = p
+                    .get()
+                    .await
+                    .map_err(|e| StoreError::Unavailable(e.to_string()))?;
+                match self.shared {
+                    true => Lease::Shared(c.clone()),
+                    false => Lease::Sentinel(c),
+                }
+            }
+        };
+        Ok(Conn {
+            lease: Some(lease),
+            broken: false,
+        })
     }
 
     /// A store of one connection for blocking pops, whose response timeout exceeds the
     /// longest block (`block_for` + margin), so a dead connection is noticed and rebuilt
     /// rather than waited on forever.
-    pub fn blocking(url: &str, block_for: Duration) -> Result<Self, StoreError> {
-        Self::build((url.to_owned(), 1, Some(block_for + Duration::from_secs(2))))
+    pub fn blocking(url: &str, block_for: Duration) -> Result<BlockingStore, StoreError> {
+        Self::build(
+            (url.to_owned(), 1, Some(block_for + Duration::from_secs(2))),
+            false,
+        )
+        .map(BlockingStore)
     }
 
     pub async fn ping(&self) -> Result<(), StoreError> {

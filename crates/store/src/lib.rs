@@ -18,7 +18,7 @@ mod sentinel;
 mod tree;
 
 pub use builds::{CancelOutcome, Trigger as TriggerRequest, TriggeredBuild, WORKER_LIVENESS_MS};
-pub use connect::{redact, RedisHealth, Store, StoreOptions};
+pub use connect::{redact, BlockingStore, RedisHealth, Store, StoreOptions};
 pub use error::StoreError;
 pub use finished::DeadLetter;
 pub use links::{valid_repo_part, Link};

@@ -11,7 +11,7 @@ use kiln_model::{
 };
 
 use crate::builds::now_rfc3339;
-use crate::connect::Store;
+use crate::connect::{BlockingStore, Store};
 use crate::error::StoreError;
 use crate::scripts;
 use crate::tree::{parse, script_error};
@@ -178,18 +178,6 @@ impl Store {
             .invoke_async(&mut c)
             .await?;
         r.map(|reply| next.claimed(reply)).transpose()
-    }
-
-    /// Blocks until `queue` may hold work or `timeout` passes. Call it on the dedicated
-    /// store from [`Store::blocking`]; `true` means "try to claim now".
-    pub async fn wait_for_work(&self, queue: &Name, timeout: Duration) -> Result<bool, StoreError> {
-        let mut c = self.conn().await?;
-        let r: Option<(String, String, f64)> = redis::cmd("BZPOPMIN")
-            .arg(keys::queue_marker(queue))
-            .arg(timeout.as_secs_f64())
-            .query_async(&mut c)
-            .await?;
-        Ok(r.is_some())
     }
 
     /// Marks a claimed build running (fenced by its lease), tells the events channel, and
@@ -378,5 +366,19 @@ impl Store {
         let mut c = self.conn().await?;
         let _: i64 = c.sadd(keys::FINISHED_CONSUMERS, consumer.as_str()).await?;
         Ok(())
+    }
+}
+
+impl BlockingStore {
+    /// Blocks until `queue` may hold work or `timeout` passes; `true` means "try to claim
+    /// now".
+    pub async fn wait_for_work(&self, queue: &Name, timeout: Duration) -> Result<bool, StoreError> {
+        let mut c = self.0.conn().await?;
+        let r: Option<(String, String, f64)> = redis::cmd("BZPOPMIN")
+            .arg(keys::queue_marker(queue))
+            .arg(timeout.as_secs_f64())
+            .query_async(&mut c)
+            .await?;
+        Ok(r.is_some())
     }
 }

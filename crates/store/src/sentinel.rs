@@ -3,15 +3,15 @@
 //! `redis-sentinel://[user:password@]sentinel:26379[/db]?sentinelServiceName=mymaster&node=sentinel2:26379`
 //! (`rediss-sentinel://` for TLS to the Redis nodes).
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use deadpool::managed::{Metrics, RecycleError, RecycleResult};
-use redis::aio::MultiplexedConnection;
 use redis::sentinel::{SentinelClient, SentinelNodeConnectionInfo, SentinelServerType};
 use redis::{AsyncConnectionConfig, RedisConnectionInfo, RedisError, TlsMode, Value};
 
 use crate::checks::Checks;
-use crate::connect::redact;
+use crate::connect::{redact, Shareable};
 use crate::error::StoreError;
 
 /// Whether a URL names Redis behind Sentinel.
@@ -25,39 +25,31 @@ pub(crate) fn is_sentinel_url(url: &str) -> bool {
 pub(crate) struct SentinelManager {
     client: tokio::sync::Mutex<SentinelClient>,
     config: AsyncConnectionConfig,
-    checks: Checks,
-}
-
-impl AsRef<Checks> for SentinelManager {
-    fn as_ref(&self) -> &Checks {
-        &self.checks
-    }
+    checks: Arc<Checks>,
 }
 
 pub(crate) type SentinelPool = deadpool::managed::Pool<SentinelManager>;
 
 impl deadpool::managed::Manager for SentinelManager {
-    type Type = MultiplexedConnection;
+    type Type = Shareable;
     type Error = RedisError;
 
-    async fn create(&self) -> Result<MultiplexedConnection, RedisError> {
+    async fn create(&self) -> Result<Shareable, RedisError> {
         let client = self.client.lock().await.async_get_client().await?;
-        client
+        let conn = client
             .get_multiplexed_async_connection_with_config(&self.config)
-            .await
+            .await?;
+        Ok(Shareable::new(conn, &self.checks))
     }
 
-    async fn recycle(
-        &self,
-        conn: &mut MultiplexedConnection,
-        metrics: &Metrics,
-    ) -> RecycleResult<RedisError> {
+    async fn recycle(&self, conn: &mut Shareable, metrics: &Metrics) -> RecycleResult<RedisError> {
         // A busy connection to a node demoted by a failover fails its next write
         // (READONLY) and is dropped then; see `checks`.
+        conn.check_failed()?;
         if !self.checks.needed(metrics) {
             return Ok(());
         }
-        let role: Vec<Value> = redis::cmd("ROLE").query_async(conn).await?;
+        let role: Vec<Value> = redis::cmd("ROLE").query_async(conn.conn()).await?;
         match role.first() {
             Some(Value::BulkString(b)) if b.as_slice() == b"master" => Ok(()),
             _ => Err(RecycleError::message("the node is no longer the master")),
@@ -130,7 +122,7 @@ pub(crate) fn pool(
         config: AsyncConnectionConfig::new()
             .set_response_timeout(response_timeout)
             .set_connection_timeout(Some(Duration::from_secs(2))),
-        checks: Checks::default(),
+        checks: Arc::default(),
     };
     deadpool::managed::Pool::builder(manager)
         .max_size(size)

@@ -1,13 +1,32 @@
 //! The connection pool against a real redis-server: an operation costs its own round
-//! trips only, also after a quiet spell, and a Redis restart costs at most one failed
-//! operation.
+//! trips only, also after a quiet spell; operations in flight together share one
+//! connection; a connection that failed is not used again, and a Redis restart costs at
+//! most one failed operation.
 
+use std::time::{Duration, Instant};
+
+use deadpool_redis::redis;
+use kiln_model::Name;
 use kiln_store::{Store, StoreOptions};
 use kiln_testkit::RedisServer;
 
+/// A field of `INFO <section>`, read on the test's own connection.
+async fn info(redis: &RedisServer, section: &str, field: &str) -> u64 {
+    let mut c = redis.pool().get().await.expect("connection");
+    let info: String = redis::cmd("INFO")
+        .arg(section)
+        .query_async(&mut c)
+        .await
+        .expect("INFO");
+    info.lines()
+        .find_map(|l| l.strip_prefix(field)?.strip_prefix(':'))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(0)
+}
+
 async fn stat(redis: &RedisServer, command: &str) -> u64 {
     let mut c = redis.pool().get().await.expect("connection");
-    let info: String = deadpool_redis::redis::cmd("INFO")
+    let info: String = redis::cmd("INFO")
         .arg("commandstats")
         .query_async(&mut c)
         .await
@@ -16,6 +35,72 @@ async fn stat(redis: &RedisServer, command: &str) -> u64 {
         .find_map(|l| l.strip_prefix(&format!("cmdstat_{command}:calls=")))
         .and_then(|rest| rest.split(',').next()?.parse().ok())
         .unwrap_or(0)
+}
+
+/// A service under load opens one connection per pool, not one per request in flight: the
+/// requests share it (pipelined), which is what lets Redis answer many in one read and one
+/// write.
+#[tokio::test]
+async fn operations_in_flight_together_share_one_connection() {
+    let redis = RedisServer::start();
+    let store = Store::new(&StoreOptions::new(redis.url())).expect("store");
+    let before = info(&redis, "clients", "connected_clients").await;
+    for _ in 0..3 {
+        let all = futures::future::join_all((0..64).map(|_| store.health())).await;
+        assert!(all.iter().all(|h| h.reachable));
+    }
+    assert_eq!(
+        info(&redis, "clients", "connected_clients").await,
+        before + 1,
+        "64 operations at once opened more than one connection"
+    );
+}
+
+/// A connection whose reply did not come in time may still deliver it later: it is
+/// replaced, not handed to the next operation, even though other operations shared it.
+#[tokio::test]
+async fn a_connection_that_timed_out_is_replaced() {
+    let redis = RedisServer::start();
+    let mut c = redis.pool().get().await.expect("connection");
+    let mut client = async |args: &[&str]| -> String {
+        let mut cmd = redis::cmd("CLIENT");
+        for a in args {
+            cmd.arg(*a);
+        }
+        let v: redis::Value = cmd.query_async(&mut c).await.expect("CLIENT");
+        redis::from_redis_value::<String>(v.clone())
+            .or_else(|_| redis::from_redis_value::<i64>(v).map(|n| n.to_string()))
+            .expect("a reply")
+    };
+    let own = client(&["ID"]).await;
+    let mut options = StoreOptions::new(redis.url());
+    options.response_timeout = Duration::from_millis(200);
+    let store = Store::new(&options).expect("store");
+    let consumer: Name = "es".parse().expect("name");
+    store.register_consumer(&consumer).await.expect("a write");
+    // The ids of the store's connections, from the test's own.
+    let others = |list: String| -> Vec<String> {
+        list.lines()
+            .filter_map(|l| l.strip_prefix("id=")?.split(' ').next())
+            .filter(|id| *id != own)
+            .map(str::to_owned)
+            .collect()
+    };
+    let first = others(client(&["LIST"]).await);
+    assert_eq!(first.len(), 1, "{first:?}");
+    client(&["PAUSE", "10000", "WRITE"]).await;
+    assert!(
+        store.register_consumer(&consumer).await.is_err(),
+        "a write outlasting the response timeout must fail"
+    );
+    client(&["UNPAUSE"]).await;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while store.register_consumer(&consumer).await.is_err() {
+        assert!(Instant::now() < deadline, "the store did not recover");
+    }
+    let now = others(client(&["LIST"]).await);
+    assert_eq!(now.len(), 1, "{now:?}");
+    assert_ne!(now, first, "the connection that timed out was used again");
 }
 
 #[tokio::test]

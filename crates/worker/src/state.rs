@@ -5,7 +5,7 @@ use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use chrono::{DateTime, Utc};
-use kiln_store::{Lease, Store};
+use kiln_store::{BlockingStore, Lease, Store};
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 
@@ -61,7 +61,7 @@ pub(crate) fn now_ms() -> i64 {
 pub(crate) struct Worker {
     pub(crate) store: Store,
     /// One connection for the blocking wait for work (see `Store::blocking`).
-    pub(crate) blocking: Store,
+    pub(crate) blocking: BlockingStore,
     pub(crate) settings: Settings,
     pub(crate) workspaces: Workspaces,
     pub(crate) pruned: crate::prune::PruneMarks,
