@@ -2,7 +2,7 @@
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use deadpool::managed::{Metrics, Object, RecycleError, RecycleResult};
 use deadpool_redis::redis::aio::MultiplexedConnection;
@@ -54,8 +54,16 @@ pub struct Store {
     /// Held while a shared store takes its connection from the pool: operations starting
     /// together wait for the one connection being opened or checked instead of each
     /// opening another.
-    taking: Arc<tokio::sync::Mutex<()>>,
+    taking: Arc<tokio::sync::Mutex<LastTake>>,
     pub(crate) jobs: std::sync::Arc<crate::job_cache::JobCache>,
+}
+
+/// How the last attempt to take a shared connection went, for the operations that waited
+/// for it.
+#[derive(Default)]
+struct LastTake {
+    /// When it failed, and why (`None`: it succeeded).
+    failed: Option<(Instant, String)>,
 }
 
 /// A store whose connection blocks in a wait for work (see [`Store::blocking`]): a type of
@@ -154,6 +162,13 @@ enum Lease {
 }
 
 impl Conn {
+    fn new(lease: Lease) -> Self {
+        Self {
+            lease: Some(lease),
+            broken: false,
+        }
+    }
+
     fn inner(&mut self) -> Option<&mut MultiplexedConnection> {
         match self.lease.as_mut()? {
             Lease::Shared(c) => Some(c.conn()),
@@ -359,34 +374,40 @@ impl Store {
     /// A connection for one operation: a clone of the pool's connection handed out last,
     /// which goes straight back to the pool (LIFO), so the operations running at the same
     /// time share it; the blocking store's operation has its connection to itself.
+    ///
+    /// Operations that waited while another one tried to open (or check) the connection
+    /// share its failure too: against a Redis that does not answer they all fail after one
+    /// connection timeout, instead of trying one after the other.
     pub(crate) async fn conn(&self) -> Result<Conn, StoreError> {
-        let _taking = match self.shared {
-            true => Some(self.taking.lock().await),
-            false => None,
-        };
-        let lease = match &self.backend {
-            Backend::Direct(p) => {
-                let c = p.get().await?;
-                match self.shared {
-                    true => Lease::Shared(c.clone()),
-                    false => Lease::Direct(c),
-                }
+        if !self.shared {
+            let lease = match &self.backend {
+                Backend::Direct(p) => Lease::Direct(p.get().await?),
+                Backend::Sentinel(p) => Lease::Sentinel(
+                    p.get()
+                        .await
+                        .map_err(|e| StoreError::Unavailable(e.to_string()))?,
+                ),
+            };
+            return Ok(Conn::new(lease));
+        }
+        let asked = Instant::now();
+        let mut last = self.taking.lock().await;
+        if let Some((at, why)) = &last.failed {
+            if *at >= asked {
+                return Err(StoreError::Unavailable(why.clone()));
             }
-            Backend::Sentinel(p) => {
-                let c = p
-                    .get()
-                    .await
-                    .map_err(|e| StoreError::Unavailable(e.to_string()))?;
-                match self.shared {
-                    true => Lease::Shared(c.clone()),
-                    false => Lease::Sentinel(c),
-                }
-            }
+        }
+        let taken = match &self.backend {
+            Backend::Direct(p) => p.get().await.map(|c| c.clone()).map_err(|e| e.to_string()),
+            Backend::Sentinel(p) => p.get().await.map(|c| c.clone()).map_err(|e| e.to_string()),
         };
-        Ok(Conn {
-            lease: Some(lease),
-            broken: false,
-        })
+        last.failed = match &taken {
+            Ok(_) => None,
+            Err(e) => Some((Instant::now(), e.clone())),
+        };
+        Ok(Conn::new(Lease::Shared(
+            taken.map_err(StoreError::Unavailable)?,
+        )))
     }
 
     /// A store of one connection for blocking pops, whose response timeout exceeds the

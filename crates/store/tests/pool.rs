@@ -1,7 +1,7 @@
 //! The connection pool against a real redis-server: an operation costs its own round
 //! trips only, also after a quiet spell; operations in flight together share one
-//! connection; a connection that failed is not used again, and a Redis restart costs at
-//! most one failed operation.
+//! connection; a connection that failed is not used again, a Redis restart costs at most
+//! one failed operation, and operations waiting on a hung Redis fail together.
 
 use std::time::{Duration, Instant};
 
@@ -151,4 +151,23 @@ async fn after_a_redis_restart_at_most_one_operation_fails() {
     }
     assert!(failed <= 1, "{failed} operations failed after the restart");
     assert!(store.health().await.reachable);
+}
+
+/// A Redis that accepts connections but never answers (a hung server, a black hole): every
+/// operation fails after about one connection timeout, however many wait together; they
+/// must not queue behind each other's attempts to connect.
+#[tokio::test]
+async fn operations_waiting_on_a_hung_redis_fail_together() {
+    let hung = std::net::TcpListener::bind("127.0.0.1:0").expect("listener");
+    let url = format!("redis://{}", hung.local_addr().expect("address"));
+    let store = Store::new(&StoreOptions::new(url)).expect("store");
+    let started = Instant::now();
+    let all = futures::future::join_all((0..8).map(|_| store.health())).await;
+    assert!(all.iter().all(|h| !h.reachable));
+    // One attempt takes the connection timeout (2 s); eight in a row would take 16 s.
+    assert!(
+        started.elapsed() < Duration::from_secs(8),
+        "eight operations took {:?} to fail",
+        started.elapsed()
+    );
 }
