@@ -68,7 +68,6 @@ struct LastTake {
 
 /// A store whose connection blocks in a wait for work (see [`Store::blocking`]): a type of
 /// its own, so that a blocking command can never stall the operations of a shared one.
-#[derive(Clone)]
 pub struct BlockingStore(pub(crate) Store);
 
 /// A single Redis (`redis://`, `rediss://`, `unix://`) or Redis behind Sentinel.
