@@ -230,18 +230,39 @@ impl Execution<'_> {
                 return result(BuildStatus::Error, None);
             }
         };
-        let pumps = [
-            p.stdout
-                .take()
-                .map(|o| tokio::spawn(process::pump(o, Stream::Stdout, self.sink.clone()))),
-            p.stderr
-                .take()
-                .map(|e| tokio::spawn(process::pump(e, Stream::Stderr, self.sink.clone()))),
-        ];
-        let ended = tokio::select! {
-            s = p.wait() => Some(s),
-            _ = tokio::time::sleep_until(self.deadline) => None,
-            _ = self.active.stop.cancelled() => None,
+        // The pipes are read inside this step's future, not by tasks of their own: two task
+        // spawns per step cost the workers about 5 % of their CPU per build (session 12).
+        let out = p
+            .stdout
+            .take()
+            .map(|o| process::pump(o, Stream::Stdout, self.sink.clone()));
+        let err = p
+            .stderr
+            .take()
+            .map(|e| process::pump(e, Stream::Stderr, self.sink.clone()));
+        let pumping = async move {
+            tokio::join!(
+                async {
+                    if let Some(f) = out {
+                        f.await
+                    }
+                },
+                async {
+                    if let Some(f) = err {
+                        f.await
+                    }
+                }
+            );
+        };
+        tokio::pin!(pumping);
+        let mut pumped = false;
+        let ended = loop {
+            tokio::select! {
+                s = p.wait() => break Some(s),
+                _ = tokio::time::sleep_until(self.deadline) => break None,
+                _ = self.active.stop.cancelled() => break None,
+                _ = &mut pumping, if !pumped => pumped = true,
+            }
         };
         // Kill whatever the step left behind in its group, and everything on timeout/stop.
         p.kill_group();
@@ -250,13 +271,15 @@ impl Execution<'_> {
             Some(s) => s.ok(),
             None => p.wait().await.ok(),
         };
-        for h in pumps.into_iter().flatten() {
-            if tokio::time::timeout(DRAIN_TIMEOUT, h).await.is_err() {
-                tracing::warn!(
-                    step = name,
-                    "output still open after the step ended; abandoned"
-                );
-            }
+        if !pumped
+            && tokio::time::timeout(DRAIN_TIMEOUT, &mut pumping)
+                .await
+                .is_err()
+        {
+            tracing::warn!(
+                step = name,
+                "output still open after the step ended; abandoned"
+            );
         }
         let code = exit.and_then(|s| {
             use std::os::unix::process::ExitStatusExt;
