@@ -44,7 +44,7 @@ impl deadpool::managed::Manager for SentinelManager {
 
     async fn recycle(&self, conn: &mut Shareable, metrics: &Metrics) -> RecycleResult<RedisError> {
         // A busy connection to a node demoted by a failover fails its next write
-        // (READONLY) and is dropped then; see `checks`.
+        // (READONLY), is flagged, and is refused here on its next hand-out; see `checks`.
         conn.check_failed()?;
         if !self.checks.needed(metrics) {
             return Ok(());

@@ -10,8 +10,9 @@ use kiln_model::Name;
 use kiln_store::{Store, StoreOptions};
 use kiln_testkit::RedisServer;
 
-/// A field of `INFO <section>`, read on the test's own connection.
-async fn info(redis: &RedisServer, section: &str, field: &str) -> u64 {
+/// The number after `prefix` on a line of `INFO <section>`, read on the test's own
+/// connection (0 when absent).
+async fn info(redis: &RedisServer, section: &str, prefix: &str) -> u64 {
     let mut c = redis.pool().get().await.expect("connection");
     let info: String = redis::cmd("INFO")
         .arg(section)
@@ -19,22 +20,14 @@ async fn info(redis: &RedisServer, section: &str, field: &str) -> u64 {
         .await
         .expect("INFO");
     info.lines()
-        .find_map(|l| l.strip_prefix(field)?.strip_prefix(':'))
-        .and_then(|v| v.trim().parse().ok())
+        .find_map(|l| l.strip_prefix(prefix))
+        .and_then(|rest| rest.split([',', '\r']).next()?.trim().parse().ok())
         .unwrap_or(0)
 }
 
+/// How many times Redis ran `command`.
 async fn stat(redis: &RedisServer, command: &str) -> u64 {
-    let mut c = redis.pool().get().await.expect("connection");
-    let info: String = redis::cmd("INFO")
-        .arg("commandstats")
-        .query_async(&mut c)
-        .await
-        .expect("INFO");
-    info.lines()
-        .find_map(|l| l.strip_prefix(&format!("cmdstat_{command}:calls=")))
-        .and_then(|rest| rest.split(',').next()?.parse().ok())
-        .unwrap_or(0)
+    info(redis, "commandstats", &format!("cmdstat_{command}:calls=")).await
 }
 
 /// A service under load opens one connection per pool, not one per request in flight: the
@@ -44,13 +37,13 @@ async fn stat(redis: &RedisServer, command: &str) -> u64 {
 async fn operations_in_flight_together_share_one_connection() {
     let redis = RedisServer::start();
     let store = Store::new(&StoreOptions::new(redis.url())).expect("store");
-    let before = info(&redis, "clients", "connected_clients").await;
+    let before = info(&redis, "clients", "connected_clients:").await;
     for _ in 0..3 {
         let all = futures::future::join_all((0..64).map(|_| store.health())).await;
         assert!(all.iter().all(|h| h.reachable));
     }
     assert_eq!(
-        info(&redis, "clients", "connected_clients").await,
+        info(&redis, "clients", "connected_clients:").await,
         before + 1,
         "64 operations at once opened more than one connection"
     );
