@@ -11,7 +11,7 @@ use kiln_model::{
 
 use crate::connect::Store;
 use crate::error::StoreError;
-use crate::job_cache::CachedJob;
+use crate::job_cache::{CachedJob, StoredJob};
 use crate::scripts;
 use crate::tree::{parse, script_error};
 
@@ -71,11 +71,11 @@ impl Store {
             let job = match cached.take() {
                 Some(job) => job,
                 None => {
-                    let job = std::sync::Arc::new(
-                        self.job_raw(&req.job)
-                            .await?
-                            .ok_or_else(|| StoreError::NotFound(what.clone()))?,
-                    );
+                    let (raw, def) = self
+                        .job_raw(&req.job)
+                        .await?
+                        .ok_or_else(|| StoreError::NotFound(what.clone()))?;
+                    let job = std::sync::Arc::new(StoredJob { raw, def });
                     self.jobs.put(&req.job, job.clone());
                     job
                 }
@@ -102,7 +102,7 @@ impl Store {
         job: &CachedJob,
         what: &str,
     ) -> Result<Attempt, StoreError> {
-        let (raw_def, def) = (job.0.as_str(), &job.1);
+        let (raw_def, def) = (job.raw.as_str(), &job.def);
         if def.disabled {
             return Ok(Attempt::Refused(StoreError::Conflict(format!(
                 "{what} is disabled and accepts no new builds"

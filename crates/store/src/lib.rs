@@ -21,6 +21,7 @@ pub use builds::{CancelOutcome, Trigger as TriggerRequest, TriggeredBuild, WORKE
 pub use connect::{redact, BlockingStore, RedisHealth, Store, StoreOptions};
 pub use error::StoreError;
 pub use finished::DeadLetter;
+pub use job_cache::StoredJob;
 pub use links::{valid_repo_part, Link};
 pub use nodes::QueueStats;
 pub use queue::{Claimed, Finished, Heartbeat, Lease, ReapOutcome};

@@ -1,18 +1,20 @@
 //! The reliable queue: claim under a lease, fenced writes, heartbeat, finish, hand-back and
 //! the reaper. `docs/architecture.md` walks through the protocol step by step.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use deadpool_redis::redis::{self, AsyncCommands};
 use kiln_model::{
-    keys, BuildDocument, BuildEvent, BuildEventKind, BuildRef, BuildStatus, JobDefinition, Name,
-    NodeInfo, OutputMessage,
+    keys, BuildDocument, BuildEvent, BuildEventKind, BuildRef, BuildStatus, Name, NodeInfo,
+    OutputMessage,
 };
 
 use crate::builds::now_rfc3339;
 use crate::connect::{BlockingStore, Store};
 use crate::error::StoreError;
+use crate::job_cache::{JobCache, StoredJob};
 use crate::scripts;
 use crate::tree::{parse, script_error};
 
@@ -39,12 +41,13 @@ fn owner(worker: &Name, token: &str, queue: &Name) -> String {
 }
 
 /// A build just taken from a queue, with its document as it was queued and its job's
-/// definition as it is now (`None`: the job is gone).
+/// definition as it is now (`None`: the job is gone), shared with the builds of the same
+/// job claimed before while it stays unchanged.
 #[derive(Debug, Clone)]
 pub struct Claimed {
     pub lease: Lease,
     pub doc: BuildDocument,
-    pub def: Option<JobDefinition>,
+    pub job: Option<Arc<StoredJob>>,
 }
 
 /// What a claim returns: the build's key, its document and its job's definition.
@@ -80,12 +83,12 @@ impl NextLease {
         owner(&self.worker, &self.token, &self.queue)
     }
 
-    fn claimed(self, (key, raw, def): ClaimReply) -> Result<Claimed, StoreError> {
+    fn claimed(self, (key, raw, def): ClaimReply, jobs: &JobCache) -> Result<Claimed, StoreError> {
         let build =
             BuildRef::from_key(&key).map_err(|e| StoreError::Conflict(format!("{key}: {e}")))?;
-        let def = def.map(|d| parse(&keys::job(&build.job), &d)).transpose()?;
+        let job = def.map(|d| jobs.resolve(&build.job, d)).transpose()?;
         Ok(Claimed {
-            def,
+            job,
             doc: parse(&key, &raw)?,
             lease: Lease {
                 build,
@@ -177,7 +180,7 @@ impl Store {
             .arg(keys::prefix::JOB)
             .invoke_async(&mut c)
             .await?;
-        r.map(|reply| next.claimed(reply)).transpose()
+        r.map(|reply| next.claimed(reply, &self.jobs)).transpose()
     }
 
     /// Marks a claimed build running (fenced by its lease), tells the events channel, and
@@ -275,7 +278,7 @@ impl Store {
             .await
             .map_err(|e| fenced(e, lease))?;
         let next = match (next, key, raw) {
-            (Some(n), Some(key), Some(raw)) => n.claimed((key, raw, def)).map(Some),
+            (Some(n), Some(key), Some(raw)) => n.claimed((key, raw, def), &self.jobs).map(Some),
             _ => Ok(None),
         };
         Ok(Finished {

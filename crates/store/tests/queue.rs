@@ -34,7 +34,10 @@ async fn a_claimed_build_comes_with_its_jobs_current_definition() {
     let claimed = store.claim(&queue, &worker, LEASE).await.expect("claim");
     let claimed = claimed.expect("a build");
     assert_eq!(claimed.lease.build.key(), first);
-    assert_eq!(claimed.def.expect("definition").steps[0].run, "echo two");
+    assert_eq!(
+        claimed.job.expect("definition").def.steps[0].run,
+        "echo two"
+    );
 
     // A document written by another tool, `job` not where Kiln writes it: still found.
     let mut c = redis.pool().get().await.expect("connection");
@@ -58,7 +61,10 @@ async fn a_claimed_build_comes_with_its_jobs_current_definition() {
     let claimed = store.claim(&queue, &worker, LEASE).await.expect("claim");
     let claimed = claimed.expect("a build");
     assert_eq!(claimed.lease.build.key(), second);
-    assert_eq!(claimed.def.expect("definition").steps[0].run, "echo two");
+    assert_eq!(
+        claimed.job.expect("definition").def.steps[0].run,
+        "echo two"
+    );
 
     // The job is gone but its build's document is still there: claimed, without one.
     let third = queued(&store, &job).await;
@@ -70,7 +76,7 @@ async fn a_claimed_build_comes_with_its_jobs_current_definition() {
     let claimed = store.claim(&queue, &worker, LEASE).await.expect("claim");
     let claimed = claimed.expect("a build");
     assert_eq!(claimed.lease.build.key(), third);
-    assert!(claimed.def.is_none());
+    assert!(claimed.job.is_none());
     assert!(store
         .claim(&queue, &worker, LEASE)
         .await
@@ -137,7 +143,10 @@ async fn a_finish_can_claim_the_queues_next_build_in_the_same_step() {
         .expect("next")
         .expect("the next build, claimed");
     assert_eq!(third.lease.build.key(), keys[2]);
-    assert_eq!(third.def.as_ref().expect("definition").steps[0].run, "true");
+    assert_eq!(
+        third.job.as_ref().expect("definition").def.steps[0].run,
+        "true"
+    );
     assert_ne!(third.lease.token, second_lease.token, "a lease of its own");
     let held: Option<String> = owner(&keys[2]).query_async(&mut c).await.expect("HGET");
     assert_eq!(

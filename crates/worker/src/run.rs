@@ -47,13 +47,14 @@ async fn run_claimed(w: &Arc<Worker>, claimed: Claimed, active: &Arc<Active>, sl
     let Claimed {
         lease,
         mut doc,
-        def,
+        job,
     } = claimed;
-    let Some(def) = def else {
+    let Some(job) = job else {
         // The lease stays until it expires; the reaper then deals with the build.
         tracing::warn!(build = %lease.build, "job definition is gone; build abandoned");
         return;
     };
+    let def = &job.def;
     let started = Instant::now();
     let was_cancelled = doc.cancel_requested;
     doc.status = BuildStatus::Running;
@@ -147,7 +148,7 @@ async fn run_claimed(w: &Arc<Worker>, claimed: Claimed, active: &Arc<Active>, sl
                 let exec = Execution {
                     worker: w,
                     active,
-                    def: &def,
+                    def,
                     sink,
                     build_dir: dir,
                     deadline,
