@@ -1,7 +1,7 @@
 /// The api allocates through mimalloc: under load glibc's allocator took about a fifth of
 /// its CPU, much of it in locks between its http worker threads (measured with `perf`), and
 /// mimalloc served 5-7 % more history pages per second (docs/performance.md). The worker
-/// keeps glibc's: there mimalloc's page recycling cost more than it saved.
+/// allocates through it too.
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 

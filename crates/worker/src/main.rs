@@ -1,3 +1,11 @@
+/// The worker allocates through mimalloc: glibc's allocator was about a seventh of a busy
+/// worker's CPU, and with mimalloc the workers spent 8 % less CPU per build in ten
+/// alternating `make bench` pairs, for about 10 MB more resident memory per worker
+/// (docs/performance.md, session 13). Session 3 had measured the opposite, for code that has
+/// since changed.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 use anyhow::Context;
 
 /// One thread runs the worker's tasks: they mostly wait on Redis, pipes and children, and
