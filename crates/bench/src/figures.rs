@@ -574,9 +574,11 @@ async fn throughput_at_retention(
     let _: () = conn.sadd("kiln:finished-consumers", "bench").await?;
     let _: () = conn.del("kiln:finished:bench").await?;
     run_gated(c, name, AT_RETENTION_KEEP, 0).await?;
+    let usage = CpuUsage::start(c).await?;
     let t0 = Instant::now();
     run_gated(c, name, size.throughput_builds, AT_RETENTION_KEEP as u64).await?;
     let rate = size.throughput_builds as f64 / t0.elapsed().as_secs_f64();
+    let usage = usage.per_build(size.throughput_builds);
     let _: () = conn.srem("kiln:finished-consumers", "bench").await?;
     report.add(
         "throughput_4_workers_at_retention",
@@ -588,6 +590,15 @@ async fn throughput_at_retention(
             size.throughput_builds
         ),
     );
+    if let Some(usage) = usage {
+        report.add(
+            "cpu_per_build_worker_at_retention",
+            usage.worker,
+            "ms",
+            usage.step,
+            "job at its retention: the workers' own CPU per build, recycling the folder of the build that fell out included; baseline: the step's CPU in the same run",
+        );
+    }
     c.stop_extras();
     Ok(())
 }
