@@ -11,7 +11,7 @@ use kiln_model::{
 
 use crate::connect::Store;
 use crate::error::StoreError;
-use crate::job_cache::{CachedJob, StoredJob};
+use crate::job_cache::CachedJob;
 use crate::scripts;
 use crate::tree::{parse, script_error};
 
@@ -71,13 +71,11 @@ impl Store {
             let job = match cached.take() {
                 Some(job) => job,
                 None => {
-                    let (raw, def) = self
-                        .job_raw(&req.job)
+                    let raw = self
+                        .job_json(&req.job)
                         .await?
                         .ok_or_else(|| StoreError::NotFound(what.clone()))?;
-                    let job = std::sync::Arc::new(StoredJob { raw, def });
-                    self.jobs.put(&req.job, job.clone());
-                    job
+                    self.jobs.resolve(&req.job, raw)?
                 }
             };
             match self.trigger_with(req, &job, &what).await? {

@@ -134,10 +134,15 @@ impl Store {
         &self,
         name: &JobName,
     ) -> Result<Option<(String, JobDefinition)>, StoreError> {
-        let key = keys::job(name);
+        let raw = self.job_json(name).await?;
+        raw.map(|r| parse(&keys::job(name), &r).map(|d| (r, d)))
+            .transpose()
+    }
+
+    /// The stored definition's JSON, unparsed.
+    pub(crate) async fn job_json(&self, name: &JobName) -> Result<Option<String>, StoreError> {
         let mut c = self.conn().await?;
-        let raw: Option<String> = c.get(&key).await?;
-        raw.map(|r| parse(&key, &r).map(|d| (r, d))).transpose()
+        Ok(c.get(keys::job(name)).await?)
     }
 
     pub async fn get_job(&self, name: &JobName) -> Result<Option<JobDefinition>, StoreError> {
