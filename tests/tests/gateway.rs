@@ -264,9 +264,34 @@ async fn watchers_lose_no_line_when_redis_restarts_mid_stream() {
         connect(&format!("{gw}/ws/builds/steady/{n}")).await,
     ));
     c.wait_log_contains("steady", n, "line-100", T).await;
+    let metrics = gw.replacen("ws://", "http://", 1) + "/metrics";
+    let reconnect_resyncs = || async {
+        let text = c
+            .client
+            .get(&metrics)
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        text.lines()
+            .find(|l| l.starts_with(r#"kiln_gateway_resyncs_total{cause="reconnect"}"#))
+            .and_then(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
+            .unwrap_or(0)
+    };
+    assert_eq!(
+        reconnect_resyncs().await,
+        0,
+        "the first connection is no reconnect"
+    );
     c.redis.restart(PERSISTENT);
     let r = watcher.await.unwrap();
     assert_complete(&r, &numbered(400));
+    assert!(
+        reconnect_resyncs().await >= 1,
+        "operators see the resync in /metrics"
+    );
 }
 
 #[tokio::test]

@@ -104,7 +104,10 @@ impl Cluster {
         // Diagnosis: `KILN_BENCH_LOG_DIR` keeps each service's log (at info) in a file.
         match std::env::var_os("KILN_BENCH_LOG_DIR") {
             Some(dir) => {
-                let path = PathBuf::from(dir).join(format!("{name}-{port}.log"));
+                let dir = PathBuf::from(dir);
+                std::fs::create_dir_all(&dir)
+                    .with_context(|| format!("cannot create {}", dir.display()))?;
+                let path = dir.join(format!("{name}-{port}.log"));
                 let log = std::fs::File::create(&path)
                     .with_context(|| format!("cannot create {}", path.display()))?;
                 cmd.env("KILN_LOG__LEVEL", "info").stderr(log);

@@ -682,6 +682,7 @@ async fn output_latency(c: &mut Cluster, size: Size, report: &mut Report) -> any
         // p99 on its own: it is the worst batch or two) is as likely to fall on either.
         let mut all = Samples::new();
         let mut direct = Samples::new();
+        let behind_before = watchers_behind(c, gw).await?;
         for _ in 0..ROUNDS {
             let n = c.trigger("out").await?;
             let mut tasks = Vec::new();
@@ -699,8 +700,9 @@ async fn output_latency(c: &mut Cluster, size: Size, report: &mut Report) -> any
             wait_final(c, "out", n).await?;
             direct.extend(direct_baseline(c, watchers, lines).await?);
         }
+        let behind = watchers_behind(c, gw).await? - behind_before;
         let note = format!(
-            "{watchers} watchers, {} latency samples from {ROUNDS} builds of {lines} lines; baseline: {watchers} Redis subscribers decoding the same messages, a round after each build",
+            "{watchers} watchers, {} latency samples from {ROUNDS} builds of {lines} lines, {behind} times a watcher fell behind the gateway's buffer and caught up from the log; baseline: {watchers} Redis subscribers decoding the same messages, a round after each build",
             all.len()
         );
         for p in [50.0, 99.0] {
@@ -725,6 +727,25 @@ async fn output_latency(c: &mut Cluster, size: Size, report: &mut Report) -> any
     }
     c.stop_extras();
     Ok(())
+}
+
+/// How many times a watcher fell behind the gateway's buffer so far (the gateway's
+/// `kiln_gateway_resyncs_total{cause="watcher_behind"}`): each such watcher catches up from
+/// the log file, and its lines then arrive late, which explains a p99 far from the baseline.
+async fn watchers_behind(c: &Cluster, gw: u16) -> anyhow::Result<u64> {
+    let text = c
+        .http
+        .get(format!("http://127.0.0.1:{gw}/metrics"))
+        .send()
+        .await?
+        .error_for_status()?
+        .text()
+        .await?;
+    let series = r#"kiln_gateway_resyncs_total{cause="watcher_behind"} "#;
+    Ok(text
+        .lines()
+        .find_map(|l| l.strip_prefix(series)?.parse::<u64>().ok())
+        .unwrap_or(0))
 }
 
 /// Reads one build stream; returns receive time minus the line's worker timestamp, for

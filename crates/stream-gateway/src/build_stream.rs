@@ -17,7 +17,7 @@ use serde_json::json;
 use tokio::sync::broadcast::error::RecvError;
 use tokio_util::sync::CancellationToken;
 
-use crate::hub::{Frame, Header, Hub, Published};
+use crate::hub::{count_resync, Frame, Header, Hub, Published, Resync};
 use crate::log_cursor::{Cursor, LinesFrame};
 use crate::session::{
     Client, Gone, Incoming, CLOSE_NOT_FOUND, CLOSE_SLOW, CLOSE_UNAVAILABLE, CLOSE_UNRESPONSIVE,
@@ -213,7 +213,11 @@ pub(crate) async fn stream_build(
                     w.on_message(&m).await
                 }
                 // Missed messages (a reconnect, or this process fell behind): the file has them.
-                Ok(Frame::Resync) | Err(RecvError::Lagged(_)) => w.finish_if_final().await,
+                Ok(Frame::Resync) => w.finish_if_final().await,
+                Err(RecvError::Lagged(_)) => {
+                    count_resync(Resync::WatcherBehind);
+                    w.finish_if_final().await
+                }
                 Err(RecvError::Closed) => Ok(Step::Done),
             },
             _ = poll.tick() => {

@@ -59,6 +59,30 @@ impl Published {
     }
 }
 
+/// Why watchers went back to the log file (or the node list) for what they may have missed
+/// live. Counted in `kiln_gateway_resyncs_total{cause}`: a watcher that keeps falling behind
+/// means a slow client or a gateway short of CPU, and each catch-up costs a file read.
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum Resync {
+    /// Redis came back after an outage: publishes made meanwhile are gone.
+    Reconnect,
+    /// The gateway read Redis's messages slower than they came, and dropped some.
+    GatewayBehind,
+    /// One watcher fell more than `gateway.channel_buffer` messages behind its channel.
+    WatcherBehind,
+}
+
+/// Counts one resync (once per event for the whole gateway, once per watcher for
+/// [`Resync::WatcherBehind`]).
+pub(crate) fn count_resync(cause: Resync) {
+    let cause = match cause {
+        Resync::Reconnect => "reconnect",
+        Resync::GatewayBehind => "gateway_behind",
+        Resync::WatcherBehind => "watcher_behind",
+    };
+    metrics::counter!("kiln_gateway_resyncs_total", "cause" => cause).increment(1);
+}
+
 /// What watchers receive.
 #[derive(Clone, Debug)]
 pub(crate) enum Frame {
@@ -113,6 +137,7 @@ impl Hub {
             tokio::time::sleep(Duration::from_millis(500)).await;
         }
         let _resubscriber = self.client.manage_subscriptions();
+        let mut connected = false;
         loop {
             tokio::select! {
                 m = messages.recv() => match m {
@@ -130,17 +155,25 @@ impl Hub {
                     }
                     Err(broadcast::error::RecvError::Lagged(n)) => {
                         tracing::warn!(missed = n, "gateway fell behind Redis; watchers resync");
+                        count_resync(Resync::GatewayBehind);
                         self.resync_all().await;
                     }
                     Err(broadcast::error::RecvError::Closed) => return,
                 },
-                // Also fires for the first connection; a resync then is harmless.
+                // Also fires for the first connection; a resync then is harmless, and
+                // not counted.
                 r = reconnects.recv() => match r {
                     Ok(_) => {
                         tracing::info!("Redis reconnected; watchers resync");
+                        if std::mem::replace(&mut connected, true) {
+                            count_resync(Resync::Reconnect);
+                        }
                         self.resync_all().await;
                     }
-                    Err(broadcast::error::RecvError::Lagged(_)) => self.resync_all().await,
+                    Err(broadcast::error::RecvError::Lagged(_)) => {
+                        count_resync(Resync::Reconnect);
+                        self.resync_all().await;
+                    }
                     Err(broadcast::error::RecvError::Closed) => return,
                 },
             }
