@@ -674,17 +674,61 @@ async fn the_worker_removes_folders_of_builds_that_left_retention() {
     let mut def = job(&["true"]);
     def["retention"] = json!({"builds": 2});
     c.apply("kept", def).await;
-    for _ in 0..3 {
-        c.trigger("kept").await;
-    }
-    // Build 1 left retention at the third trigger; its folder appears only now, as after a
-    // trim by a service that does not touch the storage (github-ingest).
-    let stale = c.build_dir("kept", 1);
-    std::fs::create_dir_all(&stale).unwrap();
     let _w = c.worker(WorkerOpts::new("w1")).await;
+    for n in 1..=2 {
+        assert_eq!(c.trigger("kept").await, n);
+        c.wait_status("kept", n, "success", T).await;
+    }
+    // Build 1 leaves retention at the third trigger, trimmed by the api, which does not
+    // touch the storage: the worker that finishes a build of the job clears its folder away.
+    let stale = c.build_dir("kept", 1);
+    assert!(stale.exists());
+    assert_eq!(c.trigger("kept").await, 3);
     c.wait_status("kept", 3, "success", T).await;
-    assert!(!stale.exists(), "the worker prunes what retention dropped");
+    // The worker prunes right after recording the result.
+    kiln_testkit::wait_for("the worker to prune what retention dropped", T, || async {
+        (!stale.exists()).then_some(())
+    })
+    .await;
     assert!(c.build_dir("kept", 2).exists() && c.build_dir("kept", 3).exists());
+}
+
+/// A build overtaken by as many newer ones as its job keeps is still running: retention must
+/// not discard it (its result would be lost, and whatever waits on it, a commit status or
+/// the indexer, would wait forever).
+#[tokio::test]
+async fn a_running_build_outlives_its_retention_and_its_result_is_recorded() {
+    let c = Cluster::start().await;
+    let release = c.storage.path().join("release-build-1");
+    let mut def = job(&[&format!(
+        "if [ $KILN_BUILD_NUMBER = 1 ]; then until [ -e {} ]; do sleep 0.05; done; fi",
+        release.display()
+    )]);
+    def["retention"] = json!({"builds": 1});
+    c.apply("long", def).await;
+    let mut opts = WorkerOpts::new("w1");
+    opts.concurrency = 2;
+    let _w = c.worker(opts).await;
+    assert_eq!(c.trigger("long").await, 1);
+    c.wait_status("long", 1, "running", T).await;
+    for n in 2..=3 {
+        assert_eq!(c.trigger("long").await, n);
+        c.wait_status("long", n, "success", T).await;
+    }
+    std::fs::write(&release, "").unwrap();
+    c.wait_status("long", 1, "success", T).await;
+    // Now that it has ended, the next trigger trims it and the builds it held back.
+    assert_eq!(c.trigger("long").await, 4);
+    c.wait_status("long", 4, "success", T).await;
+    let r = c.call(Method::GET, "/api/v1/jobs/long/builds", None).await;
+    let page: serde_json::Value = r.json().await.unwrap();
+    let numbers: Vec<u64> = page["builds"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|b| b["number"].as_u64().unwrap())
+        .collect();
+    assert_eq!(numbers, [4], "{page}");
 }
 
 #[tokio::test]

@@ -159,7 +159,7 @@ async fn a_trigger_follows_a_definition_changed_through_another_api_process() {
 }
 
 #[tokio::test]
-async fn retention_trims_history_and_deletes_what_falls_out() {
+async fn retention_trims_ended_builds_and_never_one_still_queued() {
     let app = TestApp::spawn().await;
     app.put_job("app", job(json!({"retention": {"builds": 2}})))
         .await;
@@ -169,8 +169,20 @@ async fn retention_trims_history_and_deletes_what_falls_out() {
     for _ in 0..3 {
         assert_eq!(app.trigger("app").await.status(), 201);
     }
+    // No worker: all three wait, and retention discards none of them.
     let recent = app.get_json("/api/v1/redis/job_app_recent").await;
-    assert_eq!(recent["value"], json!(["3", "2"]));
+    assert_eq!(recent["value"], json!(["3", "2", "1"]));
+    let q = app.get_json("/api/v1/redis/kiln:queue:default").await;
+    assert_eq!(q["value"], json!(["job_app_3", "job_app_2", "job_app_1"]));
+
+    // Once build 1 has ended, the next trigger trims it, and stops at build 2, still queued.
+    let r = app
+        .call(Method::POST, "/api/v1/jobs/app/builds/1/cancel", None)
+        .await;
+    assert!(r.status().is_success(), "{}", r.status());
+    assert_eq!(app.trigger("app").await.status(), 201);
+    let recent = app.get_json("/api/v1/redis/job_app_recent").await;
+    assert_eq!(recent["value"], json!(["4", "3", "2"]));
     assert_eq!(app.redis_type("job_app_1").await, "none");
     for gone in ["/api/v1/jobs/app/builds/1", "/api/v1/jobs/app/builds/1/log"] {
         let r = app.call(Method::GET, gone, None).await;
@@ -181,7 +193,23 @@ async fn retention_trims_history_and_deletes_what_falls_out() {
         );
     }
     let q = app.get_json("/api/v1/redis/kiln:queue:default").await;
-    assert_eq!(q["value"], json!(["job_app_3", "job_app_2"]));
+    assert_eq!(q["value"], json!(["job_app_4", "job_app_3", "job_app_2"]));
+
+    // When the builds holding the trimming back have ended, one trigger catches up.
+    for n in [2, 3] {
+        let path = format!("/api/v1/jobs/app/builds/{n}/cancel");
+        assert!(app
+            .call(Method::POST, &path, None)
+            .await
+            .status()
+            .is_success());
+    }
+    assert_eq!(app.trigger("app").await.status(), 201);
+    let recent = app.get_json("/api/v1/redis/job_app_recent").await;
+    assert_eq!(recent["value"], json!(["5", "4"]));
+    for n in 1..=3 {
+        assert_eq!(app.redis_type(&format!("job_app_{n}")).await, "none");
+    }
 }
 
 #[tokio::test]

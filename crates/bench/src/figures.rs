@@ -548,7 +548,8 @@ impl PerBuild {
 const TRIGGER_CLIENTS: usize = 16;
 
 /// The retention of the at-retention figure's job, and how many of its builds may be queued
-/// or running at once: fewer, so that no build is trimmed before it runs.
+/// or running at once: fewer, so that the job stays at its retention, every trigger retiring
+/// its oldest build (one still running holds the trimming back: `trigger.lua`).
 const AT_RETENTION_KEEP: usize = 100;
 const AT_RETENTION_IN_FLIGHT: u64 = 64;
 

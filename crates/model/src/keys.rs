@@ -54,7 +54,8 @@ pub fn build_prefix(name: &JobName) -> String {
     format!("{}{name}_", prefix::JOB)
 }
 
-/// `job_<name>_recent`: build numbers, newest first, trimmed to the job's retention.
+/// `job_<name>_recent`: build numbers, newest first, trimmed to the job's retention (ended
+/// builds only: one still queued or running stays until it has ended).
 pub fn job_recent(name: &JobName) -> String {
     format!("job_{name}_recent")
 }

@@ -15,6 +15,13 @@ use crate::state::Worker;
 /// below it.
 const PRUNE_WINDOW: u64 = 64;
 
+/// Farthest below the oldest kept build a worker looks back to its mark. The oldest kept
+/// build can jump by many at once: a build still running holds back the trimming of the
+/// newer ones (`trigger.lua`), which then leave together once it has ended; every folder in
+/// between must go. Bounded so a worker that has not pruned a job for long does not look
+/// through its whole history (other workers pruned that meanwhile).
+const PRUNE_CATCH_UP: u64 = 4096;
+
 /// Most jobs whose prune mark is remembered; past that the marks start over (each job then
 /// looks through its window once more).
 const MAX_MARKS: usize = 10_000;
@@ -36,7 +43,10 @@ impl PruneMarks {
             marks.clear();
         }
         let mark = marks.entry(job.to_owned()).or_insert(0);
-        let from = window.max(*mark);
+        let from = match *mark {
+            0 => window,
+            mark => mark.max(oldest_kept.saturating_sub(PRUNE_CATCH_UP)),
+        };
         *mark = (*mark).max(oldest_kept);
         from..oldest_kept
     }
@@ -91,17 +101,27 @@ mod tests {
     use super::*;
 
     #[test]
-    fn a_job_is_looked_at_through_its_window_once_then_only_for_new_trims() {
+    fn a_job_is_looked_at_through_its_window_once_then_back_to_its_mark() {
         let marks = PruneMarks::default();
         assert_eq!(marks.advance("app", 1), 1..1, "nothing trimmed yet");
-        assert_eq!(marks.advance("app", 100), 36..100);
+        assert_eq!(marks.advance("app", 100), 1..100, "from its mark");
         assert_eq!(marks.advance("app", 101), 100..101);
         assert_eq!(marks.advance("app", 101), 101..101);
         assert_eq!(marks.advance("lib", 10), 1..10, "marks are per job");
         assert_eq!(
             marks.advance("app", 500),
+            101..500,
+            "back to the mark when a long build held the trimming back"
+        );
+        assert_eq!(
+            marks.advance("app", 10_000),
+            5_904..10_000,
+            "at most the catch-up"
+        );
+        assert_eq!(
+            marks.advance("new", 500),
             436..500,
-            "never more than the window"
+            "a job seen first: only the window"
         );
     }
 }

@@ -1,7 +1,10 @@
 -- Takes a build number, writes the build document, records it in job_<name>_recent,
 -- trims to the retention (deleting the documents that fall out) and queues it: all or nothing.
--- KEYS: job, recent, counters, queue, marker, queues set, queue workers, leases, owners,
---       running list of the queue
+-- Retention discards history, never a build someone waits for: trimming takes ended builds
+-- from the oldest end and stops at one still queued or running, which holds back the
+-- trimming of newer ones until it has ended (the next trigger after that catches up, at most
+-- TRIM_MAX builds per trigger).
+-- KEYS: job, recent, counters, queue, marker, queues set, queue workers
 -- ARGV: job name, document without its opening '{' and without number/storage_path/reason,
 --       storage prefix, retention, queue name, build key prefix, the queued event's JSON
 --       with number 0 (the number taken is put in here), liveness window ms, events channel, reason JSON
@@ -13,7 +16,7 @@
 -- Refuse before writing anything if a key holds the wrong type: Redis does not roll back
 -- a script that fails half-way.
 local expected = {[2] = 'list', [3] = 'hash', [4] = 'list', [5] = 'zset', [6] = 'set',
-  [7] = 'zset', [8] = 'zset', [9] = 'hash', [10] = 'list'}
+  [7] = 'zset'}
 for i, t in pairs(expected) do
   local actual = redis.call('TYPE', KEYS[i]).ok
   if actual ~= 'none' and actual ~= t then
@@ -40,15 +43,17 @@ if ARGV[12] ~= '' then redis.call('SET', ARGV[12], key, 'EX', tonumber(ARGV[13])
 redis.call('LPUSH', KEYS[2], n)
 
 local keep = tonumber(ARGV[4])
-for _, m in ipairs(redis.call('LRANGE', KEYS[2], keep, -1)) do
-  local old_key = ARGV[6] .. m
+-- An ended build is in no queue, lease or running list (the scripts that end builds take it
+-- out), so its document is all there is to delete. A document that is gone or unreadable
+-- counts as ended.
+local TRIM_MAX = 100
+for _ = 1, math.min(redis.call('LLEN', KEYS[2]) - keep, TRIM_MAX) do
+  local old_key = ARGV[6] .. redis.call('LINDEX', KEYS[2], -1)
+  local ok, d = pcall(cjson.decode, redis.call('GET', old_key) or '')
+  if ok and type(d) == 'table' and (d.status == 'queued' or d.status == 'running') then break end
   redis.call('DEL', old_key)
-  redis.call('LREM', KEYS[4], 0, old_key)
-  redis.call('ZREM', KEYS[8], old_key)
-  redis.call('HDEL', KEYS[9], old_key)
-  redis.call('LREM', KEYS[10], 0, old_key)
+  redis.call('RPOP', KEYS[2])
 end
-redis.call('LTRIM', KEYS[2], 0, keep - 1)
 
 redis.call('LPUSH', KEYS[4], key)
 redis.call('ZADD', KEYS[5], 0, '0')
