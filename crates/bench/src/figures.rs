@@ -554,7 +554,7 @@ const AT_RETENTION_KEEP: usize = 100;
 const AT_RETENTION_IN_FLIGHT: u64 = 64;
 
 /// Figure 2, for a job at its retention, as most jobs of a CI server are: every build also
-/// retires the job's oldest, whose folder a worker clears away (docs/performance.md, spare
+/// retires the job's oldest, whose folder a worker clears away (docs/architecture.md, spare
 /// folders). The job keeps 100 builds, so at most 64 are queued or running at once; the
 /// retention is filled first, then the same number of builds as figure 2 is timed through
 /// 4 workers. Baseline: the same spawn ceiling.

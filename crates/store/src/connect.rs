@@ -40,7 +40,7 @@ impl StoreOptions {
 /// multiplexes them): requests that are ready together leave in one write and their replies
 /// come back in one read, so neither Redis nor the service pays a system call per command.
 /// Against a connection each, the api served about 45 % more single-build reads and 20 %
-/// more history pages per second on the same two cores (docs/performance.md, session 12).
+/// more history pages per second on the same two cores (docs/performance-history.md, session 12).
 /// Every command Kiln sends is safe to share: state lives in keys, transactions go out as
 /// one `MULTI`…`EXEC` pipeline, and the one blocking command has a store of its own
 /// ([`Store::blocking`]).

@@ -1,7 +1,7 @@
 /// The worker allocates through mimalloc: glibc's allocator was about a seventh of a busy
 /// worker's CPU, and with mimalloc the workers spent 8 % less CPU per build in alternating
 /// `make bench` runs (28 % less for a job at its retention), for about 10 MB more resident
-/// memory per worker (docs/performance.md, session 13). Session 3 had measured the
+/// memory per worker (docs/performance-history.md, session 13). Session 3 had measured the
 /// opposite, for code that has since changed.
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;

@@ -161,7 +161,7 @@ impl Spare {
 /// file (even an empty one) marks it to be flushed to disk when it is closed (`auto_da_alloc`,
 /// the guard for programs that rewrite a file in place), so every build's log would have
 /// been written out synchronously at its end: a tenth of the worker's CPU per build in
-/// `make bench`, and a disk write per build (docs/performance.md, session 9). A log that is
+/// `make bench`, and a disk write per build (docs/performance-history.md, session 9). A log that is
 /// not empty after all is emptied, as `File::create` would.
 fn open_empty_log(path: &Path) -> io::Result<std::fs::File> {
     let file = std::fs::OpenOptions::new()
