@@ -59,7 +59,7 @@ impl Published {
     }
 }
 
-/// Why watchers went back to the log file (or the node list) for what they may have missed
+/// Why watchers of build output went back to the log file for lines they may have missed
 /// live. Counted in `kiln_gateway_resyncs_total{cause}`: a watcher that keeps falling behind
 /// means a slow client or a gateway short of CPU, and each catch-up costs a file read.
 #[derive(Debug, Clone, Copy)]
