@@ -908,11 +908,7 @@ async fn api(c: &mut Cluster, size: Size, report: &mut Report) -> anyhow::Result
                 while Instant::now() < end {
                     let t = Instant::now();
                     if key_read {
-                        let nums: Vec<u64> = conn.lrange("job_hist_recent", 0, 49).await?;
-                        let keys: Vec<String> =
-                            nums.iter().map(|n| format!("job_hist_{n}")).collect();
-                        let _: Vec<Option<String>> =
-                            redis::cmd("MGET").arg(&keys).query_async(&mut conn).await?;
+                        page_reads(&mut conn, "hist").await?;
                     } else {
                         let _: Option<String> = conn.get("job_hist_100").await?;
                     }
@@ -1038,10 +1034,21 @@ async fn latency_pair(
     Ok((sa.pct(50.0), sb.pct(50.0)))
 }
 
-/// The history page's reads sent straight to each cluster's Redis (`LRANGE` of the job's
-/// recent builds, then `MGET` of their documents, as the api does), alternating as the api
-/// requests do: how much of a growth with the total is Redis's own (a large keyspace falls
-/// out of the caches between requests), and so not the api's.
+/// What the api reads from Redis for a page of `job`'s 50 newest builds: `LRANGE` of the
+/// job's recent builds, then `MGET` of their documents. The baseline of figure 4's page
+/// and figure 5's direct reads.
+async fn page_reads<C: redis::aio::ConnectionLike + Send + Sync>(
+    conn: &mut C,
+    job: &str,
+) -> redis::RedisResult<Vec<Option<String>>> {
+    let numbers: Vec<u64> = conn.lrange(format!("job_{job}_recent"), 0, 49).await?;
+    let keys: Vec<String> = numbers.iter().map(|n| format!("job_{job}_{n}")).collect();
+    redis::cmd("MGET").arg(&keys).query_async(conn).await
+}
+
+/// The history page's reads sent straight to each cluster's Redis ([`page_reads`]),
+/// alternating as the api requests do: how much of a growth with the total is Redis's own,
+/// and so not the api's.
 async fn redis_page_pair(
     a: &Cluster,
     b: &Cluster,
@@ -1053,12 +1060,7 @@ async fn redis_page_pair(
     for _ in 0..n {
         for (conn, s) in [(&mut ca, &mut sa), (&mut cb, &mut sb)] {
             let t = Instant::now();
-            let numbers: Vec<u64> = conn.lrange(format!("job_{job}_recent"), 0, 49).await?;
-            let keys: Vec<String> = numbers.iter().map(|n| format!("job_{job}_{n}")).collect();
-            let docs: Vec<Option<String>> = redis::cmd("MGET")
-                .arg(&keys)
-                .query_async(&mut **conn)
-                .await?;
+            let docs = page_reads(&mut **conn, job).await?;
             anyhow::ensure!(
                 docs.len() == 50 && docs.iter().all(Option::is_some),
                 "job {job}: a page of 50 documents expected"

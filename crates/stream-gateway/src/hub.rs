@@ -165,9 +165,10 @@ impl Hub {
                 r = reconnects.recv() => match r {
                     Ok(_) => {
                         tracing::info!("Redis reconnected; watchers resync");
-                        if std::mem::replace(&mut connected, true) {
+                        if connected {
                             count_resync(Resync::Reconnect);
                         }
+                        connected = true;
                         self.resync_all().await;
                     }
                     Err(broadcast::error::RecvError::Lagged(_)) => {
