@@ -1080,7 +1080,7 @@ const SETTLE_MAX: Duration = Duration::from_secs(60);
 /// returns how long it waited. Requests timed right after a million documents were loaded
 /// made the large cluster look slower than the small one (history page 1.09–1.36×), while
 /// the same reads sent to Redis directly a second later, and the api's after this wait, were
-/// flat (1.00–1.05×); why is not established (docs/performance.md, session 14). A server
+/// flat (1.00–1.05×); why is not established (docs/performance-history.md, session 14). A server
 /// holding a million builds gathered them over months: the figure times it at rest. Without
 /// `/proc` it does not wait.
 async fn settle(c: &Cluster) -> anyhow::Result<Duration> {
