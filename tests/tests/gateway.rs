@@ -367,6 +367,28 @@ async fn tokens_are_required_and_unknown_builds_get_a_clear_close() {
     assert_ne!(u16::from(CloseCode::Normal), code);
 }
 
+/// A bad query parameter gets the JSON error every Kiln service answers bad input with,
+/// naming the parameter, not actix's plain-text "Query deserialize error".
+#[tokio::test]
+async fn a_bad_query_parameter_gets_a_json_error_naming_it() {
+    let c = Cluster::start().await;
+    let (_g, gw) = c.gateway().await;
+    let http = gw.replacen("ws://", "http://", 1);
+    let client = reqwest::Client::new();
+    for path in ["/ws/builds/app/1?from=x", "/ws/builds/app/1?from=-1"] {
+        let r = client
+            .get(format!("{http}{path}"))
+            .bearer_auth(TOKEN)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 400, "{path}");
+        let body: Value = r.json().await.expect("a JSON error body");
+        assert_eq!(body["error"]["field"], "from", "{path}: {body}");
+        assert_eq!(body["error"]["code"], "bad_request", "{path}: {body}");
+    }
+}
+
 #[tokio::test]
 async fn nodes_and_events_stream_live() {
     let c = Cluster::start().await;

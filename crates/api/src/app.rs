@@ -55,10 +55,6 @@ impl Application {
                     web::PathConfig::default()
                         .error_handler(|e, _| ApiError::bad_request("path", e.to_string()).into()),
                 )
-                .app_data(
-                    web::QueryConfig::default()
-                        .error_handler(|e, _| ApiError::bad_request("query", e.to_string()).into()),
-                )
                 .wrap(middleware::from_fn(routes::count_requests))
                 .route("/healthz", web::get().to(health::healthz))
                 .route("/readyz", web::get().to(routes::readyz))

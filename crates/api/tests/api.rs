@@ -463,6 +463,30 @@ async fn bad_input_gets_a_named_4xx_and_changes_nothing() {
         (
             send_raw(
                 Method::GET,
+                "/api/v1/jobs/app/builds?offset=1&limit=-1",
+                "",
+                "application/json",
+            )
+            .await
+            .unwrap(),
+            400,
+            Some("limit"),
+        ),
+        (
+            send_raw(
+                Method::GET,
+                "/api/v1/jobs/app/builds/1/log?offset=x",
+                "",
+                "application/json",
+            )
+            .await
+            .unwrap(),
+            400,
+            Some("offset"),
+        ),
+        (
+            send_raw(
+                Method::GET,
                 "/api/v1/redis/not-a-kiln-key",
                 "",
                 "application/json",

@@ -1,11 +1,12 @@
 //! What every Kiln binary needs, written once: layered configuration, telemetry, the
-//! shutdown signal, bearer-token auth, the JSON error shape, and the `/healthz`, `/readyz`
-//! and `/metrics` endpoints.
+//! shutdown signal, bearer-token auth, the JSON error shape (query strings included), and
+//! the `/healthz`, `/readyz` and `/metrics` endpoints.
 
 pub mod auth;
 pub mod config;
 pub mod error;
 pub mod health;
+pub mod query;
 pub mod server;
 pub mod shutdown;
 pub mod telemetry;

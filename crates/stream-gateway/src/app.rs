@@ -10,6 +10,7 @@ use actix_web::{dev::Server, web, App, HttpRequest, HttpResponse, HttpServer};
 use kiln_model::{BuildNumber, BuildRef, JobName};
 use kiln_service_kit::auth::Authenticator;
 use kiln_service_kit::error::ApiError;
+use kiln_service_kit::query::Query;
 use kiln_service_kit::{health, Role};
 use kiln_store::{Store, StoreOptions};
 use serde::Deserialize;
@@ -151,7 +152,7 @@ async fn ws_build(
     body: web::Payload,
     state: web::Data<State>,
     path: web::Path<(String, String)>,
-    q: web::Query<BuildQuery>,
+    q: Query<BuildQuery>,
 ) -> Result<HttpResponse, actix_web::Error> {
     admit(&req, &state)?;
     let job = JobName::parse(&path.0).map_err(|e| ApiError::bad_request("job", e.to_string()))?;
@@ -197,7 +198,7 @@ async fn ws_events(
     req: HttpRequest,
     body: web::Payload,
     state: web::Data<State>,
-    q: web::Query<EventsQuery>,
+    q: Query<EventsQuery>,
 ) -> Result<HttpResponse, actix_web::Error> {
     admit(&req, &state)?;
     let q = q.into_inner();

@@ -6,6 +6,7 @@ use actix_web::{web, HttpRequest, HttpResponse};
 use kiln_model::{BuildDocument, BuildNumber, BuildRef, BuildStatus, Trigger, TriggerKind};
 use kiln_service_kit::auth::{Reader, Writer};
 use kiln_service_kit::error::ApiError;
+use kiln_service_kit::query::Query;
 use kiln_store::{CancelOutcome, TriggerRequest};
 use serde::Deserialize;
 use serde_json::json;
@@ -95,7 +96,7 @@ pub(crate) async fn list(
     _: Reader,
     state: web::Data<AppState>,
     path: web::Path<String>,
-    page: web::Query<Page>,
+    page: Query<Page>,
 ) -> Result<HttpResponse, ApiError> {
     let name = job_name(&path)?;
     let limit = page.limit.unwrap_or(50);

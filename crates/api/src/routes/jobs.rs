@@ -4,6 +4,7 @@ use actix_web::{web, HttpRequest, HttpResponse};
 use kiln_model::{JobDefinition, JobName};
 use kiln_service_kit::auth::{Reader, Writer};
 use kiln_service_kit::error::ApiError;
+use kiln_service_kit::query::Query;
 use kiln_store::PutOutcome;
 use serde::Deserialize;
 use serde_json::json;
@@ -20,7 +21,7 @@ pub(crate) struct ListQuery {
 pub(crate) async fn list(
     _: Reader,
     state: web::Data<AppState>,
-    q: web::Query<ListQuery>,
+    q: Query<ListQuery>,
 ) -> Result<HttpResponse, ApiError> {
     let folder = q
         .folder

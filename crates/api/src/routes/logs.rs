@@ -4,6 +4,7 @@
 use actix_web::{web, HttpResponse};
 use kiln_service_kit::auth::Reader;
 use kiln_service_kit::error::ApiError;
+use kiln_service_kit::query::Query;
 use serde::Deserialize;
 
 use super::builds::{build_ref, require_build};
@@ -29,7 +30,7 @@ pub(crate) async fn get(
     _: Reader,
     state: web::Data<AppState>,
     path: web::Path<(String, String)>,
-    q: web::Query<LogQuery>,
+    q: Query<LogQuery>,
 ) -> Result<HttpResponse, ApiError> {
     let r = build_ref(&path.0, &path.1)?;
     let jsonl = match q.format.as_deref() {
