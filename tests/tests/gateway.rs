@@ -367,25 +367,43 @@ async fn tokens_are_required_and_unknown_builds_get_a_clear_close() {
     assert_ne!(u16::from(CloseCode::Normal), code);
 }
 
-/// A bad query parameter gets the JSON error every Kiln service answers bad input with,
-/// naming the parameter, not actix's plain-text "Query deserialize error".
+/// Bad requests get the JSON error every Kiln service answers with, naming what was wrong:
+/// not actix's plain-text "Query deserialize error" or its empty 404.
 #[tokio::test]
-async fn a_bad_query_parameter_gets_a_json_error_naming_it() {
+async fn bad_requests_get_the_json_error_naming_what_was_wrong() {
     let c = Cluster::start().await;
     let (_g, gw) = c.gateway().await;
     let http = gw.replacen("ws://", "http://", 1);
     let client = reqwest::Client::new();
-    for path in ["/ws/builds/app/1?from=x", "/ws/builds/app/1?from=-1"] {
+    let cases = [
+        (
+            reqwest::Method::GET,
+            "/ws/builds/app/1?from=x",
+            400,
+            "bad_request",
+        ),
+        (
+            reqwest::Method::GET,
+            "/ws/builds/app/1?from=-1",
+            400,
+            "bad_request",
+        ),
+        (reqwest::Method::GET, "/ws/nope", 404, "not_found"),
+        (reqwest::Method::POST, "/ws/nodes", 404, "not_found"),
+    ];
+    for (method, path, status, code) in cases {
         let r = client
-            .get(format!("{http}{path}"))
+            .request(method, format!("{http}{path}"))
             .bearer_auth(TOKEN)
             .send()
             .await
             .unwrap();
-        assert_eq!(r.status(), 400, "{path}");
+        assert_eq!(r.status(), status, "{path}");
         let body: Value = r.json().await.expect("a JSON error body");
-        assert_eq!(body["error"]["field"], "from", "{path}: {body}");
-        assert_eq!(body["error"]["code"], "bad_request", "{path}: {body}");
+        assert_eq!(body["error"]["code"], code, "{path}: {body}");
+        if status == 400 {
+            assert_eq!(body["error"]["field"], "from", "{path}: {body}");
+        }
     }
 }
 

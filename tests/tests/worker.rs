@@ -42,6 +42,20 @@ async fn a_triggered_build_runs_and_its_output_is_stored() {
     assert_eq!(recent["value"], json!(["1"]));
 }
 
+/// The worker's own HTTP port (health, metrics) answers anything else with the JSON error
+/// every Kiln service uses, not an empty 404.
+#[tokio::test]
+async fn the_workers_http_port_answers_an_unknown_route_with_the_json_error() {
+    let c = Cluster::start().await;
+    let w = c.worker(WorkerOpts::new("w1")).await;
+    let r = reqwest::get(format!("http://127.0.0.1:{}/nope", w.port))
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 404);
+    let body: serde_json::Value = r.json().await.expect("a JSON error body");
+    assert_eq!(body["error"]["code"], "not_found", "{body}");
+}
+
 #[tokio::test]
 async fn a_failing_step_fails_the_build_and_skips_the_rest() {
     let c = Cluster::start().await;

@@ -6,6 +6,7 @@ use std::path::PathBuf;
 
 use actix_web::{dev::Server, middleware, web, App, HttpServer};
 use kiln_service_kit::auth::Authenticator;
+use kiln_service_kit::body::BodyLimit;
 use kiln_service_kit::error::ApiError;
 use kiln_service_kit::health;
 use kiln_store::{Store, StoreOptions};
@@ -50,7 +51,7 @@ impl Application {
                 .app_data(web::Data::new(state))
                 .app_data(web::Data::new(auth.clone()))
                 .app_data(web::Data::new(prometheus.clone()))
-                .app_data(web::PayloadConfig::new(max_body).limit(max_body))
+                .app_data(BodyLimit(max_body))
                 .app_data(
                     web::PathConfig::default()
                         .error_handler(|e, _| ApiError::bad_request("path", e.to_string()).into()),
@@ -60,7 +61,7 @@ impl Application {
                 .route("/readyz", web::get().to(routes::readyz))
                 .route("/metrics", web::get().to(routes::metrics))
                 .service(web::scope("/api/v1").configure(routes::register))
-                .default_service(web::to(routes::not_found))
+                .default_service(web::to(kiln_service_kit::error::not_found))
         })
         .listen(listener)
         .map_err(|e| BuildError::bind(addr, e))?

@@ -513,6 +513,11 @@ async fn bad_input_gets_a_named_4xx_and_changes_nothing() {
         .await
         .unwrap();
     assert_eq!(r.status(), 413);
+    let body: Value = r
+        .json()
+        .await
+        .expect("a JSON error, like every other refusal");
+    assert_eq!(body["error"]["code"], "payload_too_large", "{body}");
     assert_eq!(
         app.snapshot().await,
         before,

@@ -57,6 +57,7 @@ impl Application {
                 .app_data(state.clone())
                 .configure(health::configure)
                 .route("/readyz", web::get().to(readyz))
+                .default_service(web::to(kiln_service_kit::error::not_found))
         })
         .listen(listener)
         .map_err(|e| BuildError::bind(addr, e))?

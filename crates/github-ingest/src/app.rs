@@ -69,7 +69,7 @@ impl Application {
                 .configure(health::configure)
                 .route("/readyz", web::get().to(crate::webhook::readyz))
                 .route(&path, web::post().to(crate::webhook::receive))
-                .default_service(web::to(crate::webhook::not_found))
+                .default_service(web::to(kiln_service_kit::error::not_found))
         })
         .listen(listener)
         .map_err(|e| BuildError::bind(addr, e))?

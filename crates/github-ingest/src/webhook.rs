@@ -3,30 +3,15 @@
 //! 10 s, so GitHub can redeliver.
 
 use actix_web::{web, HttpRequest, HttpResponse};
-use futures::StreamExt;
 use kiln_model::keys::GithubLinkKind;
 use kiln_model::{GithubSource, JobName, TriggerKind};
 use kiln_service_kit::error::{parse_json, ApiError};
 use serde::de::DeserializeOwned;
-use serde_json::json;
 
 use crate::app::State;
 use crate::derive::{Ctx, Head, Outcome, DELIVERY_TTL_SECS};
 use crate::payload::{DeleteEvent, PullRequestEvent, PushEvent, Repository};
 use crate::signature;
-
-/// Reads the body up to the limit, refusing larger ones without buffering them.
-async fn read_body(mut payload: web::Payload, limit: usize) -> Result<web::BytesMut, ApiError> {
-    let mut body = web::BytesMut::new();
-    while let Some(chunk) = payload.next().await {
-        let chunk = chunk.map_err(|e| ApiError::bad_request("body", e.to_string()))?;
-        if body.len() + chunk.len() > limit {
-            return Err(ApiError::TooLarge(limit));
-        }
-        body.extend_from_slice(&chunk);
-    }
-    Ok(body)
-}
 
 fn header<'a>(req: &'a HttpRequest, name: &str) -> Option<&'a str> {
     req.headers().get(name).and_then(|v| v.to_str().ok())
@@ -37,7 +22,7 @@ pub(crate) async fn receive(
     payload: web::Payload,
     state: web::Data<State>,
 ) -> Result<HttpResponse, ApiError> {
-    let body = read_body(payload, state.settings.max_body_bytes).await?;
+    let body = kiln_service_kit::body::read(payload, state.settings.max_body_bytes).await?;
     if !signature::verify(
         state.settings.secret.expose().as_bytes(),
         &body,
@@ -277,9 +262,4 @@ async fn mark(
 
 pub(crate) async fn readyz(state: web::Data<State>) -> HttpResponse {
     kiln_service_kit::health::redis_readiness(&state.store).await
-}
-
-pub(crate) async fn not_found() -> HttpResponse {
-    HttpResponse::NotFound()
-        .json(json!({"error": {"code": "not_found", "message": "no such route"}}))
 }

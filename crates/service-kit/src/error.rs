@@ -2,7 +2,7 @@
 //! `{"error":{"code":"...","message":"...","field":"..."}}`.
 
 use actix_web::http::StatusCode;
-use actix_web::{HttpResponse, ResponseError};
+use actix_web::{HttpRequest, HttpResponse, ResponseError};
 use kiln_store::StoreError;
 use serde::Serialize;
 
@@ -125,6 +125,16 @@ impl From<StoreError> for ApiError {
             other => Self::Unexpected(other.to_string()),
         }
     }
+}
+
+/// Every service's answer to a method or path it does not serve: the JSON error shape,
+/// where actix would answer an empty 404.
+pub async fn not_found(req: HttpRequest) -> Result<HttpResponse, ApiError> {
+    Err(ApiError::NotFound(format!(
+        "no route for {} {}",
+        req.method(),
+        req.path()
+    )))
 }
 
 /// Parses a JSON body, naming the offending field on error. Bodies are read as bytes

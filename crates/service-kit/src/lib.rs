@@ -1,8 +1,9 @@
 //! What every Kiln binary needs, written once: layered configuration, telemetry, the
-//! shutdown signal, bearer-token auth, the JSON error shape (query strings included), and
-//! the `/healthz`, `/readyz` and `/metrics` endpoints.
+//! shutdown signal, bearer-token auth, the JSON error shape (for bad query strings and
+//! oversized bodies too), and the `/healthz`, `/readyz` and `/metrics` endpoints.
 
 pub mod auth;
+pub mod body;
 pub mod config;
 pub mod error;
 pub mod health;

@@ -71,6 +71,7 @@ impl Application {
                 .route("/ws/builds/{job}/{number}", web::get().to(ws_build))
                 .route("/ws/nodes", web::get().to(ws_nodes))
                 .route("/ws/events", web::get().to(ws_events))
+                .default_service(web::to(kiln_service_kit::error::not_found))
         })
         .listen(listener)
         .map_err(|e| BuildError::bind(addr, e))?

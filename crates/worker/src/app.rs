@@ -70,6 +70,7 @@ impl Application {
                 .configure(health::configure)
                 .route("/healthz", web::get().to(crate::http::healthz))
                 .route("/readyz", web::get().to(crate::http::readyz))
+                .default_service(web::to(kiln_service_kit::error::not_found))
         })
         .listen(listener)
         .map_err(|e| BuildError::bind(addr, e))?

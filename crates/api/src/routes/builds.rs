@@ -5,6 +5,7 @@ use std::collections::BTreeMap;
 use actix_web::{web, HttpRequest, HttpResponse};
 use kiln_model::{BuildDocument, BuildNumber, BuildRef, BuildStatus, Trigger, TriggerKind};
 use kiln_service_kit::auth::{Reader, Writer};
+use kiln_service_kit::body::Body;
 use kiln_service_kit::error::ApiError;
 use kiln_service_kit::query::Query;
 use kiln_store::{CancelOutcome, TriggerRequest};
@@ -57,7 +58,7 @@ pub(crate) async fn trigger(
     state: web::Data<AppState>,
     path: web::Path<String>,
     req: HttpRequest,
-    body: web::Bytes,
+    body: Body,
 ) -> Result<HttpResponse, ApiError> {
     let name = job_name(&path)?;
     let b: TriggerBody = body_or_default(&req, &body)?;

@@ -3,6 +3,7 @@
 use actix_web::{web, HttpRequest, HttpResponse};
 use kiln_model::{Entry, Name};
 use kiln_service_kit::auth::{Reader, Writer};
+use kiln_service_kit::body::Body;
 use kiln_service_kit::error::ApiError;
 use serde::Deserialize;
 use serde_json::{json, Value};
@@ -39,7 +40,7 @@ pub(crate) async fn create(
     _: Writer,
     state: web::Data<AppState>,
     req: HttpRequest,
-    body: web::Bytes,
+    body: Body,
 ) -> Result<HttpResponse, ApiError> {
     let f: NewFolder = body_json(&req, &body)?;
     let name = folder_name(&f.name, "name")?;

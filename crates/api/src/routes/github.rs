@@ -4,6 +4,7 @@
 use actix_web::{web, HttpRequest, HttpResponse};
 use kiln_model::keys::GithubLinkKind;
 use kiln_service_kit::auth::{Reader, Writer};
+use kiln_service_kit::body::Body;
 use kiln_service_kit::error::ApiError;
 use serde::Deserialize;
 use serde_json::json;
@@ -45,7 +46,7 @@ pub(crate) async fn put(
     state: web::Data<AppState>,
     path: web::Path<(String, String, String)>,
     req: HttpRequest,
-    body: web::Bytes,
+    body: Body,
 ) -> Result<HttpResponse, ApiError> {
     let (org, repo, kind) = parts(&path)?;
     let b: LinkBody = body_json(&req, &body)?;

@@ -3,6 +3,7 @@
 use actix_web::{web, HttpRequest, HttpResponse};
 use kiln_model::{JobDefinition, JobName};
 use kiln_service_kit::auth::{Reader, Writer};
+use kiln_service_kit::body::Body;
 use kiln_service_kit::error::ApiError;
 use kiln_service_kit::query::Query;
 use kiln_store::PutOutcome;
@@ -43,7 +44,7 @@ pub(crate) async fn put(
     state: web::Data<AppState>,
     path: web::Path<String>,
     req: HttpRequest,
-    body: web::Bytes,
+    body: Body,
 ) -> Result<HttpResponse, ApiError> {
     let name = job_name(&path)?;
     let def: JobDefinition = body_json(&req, &body)?;
@@ -110,7 +111,7 @@ pub(crate) async fn move_job(
     state: web::Data<AppState>,
     path: web::Path<String>,
     req: HttpRequest,
-    body: web::Bytes,
+    body: Body,
 ) -> Result<HttpResponse, ApiError> {
     let name = job_name(&path)?;
     let m: Move = body_json(&req, &body)?;

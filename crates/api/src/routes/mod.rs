@@ -64,14 +64,6 @@ async fn openapi_json() -> HttpResponse {
     HttpResponse::Ok().json(openapi::document(ROUTES))
 }
 
-pub(crate) async fn not_found(req: HttpRequest) -> Result<HttpResponse, ApiError> {
-    Err(ApiError::NotFound(format!(
-        "no route for {} {}",
-        req.method(),
-        req.path()
-    )))
-}
-
 pub(crate) async fn readyz(state: web::Data<AppState>) -> HttpResponse {
     kiln_service_kit::health::redis_readiness(&state.store).await
 }
