@@ -6,7 +6,7 @@ use std::future::Future;
 use std::ops::Deref;
 use std::pin::Pin;
 
-use actix_web::dev::Payload;
+use actix_web::dev::{Decompress, Payload};
 use actix_web::error::PayloadError;
 use actix_web::http::header::CONTENT_LENGTH;
 use actix_web::web::{Bytes, BytesMut};
@@ -44,11 +44,14 @@ impl FromRequest for Body {
             .get(CONTENT_LENGTH)
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.parse::<usize>().ok());
-        let payload = payload.take();
+        // A gzip-encoded body is decoded, as actix's `web::Bytes` does; the limit applies to
+        // what it decodes to.
+        let payload = Decompress::from_headers(payload.take(), req.headers());
         Box::pin(async move {
             if declared.is_some_and(|n| n > limit) {
                 return Err(ApiError::TooLarge(limit));
             }
+            let payload = std::pin::pin!(payload);
             read(payload, limit).await.map(|b| Body(b.freeze()))
         })
     }
