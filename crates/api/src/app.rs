@@ -60,8 +60,8 @@ impl Application {
                 .route("/healthz", web::get().to(health::healthz))
                 .route("/readyz", web::get().to(routes::readyz))
                 .route("/metrics", web::get().to(routes::metrics))
-                .service(web::scope("/api/v1").configure(routes::register))
-                .default_service(web::to(kiln_service_kit::error::not_found))
+                .service(web::scope(routes::API_PREFIX).configure(routes::register))
+                .default_service(web::to(routes::unrouted))
         })
         .listen(listener)
         .map_err(|e| BuildError::bind(addr, e))?

@@ -15,7 +15,7 @@ pub(crate) struct RouteDoc {
 pub(crate) fn document(routes: &[RouteDoc]) -> Value {
     let mut paths = Map::new();
     for r in routes {
-        let full = format!("/api/v1{}", r.path);
+        let full = format!("{}{}", crate::routes::API_PREFIX, r.path);
         let params: Vec<Value> = r
             .path
             .split('/')

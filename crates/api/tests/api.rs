@@ -775,6 +775,34 @@ async fn every_documented_route_exists() {
     assert!(bogus.text().await.unwrap().contains("no route for"));
 }
 
+/// A client that used the wrong method on a real path is told which methods it takes (405
+/// with `Allow`), not that the path does not exist.
+#[tokio::test]
+async fn a_wrong_method_on_a_known_path_is_405_with_the_allowed_ones() {
+    let app = TestApp::spawn().await;
+    for (method, path, allowed) in [
+        (Method::PATCH, "/api/v1/jobs/app", "GET, PUT, DELETE"),
+        (Method::POST, "/api/v1/nodes", "GET"),
+        (Method::DELETE, "/api/v1/jobs/app/builds/7", "GET"),
+        (Method::GET, "/api/v1/jobs/app/builds/7/cancel", "POST"),
+    ] {
+        let r = app.call(method.clone(), path, None).await;
+        assert_eq!(r.status(), 405, "{method} {path}");
+        let allow = r.headers()["allow"].to_str().unwrap().to_owned();
+        let mut got: Vec<&str> = allow.split(", ").collect();
+        let mut want: Vec<&str> = allowed.split(", ").collect();
+        got.sort_unstable();
+        want.sort_unstable();
+        assert_eq!(got, want, "{method} {path}");
+        let body: Value = r.json().await.unwrap();
+        assert_eq!(body["error"]["code"], "method_not_allowed", "{body}");
+    }
+    for path in ["/api/v1/jobs/app/nope", "/api/v1/jobs//builds", "/api/v1"] {
+        let r = app.call(Method::GET, path, None).await;
+        assert_eq!(r.status(), 404, "{path}");
+    }
+}
+
 #[tokio::test]
 async fn health_readiness_and_metrics_answer() {
     let app = TestApp::spawn().await;

@@ -18,6 +18,10 @@ pub enum ApiError {
     NotFound(String),
     #[error("{0}")]
     Conflict(String),
+    /// The path exists but not for this method; `allowed` lists the methods it takes, as
+    /// the `Allow` header does.
+    #[error("this path takes {allowed}")]
+    MethodNotAllowed { allowed: String },
     #[error("{field}: {message}")]
     Unprocessable { field: String, message: String },
     #[error("request body is larger than {0} bytes")]
@@ -59,6 +63,7 @@ impl ApiError {
             Self::Forbidden(_) => "forbidden",
             Self::NotFound(_) => "not_found",
             Self::Conflict(_) => "conflict",
+            Self::MethodNotAllowed { .. } => "method_not_allowed",
             Self::Unprocessable { .. } => "unprocessable",
             Self::TooLarge(_) => "payload_too_large",
             Self::UnsupportedMediaType => "unsupported_media_type",
@@ -85,6 +90,7 @@ impl ResponseError for ApiError {
             Self::Forbidden(_) => StatusCode::FORBIDDEN,
             Self::NotFound(_) => StatusCode::NOT_FOUND,
             Self::Conflict(_) => StatusCode::CONFLICT,
+            Self::MethodNotAllowed { .. } => StatusCode::METHOD_NOT_ALLOWED,
             Self::Unprocessable { .. } => StatusCode::UNPROCESSABLE_ENTITY,
             Self::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             Self::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
@@ -98,8 +104,14 @@ impl ResponseError for ApiError {
             tracing::error!(error.cause = %cause, "request failed");
         }
         let mut r = HttpResponse::build(self.status_code());
-        if matches!(self, Self::Unauthorized) {
-            r.insert_header(("WWW-Authenticate", "Bearer"));
+        match self {
+            Self::Unauthorized => {
+                r.insert_header(("WWW-Authenticate", "Bearer"));
+            }
+            Self::MethodNotAllowed { allowed } => {
+                r.insert_header(("Allow", allowed.as_str()));
+            }
+            _ => {}
         }
         r.json(ErrorBody {
             error: ErrorDetail {

@@ -12,7 +12,7 @@ use kiln_store::{CancelOutcome, TriggerRequest};
 use serde::Deserialize;
 use serde_json::json;
 
-use super::{body_or_default, job_name};
+use super::{body_or_default, job_name, API_PREFIX};
 use crate::app::AppState;
 
 /// Largest page of builds one request returns.
@@ -81,7 +81,7 @@ pub(crate) async fn trigger(
     Ok(HttpResponse::Created()
         .insert_header((
             "Location",
-            format!("/api/v1/jobs/{name}/builds/{}", t.build.number),
+            format!("{API_PREFIX}/jobs/{name}/builds/{}", t.build.number),
         ))
         .json(t.build))
 }

@@ -8,7 +8,7 @@ use kiln_service_kit::error::ApiError;
 use serde::Deserialize;
 use serde_json::{json, Value};
 
-use super::{body_json, folder_name};
+use super::{body_json, folder_name, API_PREFIX};
 use crate::app::AppState;
 
 pub(crate) fn entry_json(e: &Entry) -> Value {
@@ -51,7 +51,7 @@ pub(crate) async fn create(
         .transpose()?;
     state.store.create_folder(&name, parent.as_ref()).await?;
     Ok(HttpResponse::Created()
-        .insert_header(("Location", format!("/api/v1/folders/{name}")))
+        .insert_header(("Location", format!("{API_PREFIX}/folders/{name}")))
         .json(json!({"name": name, "parent": parent, "entries": []})))
 }
 

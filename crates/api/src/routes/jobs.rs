@@ -10,7 +10,7 @@ use kiln_store::PutOutcome;
 use serde::Deserialize;
 use serde_json::json;
 
-use super::{body_json, folder_name, job_name};
+use super::{body_json, folder_name, job_name, API_PREFIX};
 use crate::app::AppState;
 use crate::storage::remove_build_dirs;
 
@@ -62,7 +62,7 @@ pub(crate) async fn put(
         PutOutcome::Replaced => HttpResponse::Ok(),
     };
     Ok(
-        r.insert_header(("Location", format!("/api/v1/jobs/{name}")))
+        r.insert_header(("Location", format!("{API_PREFIX}/jobs/{name}")))
             .json(json!({"name": name, "definition": def})),
     )
 }

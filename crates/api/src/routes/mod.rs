@@ -60,6 +60,49 @@ routes! {
     get "/openapi.json" => openapi_json, "none", 200, "This document";
 }
 
+/// Where the route table is served.
+pub(crate) const API_PREFIX: &str = "/api/v1";
+
+/// A request no route serves. A path the table has, asked with another method, is 405 with
+/// the methods it takes (the `Allow` header, and the message), so a client that used the
+/// wrong method is told which ones work; anything else is 404.
+pub(crate) async fn unrouted(req: HttpRequest) -> Result<HttpResponse, ApiError> {
+    let allowed: Vec<String> = req
+        .path()
+        .strip_prefix(API_PREFIX)
+        .map(|rest| {
+            ROUTES
+                .iter()
+                .filter(|r| path_matches(r.path, rest))
+                .map(|r| r.method.to_ascii_uppercase())
+                .collect()
+        })
+        .unwrap_or_default();
+    if allowed.is_empty() {
+        return kiln_service_kit::error::not_found(req).await;
+    }
+    Err(ApiError::MethodNotAllowed {
+        allowed: allowed.join(", "),
+    })
+}
+
+/// Whether `path` fits the route `pattern`, each `{param}` standing for one non-empty segment.
+fn path_matches(pattern: &str, path: &str) -> bool {
+    let (mut p, mut q) = (pattern.split('/'), path.split('/'));
+    loop {
+        match (p.next(), q.next()) {
+            (None, None) => return true,
+            (Some(a), Some(b)) if a.starts_with('{') => {
+                if b.is_empty() {
+                    return false;
+                }
+            }
+            (Some(a), Some(b)) if a == b => {}
+            _ => return false,
+        }
+    }
+}
+
 async fn openapi_json() -> HttpResponse {
     HttpResponse::Ok().json(openapi::document(ROUTES))
 }
