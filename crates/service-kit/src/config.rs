@@ -268,7 +268,25 @@ pub fn load<T: DeserializeOwned>(path: Option<&Path>) -> Result<T, ConfigError> 
             .separator("__")
             .try_parsing(true),
     );
-    Ok(b.build()?.try_deserialize()?)
+    // Through serde_path_to_error so that a wrong value names its setting
+    // (`http.max_body_bytes: invalid type: string "abc", expected usize`). Services flatten
+    // `Common` into their settings and serde cannot follow a path into a flattened struct,
+    // so a failure without a path is located by reading `Common` alone.
+    let built = b.build()?;
+    serde_path_to_error::deserialize(built.clone()).map_err(|e| {
+        let failed = |e: serde_path_to_error::Error<::config::ConfigError>| {
+            let setting = e.path().to_string();
+            (setting != ".").then(|| ConfigError::invalid(&setting, e.into_inner().to_string()))
+        };
+        let unplaced = e.inner().to_string();
+        failed(e)
+            .or_else(|| {
+                serde_path_to_error::deserialize::<_, Common>(built)
+                    .err()
+                    .and_then(failed)
+            })
+            .unwrap_or_else(|| ConfigError::Load(::config::ConfigError::Message(unplaced)))
+    })
 }
 
 /// The `--config <file>` argument every service binary takes, read without a parser crate
@@ -316,6 +334,41 @@ mod tests {
         c.validate(true).unwrap();
         assert_eq!(c.auth.tokens[0].role, Role::Write);
         assert!(!format!("{c:?}").contains("0123456789abcdef"));
+    }
+
+    /// A service's settings, shaped like every Kiln service's: `Common` flattened in.
+    #[derive(Debug, Deserialize)]
+    #[allow(dead_code)]
+    struct Service {
+        #[serde(flatten)]
+        common: Common,
+        #[serde(default)]
+        svc: Svc,
+    }
+
+    #[derive(Debug, Default, Deserialize)]
+    #[allow(dead_code)]
+    struct Svc {
+        #[serde(default)]
+        workers: u32,
+    }
+
+    fn load_toml(name: &str, toml: &str) -> Result<Service, ConfigError> {
+        let path =
+            std::env::temp_dir().join(format!("kiln-config-{}-{name}.toml", std::process::id()));
+        std::fs::write(&path, toml).unwrap();
+        let loaded = load(Some(&path));
+        let _ = std::fs::remove_file(&path);
+        loaded
+    }
+
+    #[test]
+    fn a_value_of_the_wrong_type_names_its_setting_even_in_the_shared_settings() {
+        let e = load_toml("common", "[http]\nmax_body_bytes = \"abc\"").unwrap_err();
+        assert!(e.to_string().contains("http.max_body_bytes"), "{e}");
+        let e = load_toml("own", "[svc]\nworkers = \"z\"").unwrap_err();
+        assert!(e.to_string().contains("svc.workers"), "{e}");
+        assert!(load_toml("good", "[svc]\nworkers = 2").is_ok());
     }
 
     #[test]
