@@ -271,6 +271,45 @@ async fn cancelling_a_running_build_stops_it_quickly() {
 }
 
 #[tokio::test]
+async fn deleting_a_job_stops_its_running_build_at_once_and_leaves_no_files() {
+    let c = Cluster::start().await;
+    // A lease long enough that the next renewal (a fifth of it) comes after the deadline
+    // below: only the deletion itself can stop the build in time.
+    let _w = c
+        .worker(WorkerOpts {
+            lease_ms: 60_000,
+            ..WorkerOpts::new("w1")
+        })
+        .await;
+    c.apply("doomed", job(&["echo pid=$$; exec sleep 60"]))
+        .await;
+    let n = c.trigger("doomed").await;
+    c.wait_log_contains("doomed", n, "pid=", T).await;
+    let log = c.log("doomed", n).await;
+    let pid: u32 = log
+        .split("pid=")
+        .nth(1)
+        .and_then(|rest| rest.split_whitespace().next())
+        .and_then(|p| p.parse().ok())
+        .unwrap_or_else(|| panic!("no pid in {log}"));
+    assert!(alive(pid));
+    let r = c.call(Method::DELETE, "/api/v1/jobs/doomed", None).await;
+    assert_eq!(r.status(), 204);
+    kiln_testkit::wait_for(
+        "the deleted job's step to be killed",
+        Duration::from_secs(5),
+        || async { (!alive(pid)).then_some(()) },
+    )
+    .await;
+    let job_dir = c.build_dir("doomed", n).parent().unwrap().to_owned();
+    assert!(!job_dir.exists(), "{} is left behind", job_dir.display());
+    let r = c
+        .call(Method::GET, "/api/v1/jobs/doomed/builds", None)
+        .await;
+    assert_eq!(r.status(), 404);
+}
+
+#[tokio::test]
 async fn parameters_and_kiln_variables_reach_the_steps_but_worker_secrets_do_not() {
     let c = Cluster::start().await;
     let _w = c.worker(WorkerOpts::new("w1")).await;

@@ -1,24 +1,23 @@
 //! The api's side of the shared file storage: reading logs and removing the folders of
-//! builds that were deleted or fell out of retention.
+//! deleted builds.
 
 use std::io::{Read, Seek, SeekFrom};
 use std::path::Path;
 
 use kiln_model::{output, storage, BuildDocument, LogLine};
 
-/// Removes the build folders of `docs`; failures are logged, never fatal (Redis already
-/// forgot the builds, and a leftover folder only costs disk).
-pub(crate) async fn remove_build_dirs(root: &Path, docs: &[BuildDocument]) {
-    for d in docs {
-        if let Some(dir) = storage::build_dir(root, &d.storage_path) {
-            match tokio::fs::remove_dir_all(&dir).await {
-                Ok(()) => {}
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-                Err(e) => {
-                    tracing::warn!(path = %dir.display(), error = %e, "cannot remove build folder")
-                }
-            }
-        }
+/// Removes the folders of a deleted job's builds and its emptied folder; failures are
+/// logged, never fatal (Redis already forgot the builds, and a leftover folder only costs
+/// disk).
+pub(crate) async fn remove_build_dirs(root: &Path, docs: Vec<BuildDocument>) {
+    let root = root.to_owned();
+    let failed = tokio::task::spawn_blocking(move || {
+        storage::remove_deleted_builds(&root, docs.iter().map(|d| d.storage_path.as_str()))
+    })
+    .await
+    .unwrap_or_default();
+    for (path, e) in failed {
+        tracing::warn!(path = %path.display(), error = %e, "cannot remove a deleted build's folder");
     }
 }
 

@@ -617,6 +617,10 @@ async fn deleting_removes_keys_entries_and_files() {
         204
     );
     assert!(!dir.exists());
+    assert!(
+        !dir.parent().unwrap().exists(),
+        "the job's emptied folder is removed too"
+    );
     for key in [
         "job_app",
         "job_app_recent",

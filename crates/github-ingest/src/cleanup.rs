@@ -44,10 +44,14 @@ pub(crate) async fn sweep(
             continue;
         }
         let docs = store.delete_job(&name).await?;
-        for d in docs {
-            if let Some(dir) = storage::build_dir(storage_root, &d.storage_path) {
-                let _ = tokio::fs::remove_dir_all(dir).await;
-            }
+        let root = storage_root.to_owned();
+        let failed = tokio::task::spawn_blocking(move || {
+            storage::remove_deleted_builds(&root, docs.iter().map(|d| d.storage_path.as_str()))
+        })
+        .await
+        .unwrap_or_default();
+        for (path, e) in failed {
+            tracing::warn!(job = %name, path = %path.display(), error = %e, "cannot remove a deleted build's folder");
         }
         deleted += 1;
     }

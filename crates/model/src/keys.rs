@@ -119,8 +119,9 @@ pub const FINISHED_CONSUMERS: &str = "kiln:finished-consumers";
 pub const EVENTS_CHANNEL: &str = "kiln:events";
 /// Pub/sub channel of node heartbeats ([`crate::NodeInfo`] JSON), live views only.
 pub const NODES_CHANNEL: &str = "kiln:nodes";
-/// Pub/sub channel carrying the build key of a build whose cancellation was requested, so
-/// the worker running it reacts within a second (the build document stays the truth).
+/// Pub/sub channel carrying the build key of a build whose cancellation was requested, or
+/// whose job was deleted while it ran, so the worker running it reacts within a second
+/// (the build document, or its absence, stays the truth).
 pub const CANCEL_CHANNEL: &str = "kiln:cancel";
 
 /// List of build keys waiting on `queue`; producers LPUSH, workers take from the right.

@@ -2,6 +2,7 @@
 //! validated names. Readers re-check a stored path before touching the disk, so a corrupted
 //! or hand-edited document can never point outside the storage root.
 
+use std::io;
 use std::path::{Path, PathBuf};
 
 /// The build's folder under `root`, or `None` when `storage_path` is not a path Kiln
@@ -28,6 +29,42 @@ pub fn build_dir(root: &Path, storage_path: &str) -> Option<PathBuf> {
     Some(root.join(storage_path))
 }
 
+/// Removes the folders of a deleted job's builds, then each job folder that held them once
+/// it is empty, so that deleting a job leaves nothing of it in the storage. The api and
+/// github-ingest's cleanup both delete jobs. Returns what could not be removed, with why;
+/// a folder already gone is not a failure, and a job folder something else still uses
+/// (a new build of a job made again under the same name) stays.
+pub fn remove_deleted_builds<'a>(
+    root: &Path,
+    storage_paths: impl IntoIterator<Item = &'a str>,
+) -> Vec<(PathBuf, io::Error)> {
+    let mut failed = Vec::new();
+    let mut job_dirs: Vec<PathBuf> = Vec::new();
+    for dir in storage_paths.into_iter().filter_map(|p| build_dir(root, p)) {
+        match std::fs::remove_dir_all(&dir) {
+            Err(e) if e.kind() != io::ErrorKind::NotFound => failed.push((dir.clone(), e)),
+            _ => {}
+        }
+        if let Some(job) = dir.parent().filter(|j| !job_dirs.iter().any(|d| d == j)) {
+            job_dirs.push(job.to_owned());
+        }
+    }
+    for dir in job_dirs {
+        match std::fs::remove_dir(&dir) {
+            Err(e)
+                if !matches!(
+                    e.kind(),
+                    io::ErrorKind::NotFound | io::ErrorKind::DirectoryNotEmpty
+                ) =>
+            {
+                failed.push((dir, e))
+            }
+            _ => {}
+        }
+    }
+    failed
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -50,5 +87,33 @@ mod tests {
         ] {
             assert!(build_dir(root, bad).is_none(), "{bad}");
         }
+    }
+
+    #[test]
+    fn a_deleted_jobs_builds_and_its_emptied_folder_are_removed() {
+        let root = std::env::temp_dir().join(format!("kiln-remove-{}", std::process::id()));
+        let job = root.join("jobs/team/app");
+        for sub in ["1/artifacts", "2"] {
+            std::fs::create_dir_all(job.join(sub)).expect("mkdir");
+        }
+        std::fs::write(job.join("1/log.jsonl"), "{}").expect("write");
+        let kept = root.join("jobs/team/other/1");
+        std::fs::create_dir_all(&kept).expect("mkdir");
+        let failed = remove_deleted_builds(
+            &root,
+            [
+                "jobs/team/app/1",
+                "jobs/team/app/2",
+                "jobs/team/app/3",
+                "jobs/../x/1",
+            ],
+        );
+        assert!(failed.is_empty(), "{failed:?}");
+        assert!(!job.exists(), "the job's folder is gone");
+        assert!(kept.exists(), "another job's build stays");
+        std::fs::create_dir_all(job.join("4")).expect("mkdir");
+        assert!(remove_deleted_builds(&root, ["jobs/team/app/1"]).is_empty());
+        assert!(job.join("4").exists(), "a job folder still in use stays");
+        std::fs::remove_dir_all(&root).expect("clean up");
     }
 }

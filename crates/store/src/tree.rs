@@ -242,6 +242,7 @@ impl Store {
                 .arg(Entry::Job(name.clone()).to_string())
                 .arg(name.as_str())
                 .arg(keys::build_prefix(name))
+                .arg(keys::CANCEL_CHANNEL)
                 .invoke_async::<Vec<String>>(&mut c)
                 .await;
             match r {

@@ -81,8 +81,9 @@ pub(crate) async fn heartbeat_loop(w: Arc<Worker>, stop: CancellationToken) {
 }
 
 /// Listens on the cancel channel; a message naming one of our builds is checked against the
-/// build document (the truth) and stops the build. Missed messages are covered by the next
-/// renewal, which reports cancelled builds too.
+/// build document (the truth) and stops the build: cancelled if asked, killed and
+/// discarded if the document is gone (its job was deleted). Missed messages are covered by
+/// the next renewal, which reports cancelled builds and lost leases too.
 pub(crate) async fn cancel_listener(w: Arc<Worker>, url: String, stop: CancellationToken) {
     let client = match Config::from_url(&url).and_then(|c| {
         Builder::from_config(c)
@@ -123,10 +124,13 @@ pub(crate) async fn cancel_listener(w: Arc<Worker>, url: String, stop: Cancellat
                     let Ok(key) = m.value.convert::<String>() else { continue };
                     let Some(active) = w.find(&key) else { continue };
                     let Ok(build) = BuildRef::from_key(&key) else { continue };
-                    if let Ok(Some(doc)) = w.store.get_build(&build).await {
-                        if doc.cancel_requested {
-                            active.stop(StopReason::Cancelled);
+                    match w.store.get_build(&build).await {
+                        Ok(Some(doc)) if doc.cancel_requested => active.stop(StopReason::Cancelled),
+                        Ok(None) => {
+                            tracing::warn!(build = %key, "build deleted with its job; stopping it");
+                            active.stop(StopReason::LeaseLost);
                         }
+                        _ => {}
                     }
                 }
                 Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => continue,

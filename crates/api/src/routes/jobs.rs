@@ -95,7 +95,7 @@ pub(crate) async fn delete(
 ) -> Result<HttpResponse, ApiError> {
     let name = job_name(&path)?;
     let docs = state.store.delete_job(&name).await?;
-    remove_build_dirs(&state.storage_root, &docs).await;
+    remove_build_dirs(&state.storage_root, docs).await;
     Ok(HttpResponse::NoContent().finish())
 }
 

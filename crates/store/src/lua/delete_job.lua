@@ -1,7 +1,9 @@
 -- Deletes a job with its entry, counter and every build document it still has; queued
--- builds leave their queue and running ones lose their lease (their worker stops them).
+-- builds leave their queue and running ones lose their lease, their worker told over the
+-- cancel channel to stop them at once (the lost lease, seen at the next renew, is the
+-- guarantee).
 -- KEYS: job, recent, folder list, counters, leases, owners, queue, running list
--- ARGV: expected definition, entry, job name, build key prefix
+-- ARGV: expected definition, entry, job name, build key prefix, cancel channel
 local def = redis.call('GET', KEYS[1])
 if not def then return redis.error_reply('NOTFOUND job') end
 if def ~= ARGV[1] then return redis.error_reply('RETRY definition changed') end
@@ -12,7 +14,7 @@ for _, n in ipairs(redis.call('LRANGE', KEYS[2], 0, -1)) do
   if doc then table.insert(docs, doc) end
   redis.call('DEL', key)
   redis.call('LREM', KEYS[7], 0, key)
-  redis.call('ZREM', KEYS[5], key)
+  if redis.call('ZREM', KEYS[5], key) > 0 then redis.call('PUBLISH', ARGV[5], key) end
   redis.call('HDEL', KEYS[6], key)
   redis.call('LREM', KEYS[8], 0, key)
 end
