@@ -1,10 +1,10 @@
 //! The api's side of the shared file storage: reading logs and removing the folders of
-//! deleted builds.
+//! deleted builds, jobs and folders.
 
 use std::io::{Read, Seek, SeekFrom};
 use std::path::Path;
 
-use kiln_model::{output, storage, BuildDocument, LogLine};
+use kiln_model::{output, storage, BuildDocument, LogLine, Name};
 
 /// Removes the folders of a deleted job's builds and its emptied folder; failures are
 /// logged, never fatal (Redis already forgot the builds, and a leftover folder only costs
@@ -18,6 +18,17 @@ pub(crate) async fn remove_build_dirs(root: &Path, docs: Vec<BuildDocument>) {
     .unwrap_or_default();
     for (path, e) in failed {
         tracing::warn!(path = %path.display(), error = %e, "cannot remove a deleted build's folder");
+    }
+}
+
+/// Removes a deleted folder's storage folder if it is empty; a failure is logged, never
+/// fatal (Redis already forgot the folder).
+pub(crate) async fn remove_folder_dir(root: &Path, chain: Vec<Name>) {
+    let root = root.to_owned();
+    let r =
+        tokio::task::spawn_blocking(move || storage::remove_deleted_folder(&root, &chain)).await;
+    if let Ok(Err(e)) = r {
+        tracing::warn!(error = %e, "cannot remove a deleted folder's storage folder");
     }
 }
 

@@ -635,6 +635,10 @@ async fn deleting_removes_keys_entries_and_files() {
             .status(),
         204
     );
+    assert!(
+        !app.storage.path().join("jobs/team").exists(),
+        "the folder's emptied storage folder is removed"
+    );
     let keys: Vec<String> = app
         .snapshot()
         .await

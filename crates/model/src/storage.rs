@@ -5,6 +5,8 @@
 use std::io;
 use std::path::{Path, PathBuf};
 
+use crate::Name;
+
 /// The build's folder under `root`, or `None` when `storage_path` is not a path Kiln
 /// writes (absolute, `..`, empty or odd components).
 pub fn build_dir(root: &Path, storage_path: &str) -> Option<PathBuf> {
@@ -65,6 +67,27 @@ pub fn remove_deleted_builds<'a>(
     failed
 }
 
+/// Removes the storage folder of a deleted Kiln folder (`jobs/<chain>`, `chain` from the
+/// root down to it) when it is empty. A deleted folder holds no jobs, so no new build
+/// needs its storage folder; the old builds of a job moved elsewhere may still be in it,
+/// and then it stays. A folder already gone is not a failure.
+pub fn remove_deleted_folder(root: &Path, chain: &[Name]) -> io::Result<()> {
+    let dir = chain
+        .iter()
+        .fold(root.join("jobs"), |dir, f| dir.join(f.as_str()));
+    match std::fs::remove_dir(dir) {
+        Err(e)
+            if !matches!(
+                e.kind(),
+                io::ErrorKind::NotFound | io::ErrorKind::DirectoryNotEmpty
+            ) =>
+        {
+            Err(e)
+        }
+        _ => Ok(()),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -114,6 +137,28 @@ mod tests {
         std::fs::create_dir_all(job.join("4")).expect("mkdir");
         assert!(remove_deleted_builds(&root, ["jobs/team/app/1"]).is_empty());
         assert!(job.join("4").exists(), "a job folder still in use stays");
+        std::fs::remove_dir_all(&root).expect("clean up");
+    }
+
+    #[test]
+    fn a_deleted_folders_storage_folder_goes_only_when_empty() {
+        let root = std::env::temp_dir().join(format!("kiln-rmfolder-{}", std::process::id()));
+        let chain = |names: &[&str]| -> Vec<Name> {
+            names
+                .iter()
+                .map(|n| Name::parse(n).expect("name"))
+                .collect()
+        };
+        std::fs::create_dir_all(root.join("jobs/team/sub")).expect("mkdir");
+        std::fs::create_dir_all(root.join("jobs/team/moved/app/1")).expect("mkdir");
+        remove_deleted_folder(&root, &chain(&["team", "sub"])).expect("removed");
+        assert!(!root.join("jobs/team/sub").exists());
+        remove_deleted_folder(&root, &chain(&["team", "moved"])).expect("kept");
+        assert!(
+            root.join("jobs/team/moved/app/1").exists(),
+            "a moved job's old build stays"
+        );
+        remove_deleted_folder(&root, &chain(&["gone"])).expect("already gone");
         std::fs::remove_dir_all(&root).expect("clean up");
     }
 }

@@ -10,6 +10,7 @@ use serde_json::{json, Value};
 
 use super::{body_json, folder_name, API_PREFIX};
 use crate::app::AppState;
+use crate::storage::remove_folder_dir;
 
 pub(crate) fn entry_json(e: &Entry) -> Value {
     match e {
@@ -80,6 +81,11 @@ pub(crate) async fn delete(
     path: web::Path<String>,
 ) -> Result<HttpResponse, ApiError> {
     let name = folder_name(&path, "name")?;
+    // Read before the folder goes: its place in the tree names its storage folder.
+    let chain = state.store.folder_chain(Some(&name)).await.ok();
     state.store.delete_folder(&name).await?;
+    if let Some(chain) = chain {
+        remove_folder_dir(&state.storage_root, chain).await;
+    }
     Ok(HttpResponse::NoContent().finish())
 }
