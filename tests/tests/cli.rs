@@ -74,3 +74,102 @@ async fn follow_prints_the_output_and_exits_with_the_build_result() {
         "the api's error names the field"
     );
 }
+
+#[tokio::test]
+async fn a_builds_artifacts_are_listed_and_downloaded() {
+    let c = Cluster::start().await;
+    let _w = c.worker(WorkerOpts::new("w1")).await;
+    let dir = tempfile::tempdir().unwrap();
+    let def = dir.path().join("art.toml");
+    std::fs::write(
+        &def,
+        "name = \"art\"\nartifacts = [\"dist/**/*\"]\n[[steps]]\nname = \"s\"\n\
+         run = \"mkdir -p 'dist/sub dir' && head -c 300000 /dev/urandom > dist/app.bin && echo hi > 'dist/sub dir/note #1.txt'\"\n",
+    )
+    .unwrap();
+    let out = kiln(&c, None, &["job", "apply", "-f", def.to_str().unwrap()]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let out = kiln(&c, None, &["build", "start", "art", "--follow"]);
+    assert_eq!(out.status.code(), Some(0));
+
+    let out = kiln(&c, None, &["build", "artifacts", "art", "1"]);
+    let listed = String::from_utf8_lossy(&out.stdout);
+    let rows: Vec<Vec<&str>> = listed
+        .lines()
+        .map(|l| l.trim().splitn(2, "  ").map(str::trim).collect())
+        .collect();
+    assert_eq!(
+        rows,
+        [
+            vec!["300000", "dist/app.bin"],
+            vec!["3", "dist/sub dir/note #1.txt"]
+        ],
+        "{listed}"
+    );
+
+    let stored = std::fs::read(c.build_dir("art", 1).join("artifacts/dist/app.bin")).unwrap();
+    let into = dir.path().join("got.bin");
+    let out = kiln(
+        &c,
+        None,
+        &[
+            "build",
+            "download",
+            "art",
+            "1",
+            "dist/app.bin",
+            "-o",
+            into.to_str().unwrap(),
+        ],
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(
+        std::fs::read(&into).unwrap(),
+        stored,
+        "the bytes the build archived"
+    );
+    let out = kiln(
+        &c,
+        None,
+        &[
+            "build",
+            "download",
+            "art",
+            "1",
+            "dist/sub dir/note #1.txt",
+            "-o",
+            "-",
+        ],
+    );
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "hi\n");
+
+    let missing = dir.path().join("missing.bin");
+    let out = kiln(
+        &c,
+        None,
+        &[
+            "build",
+            "download",
+            "art",
+            "1",
+            "dist/nope.bin",
+            "-o",
+            missing.to_str().unwrap(),
+        ],
+    );
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("not found"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(!missing.exists(), "no file is left for a failed download");
+}

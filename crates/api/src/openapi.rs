@@ -15,9 +15,20 @@ pub(crate) struct RouteDoc {
 pub(crate) fn document(routes: &[RouteDoc]) -> Value {
     let mut paths = Map::new();
     for r in routes {
-        let full = format!("{}{}", crate::routes::API_PREFIX, r.path);
-        let params: Vec<Value> = r
+        // actix's `{param:regex}` is OpenAPI's `{param}`.
+        let path = r
             .path
+            .split('/')
+            .map(
+                |s| match s.strip_prefix('{').and_then(|p| p.split_once(':')) {
+                    Some((name, _)) => format!("{{{name}}}"),
+                    None => s.to_owned(),
+                },
+            )
+            .collect::<Vec<_>>()
+            .join("/");
+        let full = format!("{}{path}", crate::routes::API_PREFIX);
+        let params: Vec<Value> = path
             .split('/')
             .filter_map(|s| s.strip_prefix('{')?.strip_suffix('}'))
             .map(|p| json!({"name": p, "in": "path", "required": true, "schema": {"type": "string"}}))
@@ -37,7 +48,7 @@ pub(crate) fn document(routes: &[RouteDoc]) -> Value {
         }
         let mut op = json!({
             "summary": r.summary,
-            "operationId": format!("{}{}", r.method, r.path.replace(['/', '{', '}', '.'], "_")),
+            "operationId": format!("{}{}", r.method, path.replace(['/', '{', '}', '.'], "_")),
             "parameters": params,
             "responses": responses,
             "x-kiln-role": r.role,

@@ -74,3 +74,84 @@ pub(crate) fn read_log(root: &Path, doc: &BuildDocument, offset: u64) -> std::io
         raw: buf,
     })
 }
+
+/// One file a build archived: its path below the build's `artifacts/` folder and its size.
+#[derive(Debug, PartialEq, Eq, serde::Serialize)]
+pub(crate) struct Artifact {
+    pub(crate) path: String,
+    pub(crate) size: u64,
+}
+
+/// Every regular file below the build's `artifacts/` folder, sorted by path; none while the
+/// build has archived nothing yet. Symlinks are neither listed nor followed (the worker
+/// never makes one; one put there by hand must not reveal what it points at).
+pub(crate) fn list_artifacts(root: &Path, doc: &BuildDocument) -> std::io::Result<Vec<Artifact>> {
+    let Some(dir) = storage::build_dir(root, &doc.storage_path) else {
+        return Ok(Vec::new());
+    };
+    let base = dir.join(output::ARTIFACTS_DIR);
+    let mut found = Vec::new();
+    let mut pending = vec![base.clone()];
+    while let Some(d) = pending.pop() {
+        let entries = match std::fs::read_dir(&d) {
+            Ok(e) => e,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+            Err(e) => return Err(e),
+        };
+        for e in entries {
+            let e = e?;
+            let t = e.file_type()?;
+            if t.is_dir() {
+                pending.push(e.path());
+            } else if t.is_file() {
+                let path = e.path();
+                let rel = path.strip_prefix(&base).unwrap_or(&path);
+                found.push(Artifact {
+                    path: rel.to_string_lossy().into_owned(),
+                    size: e.metadata()?.len(),
+                });
+            }
+        }
+    }
+    found.sort_by(|a, b| a.path.cmp(&b.path));
+    Ok(found)
+}
+
+/// Opens one artifact, `rel` being its path below `artifacts/` as the listing gives it
+/// (already checked to hold only plain components): the file and its size, or `None` when
+/// there is no such regular file. No symlink is followed on the way, so the download
+/// cannot leave the build's folder.
+pub(crate) fn open_artifact(
+    root: &Path,
+    doc: &BuildDocument,
+    rel: &[&str],
+) -> std::io::Result<Option<(std::fs::File, u64)>> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let Some(mut path) = storage::build_dir(root, &doc.storage_path) else {
+        return Ok(None);
+    };
+    path.push(output::ARTIFACTS_DIR);
+    for (i, part) in rel.iter().enumerate() {
+        path.push(part);
+        let meta = match std::fs::symlink_metadata(&path) {
+            Ok(m) => m,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(e),
+        };
+        let last = i + 1 == rel.len();
+        if (last && !meta.is_file()) || (!last && !meta.is_dir()) {
+            return Ok(None);
+        }
+    }
+    let file = match std::fs::File::options()
+        .read(true)
+        .custom_flags(libc::O_NOFOLLOW)
+        .open(&path)
+    {
+        Ok(f) => f,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(e),
+    };
+    let size = file.metadata()?.len();
+    Ok(Some((file, size)))
+}

@@ -755,6 +755,83 @@ async fn the_log_endpoint_pages_through_the_stored_output() {
     assert_eq!(r.text().await.unwrap().lines().count(), 2);
 }
 
+/// A build's archived files are listed and downloaded over the api; a path can name only
+/// a regular file below the build's `artifacts/` folder.
+#[tokio::test]
+async fn artifacts_are_listed_and_downloaded_and_nothing_else_is_reachable() {
+    let app = TestApp::spawn().await;
+    app.put_job("app", job(json!({}))).await;
+    app.trigger("app").await;
+    let build = app.storage.path().join("jobs/app/1");
+    let art = build.join("artifacts");
+    std::fs::create_dir_all(art.join("dist/deep")).unwrap();
+    std::fs::write(art.join("dist/app.tar.gz"), b"\x1f\x8b binary \x00 data").unwrap();
+    std::fs::write(art.join("dist/deep/report with space.txt"), b"ok\n").unwrap();
+    std::fs::write(build.join("log.jsonl"), b"{}\n").unwrap();
+    std::os::unix::fs::symlink("/etc/passwd", art.join("dist/passwd")).unwrap();
+    std::os::unix::fs::symlink(&build, art.join("up")).unwrap();
+
+    let list = app.get_json("/api/v1/jobs/app/builds/1/artifacts").await;
+    assert_eq!(
+        list,
+        json!({"artifacts": [
+            {"path": "dist/app.tar.gz", "size": 16},
+            {"path": "dist/deep/report with space.txt", "size": 3},
+        ]})
+    );
+    let r = app
+        .call(
+            Method::GET,
+            "/api/v1/jobs/app/builds/1/artifacts/dist/app.tar.gz",
+            None,
+        )
+        .await;
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.headers()["content-type"], "application/octet-stream");
+    assert_eq!(r.headers()["content-length"], "16");
+    assert!(r.headers()["content-disposition"]
+        .to_str()
+        .unwrap()
+        .contains("app.tar.gz"));
+    assert_eq!(&r.bytes().await.unwrap()[..], b"\x1f\x8b binary \x00 data");
+    let r = app
+        .call(
+            Method::GET,
+            "/api/v1/jobs/app/builds/1/artifacts/dist/deep/report%20with%20space.txt",
+            None,
+        )
+        .await;
+    assert_eq!(r.text().await.unwrap(), "ok\n");
+
+    // `%2F` reaches the api as `/` in the path (`..` itself a client normalises away).
+    for bad in [
+        "..%2Flog.jsonl",
+        "dist/..%2F..%2Flog.jsonl",
+        "dist//app.tar.gz",
+        "a%00b",
+    ] {
+        let path = format!("/api/v1/jobs/app/builds/1/artifacts/{bad}");
+        let field = error_field(app.call(Method::GET, &path, None).await, 400).await;
+        assert_eq!(field.as_deref(), Some("path"), "{bad}");
+    }
+    for missing in [
+        "/api/v1/jobs/app/builds/1/artifacts/dist/passwd",
+        "/api/v1/jobs/app/builds/1/artifacts/up/log.jsonl",
+        "/api/v1/jobs/app/builds/1/artifacts/dist",
+        "/api/v1/jobs/app/builds/1/artifacts/nope.txt",
+        "/api/v1/jobs/app/builds/2/artifacts",
+        "/api/v1/jobs/app/builds/2/artifacts/dist/app.tar.gz",
+    ] {
+        error_field(app.call(Method::GET, missing, None).await, 404).await;
+    }
+    app.trigger("app").await;
+    assert_eq!(
+        app.get_json("/api/v1/jobs/app/builds/2/artifacts").await,
+        json!({"artifacts": []}),
+        "a build that archived nothing yet has an empty list"
+    );
+}
+
 #[tokio::test]
 async fn every_documented_route_exists() {
     let app = TestApp::spawn().await;
@@ -766,7 +843,8 @@ async fn every_documented_route_exists() {
             let concrete = path
                 .replace("{name}", "x")
                 .replace("{number}", "1")
-                .replace("{key}", "jobs");
+                .replace("{key}", "jobs")
+                .replace("{path}", "dist/a.tar.gz");
             let r = app
                 .call(method.to_uppercase().parse().unwrap(), &concrete, None)
                 .await;
@@ -793,6 +871,11 @@ async fn a_wrong_method_on_a_known_path_is_405_with_the_allowed_ones() {
         (Method::POST, "/api/v1/nodes", "GET"),
         (Method::DELETE, "/api/v1/jobs/app/builds/7", "GET"),
         (Method::GET, "/api/v1/jobs/app/builds/7/cancel", "POST"),
+        (
+            Method::DELETE,
+            "/api/v1/jobs/app/builds/7/artifacts/dist/a.tar.gz",
+            "GET",
+        ),
     ] {
         let r = app.call(method.clone(), path, None).await;
         assert_eq!(r.status(), 405, "{method} {path}");

@@ -7,6 +7,9 @@ use reqwest::blocking::{Client, RequestBuilder, Response};
 use reqwest::Method;
 use serde_json::Value;
 
+/// How long a download may take (the other requests get 30 s).
+const DOWNLOAD_TIMEOUT: Duration = Duration::from_secs(24 * 3600);
+
 pub(crate) struct Api {
     base: String,
     token: Option<String>,
@@ -43,6 +46,17 @@ impl Api {
         if let Some(b) = body {
             r = r.json(b);
         }
+        self.checked(method, path, r)
+    }
+
+    /// A GET whose body may take long to arrive (a large artifact): a day, not 30 s.
+    pub(crate) fn download(&self, path: &str) -> anyhow::Result<Response> {
+        let r = self.request(Method::GET, path).timeout(DOWNLOAD_TIMEOUT);
+        self.checked(Method::GET, path, r)
+    }
+
+    /// Sends `r`; an error status becomes the api's JSON error as a message.
+    fn checked(&self, method: Method, path: &str, r: RequestBuilder) -> anyhow::Result<Response> {
         let res = r
             .send()
             .with_context(|| format!("cannot reach the Kiln api at {}", self.base))?;

@@ -43,7 +43,7 @@ enum Command {
     /// Jobs: apply definitions, list them.
     #[command(subcommand)]
     Job(JobCommand),
-    /// Builds: start, list, read logs.
+    /// Builds: start, list, read logs, fetch artifacts.
     #[command(subcommand)]
     Build(BuildCommand),
 }
@@ -87,6 +87,17 @@ enum BuildCommand {
         /// Keep printing until the build ends; exit with its result.
         #[arg(long)]
         follow: bool,
+    },
+    /// List the files a build archived, with their sizes.
+    Artifacts { job: String, number: u64 },
+    /// Download one archived file (its path as `artifacts` lists it).
+    Download {
+        job: String,
+        number: u64,
+        path: String,
+        /// Where to write it; `-` for standard output. Default: its file name, here.
+        #[arg(short = 'o', long = "output")]
+        output: Option<PathBuf>,
     },
 }
 
@@ -175,7 +186,83 @@ pub(crate) fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             print!("{text}");
             Ok(ExitCode::SUCCESS)
         }
+        Command::Build(BuildCommand::Artifacts { job, number }) => {
+            let v = api.json(
+                Method::GET,
+                &format!("/api/v1/jobs/{job}/builds/{number}/artifacts"),
+                None,
+            )?;
+            for a in v["artifacts"].as_array().into_iter().flatten() {
+                println!(
+                    "{:>12}  {}",
+                    a["size"].as_u64().unwrap_or_default(),
+                    a["path"].as_str().unwrap_or_default()
+                );
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Build(BuildCommand::Download {
+            job,
+            number,
+            path,
+            output,
+        }) => download(&api, &job, number, &path, output),
     }
+}
+
+/// Streams one artifact to `output` (default: its file name in the working folder),
+/// through a temporary file renamed into place, so a failed download leaves no partial file
+/// under the name asked for.
+fn download(
+    api: &Api,
+    job: &str,
+    number: u64,
+    path: &str,
+    output: Option<PathBuf>,
+) -> anyhow::Result<ExitCode> {
+    let encoded: Vec<String> = path.split('/').map(percent_encode).collect();
+    let mut res = api.download(&format!(
+        "/api/v1/jobs/{job}/builds/{number}/artifacts/{}",
+        encoded.join("/")
+    ))?;
+    let target = output.unwrap_or_else(|| PathBuf::from(path.rsplit('/').next().unwrap_or(path)));
+    if target.as_os_str() == "-" {
+        res.copy_to(&mut std::io::stdout().lock())?;
+        return Ok(ExitCode::SUCCESS);
+    }
+    let mut partial = target.clone().into_os_string();
+    partial.push(".part");
+    let partial = PathBuf::from(partial);
+    let written = (|| -> anyhow::Result<u64> {
+        let mut f = std::fs::File::create(&partial)?;
+        let n = res.copy_to(&mut f)?;
+        f.sync_all()?;
+        std::fs::rename(&partial, &target)?;
+        Ok(n)
+    })();
+    match written {
+        Ok(n) => {
+            eprintln!("{} ({n} bytes)", target.display());
+            Ok(ExitCode::SUCCESS)
+        }
+        Err(e) => {
+            let _ = std::fs::remove_file(&partial);
+            Err(e.context(format!("cannot write {}", target.display())))
+        }
+    }
+}
+
+/// Percent-encodes one path segment (RFC 3986: everything but the unreserved characters).
+fn percent_encode(segment: &str) -> String {
+    segment
+        .bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'~' => {
+                (b as char).to_string()
+            }
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
 }
 
 fn apply(api: &Api, file: &PathBuf) -> anyhow::Result<ExitCode> {

@@ -2,6 +2,7 @@
 //! summary; it registers the handlers and generates the OpenAPI document, so the two cannot
 //! disagree.
 
+mod artifacts;
 mod builds;
 mod dead_letters;
 mod folders;
@@ -49,6 +50,8 @@ routes! {
     get "/jobs/{name}/builds/{number}" => builds::get, "read", 200, "Read a build document";
     post "/jobs/{name}/builds/{number}/cancel" => builds::cancel, "write", 202, "Cancel a queued or running build";
     get "/jobs/{name}/builds/{number}/log" => logs::get, "read", 200, "Read a build's output from ?offset=";
+    get "/jobs/{name}/builds/{number}/artifacts" => artifacts::list, "read", 200, "List the files a build archived, with their sizes";
+    get "/jobs/{name}/builds/{number}/artifacts/{path:.*}" => artifacts::get, "read", 200, "Download one archived file (path as listed)";
     get "/nodes" => nodes::list, "read", 200, "List live workers";
     get "/queue" => nodes::queue, "read", 200, "List queues with their depth and waiting builds";
     get "/github/links" => github::list, "read", 200, "List every GitHub link";
@@ -86,12 +89,14 @@ pub(crate) async fn unrouted(req: HttpRequest) -> Result<HttpResponse, ApiError>
     })
 }
 
-/// Whether `path` fits the route `pattern`, each `{param}` standing for one non-empty segment.
+/// Whether `path` fits the route `pattern`, each `{param}` standing for one non-empty
+/// segment and a last `{param:.*}` for the non-empty rest.
 fn path_matches(pattern: &str, path: &str) -> bool {
     let (mut p, mut q) = (pattern.split('/'), path.split('/'));
     loop {
         match (p.next(), q.next()) {
             (None, None) => return true,
+            (Some(a), Some(b)) if a.ends_with(":.*}") => return !b.is_empty(),
             (Some(a), Some(b)) if a.starts_with('{') => {
                 if b.is_empty() {
                     return false;
