@@ -1,11 +1,14 @@
 //! The `kiln` CLI against real services: apply, start --follow (over the gateway and over
-//! the api's log offsets), exit codes.
+//! the api's log offsets), cancel, artifacts, exit codes.
 
 mod support;
 
 use std::process::Command;
+use std::time::Duration;
 
 use support::{bin, Cluster, WorkerOpts, TOKEN};
+
+const T: Duration = Duration::from_secs(30);
 
 fn kiln(c: &Cluster, gateway: Option<&str>, args: &[&str]) -> std::process::Output {
     let mut cmd = Command::new(bin("kiln"));
@@ -57,6 +60,24 @@ async fn follow_prints_the_output_and_exits_with_the_build_result() {
     }
     let out = kiln(&c, None, &["build", "list", "ok"]);
     assert_eq!(String::from_utf8_lossy(&out.stdout).lines().count(), 2);
+    c.apply("slow", support::job(&["echo started; sleep 60"]))
+        .await;
+    let n = c.trigger("slow").await;
+    c.wait_log_contains("slow", n, "started", T).await;
+    let out = kiln(&c, None, &["build", "cancel", "slow", &n.to_string()]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    c.wait_status("slow", n, "cancelled", T).await;
+    let out = kiln(&c, None, &["build", "cancel", "slow", &n.to_string()]);
+    assert_eq!(
+        out.status.code(),
+        Some(2),
+        "a finished build cannot be cancelled"
+    );
+    assert!(String::from_utf8_lossy(&out.stderr).contains("409"));
     let out = kiln(&c, None, &["build", "log", "ok", "1"]);
     assert!(String::from_utf8_lossy(&out.stdout).contains("out-3"));
     let out = kiln(&c, None, &["job", "apply", "-f", "/nonexistent.toml"]);

@@ -43,7 +43,7 @@ enum Command {
     /// Jobs: apply definitions, list them.
     #[command(subcommand)]
     Job(JobCommand),
-    /// Builds: start, list, read logs, fetch artifacts.
+    /// Builds: start, list, cancel, read logs, fetch artifacts.
     #[command(subcommand)]
     Build(BuildCommand),
 }
@@ -88,6 +88,8 @@ enum BuildCommand {
         #[arg(long)]
         follow: bool,
     },
+    /// Cancel a queued or running build.
+    Cancel { job: String, number: u64 },
     /// List the files a build archived, with their sizes.
     Artifacts { job: String, number: u64 },
     /// Download one archived file (its path as `artifacts` lists it).
@@ -184,6 +186,19 @@ pub(crate) fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 )?
                 .text()?;
             print!("{text}");
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Build(BuildCommand::Cancel { job, number }) => {
+            let res = api.send(
+                Method::POST,
+                &format!("/api/v1/jobs/{job}/builds/{number}/cancel"),
+                None,
+            )?;
+            let b: Value = res.json()?;
+            match b["outcome"].as_str() {
+                Some("cancelled") => eprintln!("{job} #{number}: cancelled before it started"),
+                _ => eprintln!("{job} #{number}: cancel requested; its worker stops it"),
+            }
             Ok(ExitCode::SUCCESS)
         }
         Command::Build(BuildCommand::Artifacts { job, number }) => {
