@@ -60,6 +60,13 @@ async fn follow_prints_the_output_and_exits_with_the_build_result() {
     }
     let out = kiln(&c, None, &["build", "list", "ok"]);
     assert_eq!(String::from_utf8_lossy(&out.stdout).lines().count(), 2);
+    let out = kiln(&c, None, &["build", "rebuild", "bad", "1", "--follow"]);
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "the rebuild fails as its build did"
+    );
+    assert!(String::from_utf8_lossy(&out.stderr).contains("started bad #3"));
     c.apply("slow", support::job(&["echo started; sleep 60"]))
         .await;
     let n = c.trigger("slow").await;

@@ -120,6 +120,86 @@ async fn triggering_queues_a_numbered_build_with_its_parameters() {
     assert_eq!(page["builds"][0]["number"], 1);
 }
 
+/// "Run it again": a new build with the old one's parameters and revision, saying which
+/// build it repeats; one that can no longer be the same is refused and writes nothing.
+#[tokio::test]
+async fn a_rebuild_repeats_the_parameters_and_revision_of_its_build() {
+    let app = TestApp::spawn().await;
+    let def = job(json!({
+        "parameters": [{"name": "TARGET", "default": "x"}, {"name": "MODE", "default": "fast"}],
+        "repository": {"url": "https://example.com/app.git", "ref": "main"},
+    }));
+    app.put_job("app", def.clone()).await;
+    let sha = "0123456789abcdef0123456789abcdef01234567";
+    let r = app
+        .call(
+            Method::POST,
+            "/api/v1/jobs/app/builds",
+            Some(json!({"parameters": {"TARGET": "y"}, "sha": sha, "ref": "release"})),
+        )
+        .await;
+    assert_eq!(r.status(), 201);
+    app.trigger("app").await;
+
+    let r = app
+        .call(Method::POST, "/api/v1/jobs/app/builds/1/rebuild", None)
+        .await;
+    assert_eq!(r.status(), 201);
+    assert_eq!(r.headers()["location"], "/api/v1/jobs/app/builds/3");
+    let b: Value = r.json().await.unwrap();
+    assert_eq!(b["number"], 3);
+    assert_eq!(b["status"], "queued");
+    assert_eq!(b["parameters"], json!({"TARGET": "y", "MODE": "fast"}));
+    assert_eq!(
+        b["trigger"],
+        json!({"kind": "api", "by": "root", "sha": sha, "ref": "release", "rebuild_of": 1})
+    );
+    assert_eq!(
+        app.get_json("/api/v1/jobs/app/builds/3").await["trigger"]["rebuild_of"],
+        1
+    );
+
+    let reader = app
+        .request(
+            Method::POST,
+            "/api/v1/jobs/app/builds/1/rebuild",
+            Some(READER),
+        )
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(reader.status(), 403);
+    error_field(
+        app.call(Method::POST, "/api/v1/jobs/app/builds/9/rebuild", None)
+            .await,
+        404,
+    )
+    .await;
+    error_field(
+        app.call(Method::POST, "/api/v1/jobs/app/builds/x/rebuild", None)
+            .await,
+        400,
+    )
+    .await;
+
+    let mut fewer = def;
+    fewer["parameters"] = json!([{"name": "MODE", "default": "fast"}]);
+    app.put_job("app", fewer).await;
+    let before = app.snapshot().await;
+    let field = error_field(
+        app.call(Method::POST, "/api/v1/jobs/app/builds/1/rebuild", None)
+            .await,
+        422,
+    )
+    .await;
+    assert_eq!(field.as_deref(), Some("parameters.TARGET"));
+    assert_eq!(
+        app.snapshot().await,
+        before,
+        "a refused rebuild writes nothing"
+    );
+}
+
 /// Several api processes share one Redis: each may hold a job definition another has
 /// changed since, and a trigger must always follow the stored one.
 #[tokio::test]

@@ -43,7 +43,7 @@ enum Command {
     /// Jobs: apply definitions, list them.
     #[command(subcommand)]
     Job(JobCommand),
-    /// Builds: start, list, cancel, read logs, fetch artifacts.
+    /// Builds: start, rebuild, list, cancel, read logs, fetch artifacts.
     #[command(subcommand)]
     Build(BuildCommand),
 }
@@ -85,6 +85,14 @@ enum BuildCommand {
         job: String,
         number: u64,
         /// Keep printing until the build ends; exit with its result.
+        #[arg(long)]
+        follow: bool,
+    },
+    /// Run a build again, with its parameters and revision.
+    Rebuild {
+        job: String,
+        number: u64,
+        /// Print the output as it comes and exit with the new build's result.
         #[arg(long)]
         follow: bool,
     },
@@ -140,15 +148,19 @@ pub(crate) fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 &format!("/api/v1/jobs/{job}/builds"),
                 Some(&json!({ "parameters": parameters })),
             )?;
-            let n = b["number"]
-                .as_u64()
-                .context("the api returned no build number")?;
-            eprintln!("started {job} #{n}");
-            if follow_output {
-                return follow.run(&api, &job, n);
-            }
-            println!("{n}");
-            Ok(ExitCode::SUCCESS)
+            started(&api, &follow, &job, &b, follow_output)
+        }
+        Command::Build(BuildCommand::Rebuild {
+            job,
+            number,
+            follow: follow_output,
+        }) => {
+            let b = api.json(
+                Method::POST,
+                &format!("/api/v1/jobs/{job}/builds/{number}/rebuild"),
+                None,
+            )?;
+            started(&api, &follow, &job, &b, follow_output)
         }
         Command::Build(BuildCommand::List { job, limit }) => {
             let v = api.json(
@@ -223,6 +235,26 @@ pub(crate) fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             output,
         }) => download(&api, &job, number, &path, output),
     }
+}
+
+/// Reports a build the api just queued (its document `b`): prints its number, or follows
+/// its output to the end with `--follow`.
+fn started(
+    api: &Api,
+    follow: &Follow,
+    job: &str,
+    b: &Value,
+    follow_output: bool,
+) -> anyhow::Result<ExitCode> {
+    let n = b["number"]
+        .as_u64()
+        .context("the api returned no build number")?;
+    eprintln!("started {job} #{n}");
+    if follow_output {
+        return follow.run(api, job, n);
+    }
+    println!("{n}");
+    Ok(ExitCode::SUCCESS)
 }
 
 /// Streams one artifact to `output` (default: its file name in the working folder),

@@ -31,7 +31,8 @@ pub(crate) fn template(index: &str) -> Value {
                         "kind": {"type": "keyword"},
                         "by": {"type": "keyword"},
                         "sha": {"type": "keyword"},
-                        "ref": {"type": "keyword"}
+                        "ref": {"type": "keyword"},
+                        "rebuild_of": {"type": "long"}
                     }},
                     "branch": {"type": "keyword"},
                     "sha": {"type": "keyword"},

@@ -123,6 +123,7 @@ impl Ctx<'_> {
                     by: author,
                     sha: Some(sha),
                     git_ref: Some(git_ref),
+                    rebuild_of: None,
                 },
                 dedup: Some((dedup, DELIVERY_TTL_SECS)),
             })

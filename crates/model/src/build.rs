@@ -67,6 +67,10 @@ pub struct Trigger {
     pub sha: Option<String>,
     #[serde(rename = "ref", default, skip_serializing_if = "Option::is_none")]
     pub git_ref: Option<String>,
+    /// The build this one runs again (`POST .../builds/{n}/rebuild`), with its parameters
+    /// and revision.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rebuild_of: Option<BuildNumber>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

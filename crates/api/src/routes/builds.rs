@@ -1,9 +1,11 @@
-//! `/jobs/{name}/builds`: triggering, listing, reading and cancelling builds.
+//! `/jobs/{name}/builds`: triggering, listing, reading, cancelling and rebuilding builds.
 
 use std::collections::BTreeMap;
 
 use actix_web::{web, HttpRequest, HttpResponse};
-use kiln_model::{BuildDocument, BuildNumber, BuildRef, BuildStatus, Trigger, TriggerKind};
+use kiln_model::{
+    BuildDocument, BuildNumber, BuildRef, BuildStatus, JobName, Trigger, TriggerKind,
+};
 use kiln_service_kit::auth::{Reader, Writer};
 use kiln_service_kit::body::Body;
 use kiln_service_kit::error::ApiError;
@@ -63,17 +65,49 @@ pub(crate) async fn trigger(
     let name = job_name(&path)?;
     let b: TriggerBody = body_or_default(&req, &body)?;
     check_revision(&b)?;
+    let trigger = Trigger {
+        kind: TriggerKind::Api,
+        by: Some(who.0.name),
+        sha: b.sha,
+        git_ref: b.git_ref,
+        rebuild_of: None,
+    };
+    queue(&state, name, b.parameters, trigger).await
+}
+
+/// Runs a build again: a new build of the job with the old one's parameters and revision
+/// (`sha`, `ref`), as the job is defined now. A parameter the job no longer has is refused
+/// (422 naming it) rather than dropped: the new build would not be the same.
+pub(crate) async fn rebuild(
+    who: Writer,
+    state: web::Data<AppState>,
+    path: web::Path<(String, String)>,
+) -> Result<HttpResponse, ApiError> {
+    let r = build_ref(&path.0, &path.1)?;
+    let old = require_build(&state, &r).await?;
+    let trigger = Trigger {
+        kind: TriggerKind::Api,
+        by: Some(who.0.name),
+        sha: old.trigger.sha,
+        git_ref: old.trigger.git_ref,
+        rebuild_of: Some(r.number),
+    };
+    queue(&state, r.job, old.parameters, trigger).await
+}
+
+/// Queues a build: 201 with its document and `Location`.
+async fn queue(
+    state: &AppState,
+    name: JobName,
+    parameters: BTreeMap<String, String>,
+    trigger: Trigger,
+) -> Result<HttpResponse, ApiError> {
     let t = state
         .store
         .trigger(&TriggerRequest {
             job: name.clone(),
-            parameters: b.parameters,
-            trigger: Trigger {
-                kind: TriggerKind::Api,
-                by: Some(who.0.name),
-                sha: b.sha,
-                git_ref: b.git_ref,
-            },
+            parameters,
+            trigger,
             dedup: None,
         })
         .await?;

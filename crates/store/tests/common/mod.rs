@@ -21,6 +21,7 @@ pub(crate) async fn queued(store: &Store, job: &JobName) -> String {
             by: None,
             sha: None,
             git_ref: None,
+            rebuild_of: None,
         },
         dedup: None,
     };
