@@ -12,6 +12,11 @@ use super::builds::{build_ref, require_build};
 use crate::app::AppState;
 use crate::storage::{list_artifacts, open_artifact};
 
+/// Bytes read from the file per chunk sent: each read is a hop to the blocking pool, so
+/// tokio's 4 KiB default made a large download ten times slower (measured on the local
+/// stack: a 500 MB artifact took 3.1 s with it, 0.26–0.34 s with this; the api's resident
+/// memory stayed under 40 MB).
+const CHUNK: usize = 256 * 1024;
 /// Longest artifact path accepted, as Linux's `PATH_MAX`.
 const MAX_PATH: usize = 4096;
 
@@ -58,8 +63,9 @@ pub(crate) async fn get(
         .insert_header(ContentType::octet_stream())
         .insert_header(ContentDisposition::attachment(file_name))
         .no_chunking(size)
-        .streaming(tokio_util::io::ReaderStream::new(
+        .streaming(tokio_util::io::ReaderStream::with_capacity(
             tokio::fs::File::from_std(file),
+            CHUNK,
         )))
 }
 
