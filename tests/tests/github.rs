@@ -155,6 +155,7 @@ async fn a_pull_request_gets_its_own_job_builds_its_head_and_reports_statuses() 
     .await;
     let mut def = job(&["sleep 1; echo message=$(cat message.txt) sha=$KILN_GIT_SHA"]);
     def["folder"] = json!("team");
+    def["schedule"] = json!("0 3 * * *");
     c.apply("app", def).await;
     link(&c, "pullrequest", "app").await;
 
@@ -184,6 +185,11 @@ async fn a_pull_request_gets_its_own_job_builds_its_head_and_reports_statuses() 
         "Update the README with new information."
     );
     assert_eq!(d["repository"]["url"], clone_url);
+    assert_eq!(
+        d.get("schedule"),
+        None,
+        "the base job's schedule stays with the base job"
+    );
     let team = c
         .call(Method::GET, "/api/v1/folders/team", None)
         .await

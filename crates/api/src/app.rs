@@ -14,6 +14,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::config::ApiConfig;
 use crate::routes;
+use crate::scheduler::Scheduler;
 
 /// Why the service could not start.
 pub type BuildError = kiln_service_kit::StartError;
@@ -28,6 +29,7 @@ pub(crate) struct AppState {
 pub struct Application {
     server: Server,
     addr: SocketAddr,
+    scheduler: Scheduler,
 }
 
 impl Application {
@@ -37,6 +39,7 @@ impl Application {
         opts.pool_size = config.common.redis.pool_size;
         let store = Store::new(&opts)?;
         health::warn_about_redis(&store).await;
+        let scheduler_store = store.clone();
         let storage_root = config.common.storage.root.clone();
         let (listener, addr) = kiln_service_kit::server::bind(&config.common.http)?;
         let auth = Authenticator::new(&config.common.auth);
@@ -73,6 +76,7 @@ impl Application {
         Ok(Self {
             server: server.run(),
             addr,
+            scheduler: Scheduler::new(scheduler_store),
         })
     }
 
@@ -80,9 +84,10 @@ impl Application {
         self.addr
     }
 
-    /// Serves until `shutdown` is cancelled, then stops gracefully (in-flight requests
-    /// finish, bounded by the shutdown timeout).
+    /// Serves, and queues scheduled builds, until `shutdown` is cancelled, then stops
+    /// gracefully (in-flight requests finish, bounded by the shutdown timeout).
     pub async fn run_until_stopped(self, shutdown: CancellationToken) -> std::io::Result<()> {
+        tokio::spawn(self.scheduler.run(shutdown.clone()));
         let handle = self.server.handle();
         tokio::spawn(async move {
             shutdown.cancelled().await;

@@ -5,6 +5,7 @@ mod app;
 mod config;
 mod openapi;
 mod routes;
+pub mod scheduler;
 mod storage;
 
 pub use app::{Application, BuildError};

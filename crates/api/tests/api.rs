@@ -200,6 +200,113 @@ async fn a_rebuild_repeats_the_parameters_and_revision_of_its_build() {
     );
 }
 
+/// A job's `schedule` queues one build per minute it names, however many api replicas
+/// look (two schedulers here, as two replicas would run); a minute before the schedule was
+/// set, or older than the catch-up window, gets none.
+#[tokio::test]
+async fn a_schedule_queues_one_build_per_minute_it_names() {
+    use chrono::{Duration, TimeZone, Timelike, Utc};
+    use kiln_api::scheduler::Scheduler;
+    use kiln_store::{Store, StoreOptions};
+
+    let app = TestApp::spawn().await;
+    let store = || Store::new(&StoreOptions::new(app.redis.url())).unwrap();
+    let (mut a, mut b) = (Scheduler::new(store()), Scheduler::new(store()));
+    error_field(
+        app.put_job("bad", job(json!({"schedule": "61 * * * *"})))
+            .await,
+        400,
+    )
+    .await
+    .filter(|f| f == "schedule")
+    .expect("the error names the schedule");
+
+    app.put_job("nightly", job(json!({"schedule": "*/10 * * * *"})))
+        .await;
+    let scheduled = store().scheduled_jobs().await.unwrap();
+    assert_eq!(scheduled.len(), 1);
+    let set = Utc.timestamp_opt(scheduled[0].1, 0).unwrap();
+    assert!(
+        a.fire_due(set).await.unwrap().is_empty(),
+        "a minute begun before the schedule was set is not owed"
+    );
+    // The first minute after that the schedule names.
+    let mut next = set.with_second(0).unwrap() + Duration::minutes(1);
+    while !next.minute().is_multiple_of(10) {
+        next += Duration::minutes(1);
+    }
+    let later = next + Duration::seconds(7);
+    let queued = a.fire_due(later).await.unwrap();
+    assert_eq!(queued.len(), 1, "{queued:?}");
+    assert!(
+        b.fire_due(later).await.unwrap().is_empty(),
+        "the other replica"
+    );
+    assert!(a
+        .fire_due(later + Duration::seconds(30))
+        .await
+        .unwrap()
+        .is_empty());
+    let doc = app
+        .get_json(&format!(
+            "/api/v1/jobs/nightly/builds/{}",
+            queued[0].number.0
+        ))
+        .await;
+    assert_eq!(doc["trigger"], json!({"kind": "schedule"}));
+    assert_eq!(doc["status"], "queued");
+
+    // Every replica down for 50 minutes: the latest minute missed gets one build.
+    let back = next + Duration::minutes(50) + Duration::seconds(3);
+    assert_eq!(b.fire_due(back).await.unwrap().len(), 1);
+    assert!(a.fire_due(back).await.unwrap().is_empty());
+    // A daily build missed by more than the catch-up window is not made up.
+    app.put_job("daily", job(json!({"schedule": "0 0 * * *"})))
+        .await;
+    let midnight = (set + Duration::days(1))
+        .with_hour(0)
+        .and_then(|t| t.with_minute(0))
+        .and_then(|t| t.with_second(0))
+        .unwrap();
+    assert!(a
+        .fire_due(midnight + Duration::minutes(90))
+        .await
+        .unwrap()
+        .iter()
+        .all(|b| b.job.as_str() != "daily"));
+    let late = a.fire_due(midnight + Duration::minutes(30)).await.unwrap();
+    assert!(late.iter().any(|b| b.job.as_str() == "daily"), "{late:?}");
+
+    let mut off = job(json!({"schedule": "*/10 * * * *", "disabled": true}));
+    app.put_job("nightly", off.clone()).await;
+    let when_disabled = a.fire_due(next + Duration::minutes(140)).await.unwrap();
+    assert!(
+        when_disabled.iter().all(|b| b.job.as_str() != "nightly"),
+        "disabled: {when_disabled:?}"
+    );
+    let names = || async {
+        let mut n: Vec<String> = store()
+            .scheduled_jobs()
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|(j, _, _)| j.as_str().to_owned())
+            .collect();
+        n.sort();
+        n
+    };
+    off["disabled"] = json!(false);
+    off.as_object_mut().unwrap().remove("schedule");
+    app.put_job("nightly", off).await;
+    assert_eq!(names().await, ["daily"], "nightly has no schedule left");
+    app.put_job("hourly", job(json!({"schedule": "@hourly"})))
+        .await;
+    assert_eq!(names().await, ["daily", "hourly"]);
+    app.call(reqwest::Method::DELETE, "/api/v1/jobs/hourly", None)
+        .await;
+    assert_eq!(names().await, ["daily"], "deleted with its job");
+}
+
 /// Several api processes share one Redis: each may hold a job definition another has
 /// changed since, and a trigger must always follow the stored one.
 #[tokio::test]

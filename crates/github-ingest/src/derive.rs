@@ -79,6 +79,9 @@ fn derived(base: &JobDefinition, source: GithubSource) -> JobDefinition {
         git_ref: Some(source.head_ref.clone()),
     });
     d.disabled = false;
+    // The base job's schedule builds the base job; a pull request or branch builds on its
+    // own events only.
+    d.schedule = None;
     d.github = Some(source);
     d
 }

@@ -54,6 +54,8 @@ pub enum TriggerKind {
     Api,
     GithubPullRequest,
     GithubPush,
+    /// At a minute the job's `schedule` names.
+    Schedule,
 }
 
 /// Who or what started the build, and the code it builds when known.

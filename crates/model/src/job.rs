@@ -43,6 +43,10 @@ pub struct JobDefinition {
     pub lost_retries: u32,
     #[serde(default)]
     pub disabled: bool,
+    /// A cron schedule (`"0 3 * * *"`, UTC; [`crate::Schedule`]): the api queues a build at
+    /// each minute it names.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub schedule: Option<String>,
     /// Set on jobs github-ingest derived from a pull request or branch: where they came from.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub github: Option<GithubSource>,
@@ -151,6 +155,9 @@ impl JobDefinition {
     pub fn validate(&self) -> Result<(), InvalidField> {
         if self.steps.is_empty() {
             return Err(InvalidField::new("steps", "at least one step is required"));
+        }
+        if let Some(s) = &self.schedule {
+            crate::Schedule::parse(s).map_err(|e| InvalidField::new("schedule", e))?;
         }
         for (i, s) in self.steps.iter().enumerate() {
             if s.name.trim().is_empty() || s.name.len() > 200 {

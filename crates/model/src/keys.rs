@@ -98,6 +98,18 @@ pub fn github_delivery(delivery_id: &str) -> String {
     format!("kiln:github-delivery:{delivery_id}")
 }
 
+/// Hash job name -> when its current `schedule` was set (seconds since the epoch), for
+/// every job that has one: what the api's scheduler reads, and the start of the minutes it
+/// owes the job builds for (a schedule set at 03:30 owes nothing for 03:00).
+pub const SCHEDULES: &str = "kiln:schedules";
+
+/// String with a two-day TTL: the scheduled build of `job` for the minute starting at
+/// `slot` (seconds since the epoch) was queued (value: its build key), so several api
+/// replicas queue it once.
+pub fn schedule_fired(job: &JobName, slot: i64) -> String {
+    format!("kiln:schedule-fired:{job}:{slot}")
+}
+
 /// Hash job name -> last build number handed out (HINCRBY), so numbers are never reused
 /// while the job exists.
 pub const BUILD_COUNTERS: &str = "kiln:build-counters";

@@ -11,6 +11,7 @@ pub mod keys;
 pub mod names;
 pub mod node;
 pub mod output;
+pub mod schedule;
 pub mod storage;
 
 pub use build::{BuildDocument, BuildStatus, StepResult, Trigger, TriggerKind};
@@ -20,6 +21,7 @@ pub use keys::{BuildRef, Entry};
 pub use names::{BuildNumber, JobName, Name, NameError};
 pub use node::NodeInfo;
 pub use output::{LogLine, OutputMessage, Stream};
+pub use schedule::Schedule;
 
 /// Version of the JSON documents this code writes. Readers accept documents without the
 /// field (written by the first release) and any version up to this one.

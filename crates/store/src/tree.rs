@@ -149,6 +149,33 @@ impl Store {
         Ok(self.job_raw(name).await?.map(|(_, d)| d))
     }
 
+    /// Every job with a `schedule`, with when that schedule was set (seconds since the
+    /// epoch) and its definition (`None` if it went meanwhile or cannot be read, so one bad
+    /// definition holds up no other job): two round trips however many jobs there are.
+    pub async fn scheduled_jobs(
+        &self,
+    ) -> Result<Vec<(JobName, i64, Option<JobDefinition>)>, StoreError> {
+        let mut c = self.conn().await?;
+        let since: Vec<(String, i64)> = c.hgetall(keys::SCHEDULES).await?;
+        let jobs: Vec<(JobName, i64)> = since
+            .into_iter()
+            .filter_map(|(n, t)| Some((JobName::parse(&n).ok()?, t)))
+            .collect();
+        if jobs.is_empty() {
+            return Ok(Vec::new());
+        }
+        let keys: Vec<String> = jobs.iter().map(|(n, _)| keys::job(n)).collect();
+        let raws: Vec<Option<String>> = redis::cmd("MGET").arg(&keys).query_async(&mut c).await?;
+        Ok(jobs
+            .into_iter()
+            .zip(keys.iter().zip(raws))
+            .map(|((name, t), (key, raw))| {
+                let def = raw.and_then(|r| parse(key, &r).ok());
+                (name, t, def)
+            })
+            .collect())
+    }
+
     /// Creates or replaces a definition; its folder entry is written (or moved) in the same
     /// atomic step.
     pub async fn put_job(
@@ -161,17 +188,25 @@ impl Store {
         for _ in 0..CAS_ATTEMPTS {
             let old = self.job_raw(name).await?;
             let old_folder = old.as_ref().and_then(|(_, d)| d.folder.clone());
+            let schedule = match (&def.schedule, old.as_ref().map(|(_, d)| &d.schedule)) {
+                (None, _) => "clear",
+                (Some(new), Some(Some(old))) if new == old => "keep",
+                (Some(_), _) => "set",
+            };
             let mut c = self.conn().await?;
             let r = scripts::PUT_JOB
                 .key(keys::job(name))
                 .key(keys::FOLDER_PARENTS)
                 .key(keys::folder_list(old_folder.as_ref()))
                 .key(keys::folder_list(def.folder.as_ref()))
+                .key(keys::SCHEDULES)
                 .arg(&json)
                 .arg(&entry)
                 .arg(name.as_str())
                 .arg(old.as_ref().map_or("", |(r, _)| r.as_str()))
                 .arg(def.folder.as_ref().map_or("", Name::as_str))
+                .arg(schedule)
+                .arg(chrono::Utc::now().timestamp())
                 .invoke_async::<i64>(&mut c)
                 .await;
             match r {
@@ -238,6 +273,7 @@ impl Store {
                 .key(keys::LEASE_OWNERS)
                 .key(keys::queue(&def.queue))
                 .key(keys::running(&def.queue))
+                .key(keys::SCHEDULES)
                 .arg(&raw)
                 .arg(Entry::Job(name.clone()).to_string())
                 .arg(name.as_str())

@@ -2,7 +2,7 @@
 -- builds leave their queue and running ones lose their lease, their worker told over the
 -- cancel channel to stop them at once (the lost lease, seen at the next renew, is the
 -- guarantee).
--- KEYS: job, recent, folder list, counters, leases, owners, queue, running list
+-- KEYS: job, recent, folder list, counters, leases, owners, queue, running list, schedules
 -- ARGV: expected definition, entry, job name, build key prefix, cancel channel
 local def = redis.call('GET', KEYS[1])
 if not def then return redis.error_reply('NOTFOUND job') end
@@ -21,4 +21,5 @@ end
 redis.call('DEL', KEYS[1], KEYS[2])
 redis.call('LREM', KEYS[3], 0, ARGV[2])
 redis.call('HDEL', KEYS[4], ARGV[3])
+redis.call('HDEL', KEYS[9], ARGV[3])
 return docs
