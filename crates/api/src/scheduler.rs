@@ -7,7 +7,7 @@
 //! most [`CATCH_UP`] ago: after an outage of every api replica the latest missed minute
 //! still gets its build, once, and older ones do not pile up.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::time::Duration;
 
 use chrono::{DateTime, TimeZone, Timelike, Utc};
@@ -46,7 +46,11 @@ impl Scheduler {
     pub async fn fire_due(&mut self, now: DateTime<Utc>) -> Result<Vec<BuildRef>, StoreError> {
         let window = chrono::Duration::from_std(CATCH_UP).unwrap_or(chrono::Duration::hours(1));
         let mut queued = Vec::new();
-        for (job, since, def) in self.store.scheduled_jobs().await? {
+        let scheduled = self.store.scheduled_jobs().await?;
+        // Jobs whose schedule or job went are forgotten.
+        let names: HashSet<&JobName> = scheduled.iter().map(|(j, _, _)| j).collect();
+        self.handled.retain(|job, _| names.contains(job));
+        for (job, since, def) in scheduled {
             let Some(def) = def.filter(|d| !d.disabled) else {
                 continue;
             };

@@ -954,6 +954,7 @@ async fn artifacts_are_listed_and_downloaded_and_nothing_else_is_reachable() {
     std::fs::create_dir_all(art.join("dist/deep")).unwrap();
     std::fs::write(art.join("dist/app.tar.gz"), b"\x1f\x8b binary \x00 data").unwrap();
     std::fs::write(art.join("dist/deep/report with space.txt"), b"ok\n").unwrap();
+    std::fs::write(art.join("dist/résumé \"1\".txt"), b"r").unwrap();
     std::fs::write(build.join("log.jsonl"), b"{}\n").unwrap();
     std::os::unix::fs::symlink("/etc/passwd", art.join("dist/passwd")).unwrap();
     std::os::unix::fs::symlink(&build, art.join("up")).unwrap();
@@ -964,6 +965,7 @@ async fn artifacts_are_listed_and_downloaded_and_nothing_else_is_reachable() {
         json!({"artifacts": [
             {"path": "dist/app.tar.gz", "size": 16},
             {"path": "dist/deep/report with space.txt", "size": 3},
+            {"path": "dist/résumé \"1\".txt", "size": 1},
         ]})
     );
     let r = app
@@ -989,6 +991,15 @@ async fn artifacts_are_listed_and_downloaded_and_nothing_else_is_reachable() {
         )
         .await;
     assert_eq!(r.text().await.unwrap(), "ok\n");
+    let r = app
+        .call(
+            Method::GET,
+            "/api/v1/jobs/app/builds/1/artifacts/dist/r%C3%A9sum%C3%A9%20%221%22.txt",
+            None,
+        )
+        .await;
+    assert_eq!(r.status(), 200, "a name beyond ASCII, with quotes");
+    assert_eq!(r.text().await.unwrap(), "r");
 
     // `%2F` reaches the api as `/` in the path (`..` itself a client normalises away).
     for bad in [
