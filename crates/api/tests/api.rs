@@ -221,7 +221,13 @@ async fn a_schedule_queues_one_build_per_minute_it_names() {
     .filter(|f| f == "schedule")
     .expect("the error names the schedule");
 
-    app.put_job("nightly", job(json!({"schedule": "*/10 * * * *"})))
+    // The schedules name minutes half an hour and half a day away from now, so the api's
+    // own scheduler (running in real time beside this test) never owes them a build.
+    let now = Utc::now();
+    let minute = (now.minute() + 30) % 60;
+    let hour = (now.hour() + 12) % 24;
+    let hourly = format!("{minute} * * * *");
+    app.put_job("nightly", job(json!({ "schedule": hourly })))
         .await;
     let scheduled = store().scheduled_jobs().await.unwrap();
     assert_eq!(scheduled.len(), 1);
@@ -230,11 +236,15 @@ async fn a_schedule_queues_one_build_per_minute_it_names() {
         a.fire_due(set).await.unwrap().is_empty(),
         "a minute begun before the schedule was set is not owed"
     );
-    // The first minute after that the schedule names.
-    let mut next = set.with_second(0).unwrap() + Duration::minutes(1);
-    while !next.minute().is_multiple_of(10) {
-        next += Duration::minutes(1);
-    }
+    // The first minute after `t` that `names` accepts.
+    let first_after = |t: chrono::DateTime<Utc>, names: &dyn Fn(chrono::DateTime<Utc>) -> bool| {
+        let mut m = t.with_second(0).unwrap() + Duration::minutes(1);
+        while !names(m) {
+            m += Duration::minutes(1);
+        }
+        m
+    };
+    let next = first_after(set, &|m| m.minute() == minute);
     let later = next + Duration::seconds(7);
     let queued = a.fire_due(later).await.unwrap();
     assert_eq!(queued.len(), 1, "{queued:?}");
@@ -256,30 +266,30 @@ async fn a_schedule_queues_one_build_per_minute_it_names() {
     assert_eq!(doc["trigger"], json!({"kind": "schedule"}));
     assert_eq!(doc["status"], "queued");
 
-    // Every replica down for 50 minutes: the latest minute missed gets one build.
-    let back = next + Duration::minutes(50) + Duration::seconds(3);
+    // Every replica down for 80 minutes: the latest minute missed (20 minutes ago) gets
+    // one build.
+    let back = next + Duration::minutes(80) + Duration::seconds(3);
     assert_eq!(b.fire_due(back).await.unwrap().len(), 1);
     assert!(a.fire_due(back).await.unwrap().is_empty());
     // A daily build missed by more than the catch-up window is not made up.
-    app.put_job("daily", job(json!({"schedule": "0 0 * * *"})))
-        .await;
-    let midnight = (set + Duration::days(1))
-        .with_hour(0)
-        .and_then(|t| t.with_minute(0))
-        .and_then(|t| t.with_second(0))
-        .unwrap();
+    app.put_job(
+        "daily",
+        job(json!({ "schedule": format!("0 {hour} * * *") })),
+    )
+    .await;
+    let day = first_after(set, &|m| m.hour() == hour && m.minute() == 0);
     assert!(a
-        .fire_due(midnight + Duration::minutes(90))
+        .fire_due(day + Duration::minutes(90))
         .await
         .unwrap()
         .iter()
         .all(|b| b.job.as_str() != "daily"));
-    let late = a.fire_due(midnight + Duration::minutes(30)).await.unwrap();
+    let late = a.fire_due(day + Duration::minutes(30)).await.unwrap();
     assert!(late.iter().any(|b| b.job.as_str() == "daily"), "{late:?}");
 
-    let mut off = job(json!({"schedule": "*/10 * * * *", "disabled": true}));
+    let mut off = job(json!({"schedule": hourly, "disabled": true}));
     app.put_job("nightly", off.clone()).await;
-    let when_disabled = a.fire_due(next + Duration::minutes(140)).await.unwrap();
+    let when_disabled = a.fire_due(next + Duration::minutes(180)).await.unwrap();
     assert!(
         when_disabled.iter().all(|b| b.job.as_str() != "nightly"),
         "disabled: {when_disabled:?}"
