@@ -245,6 +245,11 @@ async fn a_schedule_queues_one_build_per_minute_it_names() {
         m
     };
     let next = first_after(set, &|m| m.minute() == minute);
+    assert_eq!(
+        app.get_json("/api/v1/jobs/nightly").await["next_scheduled_build"],
+        json!(next),
+        "the job says when its next scheduled build comes"
+    );
     let later = next + Duration::seconds(7);
     let queued = a.fire_due(later).await.unwrap();
     assert_eq!(queued.len(), 1, "{queued:?}");
@@ -289,6 +294,13 @@ async fn a_schedule_queues_one_build_per_minute_it_names() {
 
     let mut off = job(json!({"schedule": hourly, "disabled": true}));
     app.put_job("nightly", off.clone()).await;
+    assert_eq!(
+        app.get_json("/api/v1/jobs/nightly")
+            .await
+            .get("next_scheduled_build"),
+        None,
+        "a disabled job has no next build"
+    );
     let when_disabled = a.fire_due(next + Duration::minutes(180)).await.unwrap();
     assert!(
         when_disabled.iter().all(|b| b.job.as_str() != "nightly"),

@@ -59,17 +59,51 @@ impl Schedule {
     /// Whether the schedule names the minute `t` falls in.
     pub fn matches(&self, t: DateTime<Utc>) -> bool {
         let bit = |set: u64, n: u32| set & (1 << n) != 0;
-        let day = bit(u64::from(self.days), t.day());
-        let weekday = bit(u64::from(self.weekdays), t.weekday().num_days_from_sunday());
-        let day_ok = if self.days_any || self.weekdays_any {
-            day && weekday
-        } else {
-            day || weekday
-        };
         bit(self.minutes, t.minute())
             && bit(u64::from(self.hours), t.hour())
             && bit(u64::from(self.months), t.month())
-            && day_ok
+            && self.day_matches(t)
+    }
+
+    /// Whether `t`'s date fits the day-of-month and day-of-week fields, by crontab's rule.
+    fn day_matches(&self, t: DateTime<Utc>) -> bool {
+        let day = self.days & (1 << t.day()) != 0;
+        let weekday = self.weekdays & (1 << t.weekday().num_days_from_sunday()) != 0;
+        if self.days_any || self.weekdays_any {
+            day && weekday
+        } else {
+            day || weekday
+        }
+    }
+
+    /// The first minute the schedule names that starts after `after`, within ten years
+    /// (`None` for a schedule that names no date in that time, such as `0 0 30 2 *`).
+    /// Skips whole months, days and hours that cannot match, so even a leap-day schedule
+    /// takes a few thousand steps.
+    pub fn next_after(&self, after: DateTime<Utc>) -> Option<DateTime<Utc>> {
+        let bit = |set: u64, n: u32| set & (1 << n) != 0;
+        let mut t = after.with_second(0)?.with_nanosecond(0)? + Duration::minutes(1);
+        let end = after + Duration::days(3653);
+        while t < end {
+            let midnight = t.with_hour(0)?.with_minute(0)?;
+            if !bit(u64::from(self.months), t.month()) {
+                let (y, m) = if t.month() == 12 {
+                    (t.year() + 1, 1)
+                } else {
+                    (t.year(), t.month() + 1)
+                };
+                t = midnight.with_day(1)?.with_month(m)?.with_year(y)?;
+            } else if !self.day_matches(t) {
+                t = midnight + Duration::days(1);
+            } else if !bit(u64::from(self.hours), t.hour()) {
+                t = t.with_minute(0)? + Duration::hours(1);
+            } else if !bit(self.minutes, t.minute()) {
+                t += Duration::minutes(1);
+            } else {
+                return Some(t);
+            }
+        }
+        None
     }
 
     /// The latest minute the schedule names that starts after `after` and no later than
@@ -229,5 +263,34 @@ mod tests {
         );
         let daily = Schedule::parse("@daily").unwrap();
         assert_eq!(daily.latest_slot(at(2026, 1, 1, 0, 0), now, hour), None);
+    }
+
+    #[test]
+    fn the_next_minute_named_is_found_however_far_it_is() {
+        let now = Utc.with_ymd_and_hms(2026, 12, 1, 15, 20, 42).unwrap();
+        let next = |e: &str| Schedule::parse(e).unwrap().next_after(now);
+        assert_eq!(next("* * * * *"), Some(at(2026, 12, 1, 15, 21)));
+        assert_eq!(
+            next("20 15 * * *"),
+            Some(at(2026, 12, 2, 15, 20)),
+            "not now itself"
+        );
+        assert_eq!(next("0 3 * * *"), Some(at(2026, 12, 2, 3, 0)));
+        assert_eq!(next("0 0 1 1 *"), Some(at(2027, 1, 1, 0, 0)));
+        assert_eq!(
+            next("30 4 29 2 *"),
+            Some(at(2028, 2, 29, 4, 30)),
+            "leap day"
+        );
+        assert_eq!(next("0 9 * * MON"), Some(at(2026, 12, 7, 9, 0)));
+        assert_eq!(next("0 0 30 2 *"), None, "no such date");
+        let s = Schedule::parse("*/7 */5 1,15 * FRI").unwrap();
+        let n = s.next_after(now).unwrap();
+        assert!(s.matches(n) && n > now);
+        let mut t = now;
+        while t < n - Duration::minutes(1) {
+            t += Duration::minutes(1);
+            assert!(!s.matches(t), "{t} matches before {n}");
+        }
     }
 }
