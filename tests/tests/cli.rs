@@ -140,20 +140,10 @@ async fn a_builds_artifacts_are_listed_and_downloaded() {
     );
 
     let stored = std::fs::read(c.build_dir("art", 1).join("artifacts/dist/app.bin")).unwrap();
+    let download =
+        |path: &str, to: &str| kiln(&c, None, &["build", "download", "art", "1", path, "-o", to]);
     let into = dir.path().join("got.bin");
-    let out = kiln(
-        &c,
-        None,
-        &[
-            "build",
-            "download",
-            "art",
-            "1",
-            "dist/app.bin",
-            "-o",
-            into.to_str().unwrap(),
-        ],
-    );
+    let out = download("dist/app.bin", into.to_str().unwrap());
     assert!(
         out.status.success(),
         "{}",
@@ -164,35 +154,11 @@ async fn a_builds_artifacts_are_listed_and_downloaded() {
         stored,
         "the bytes the build archived"
     );
-    let out = kiln(
-        &c,
-        None,
-        &[
-            "build",
-            "download",
-            "art",
-            "1",
-            "dist/sub dir/note #1.txt",
-            "-o",
-            "-",
-        ],
-    );
+    let out = download("dist/sub dir/note #1.txt", "-");
     assert_eq!(String::from_utf8_lossy(&out.stdout), "hi\n");
 
     let missing = dir.path().join("missing.bin");
-    let out = kiln(
-        &c,
-        None,
-        &[
-            "build",
-            "download",
-            "art",
-            "1",
-            "dist/nope.bin",
-            "-o",
-            missing.to_str().unwrap(),
-        ],
-    );
+    let out = download("dist/nope.bin", missing.to_str().unwrap());
     assert_eq!(out.status.code(), Some(2));
     assert!(
         String::from_utf8_lossy(&out.stderr).contains("not found"),

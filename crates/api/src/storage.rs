@@ -1,25 +1,10 @@
-//! The api's side of the shared file storage: reading logs and removing the folders of
-//! deleted builds, jobs and folders.
+//! The api's side of the shared file storage: reading logs and artifacts, and removing the
+//! storage folders of deleted folders (a deleted job's files: `Store::delete_job_with_files`).
 
 use std::io::{Read, Seek, SeekFrom};
 use std::path::Path;
 
 use kiln_model::{output, storage, BuildDocument, LogLine, Name};
-
-/// Removes the folders of a deleted job's builds and its emptied folder; failures are
-/// logged, never fatal (Redis already forgot the builds, and a leftover folder only costs
-/// disk).
-pub(crate) async fn remove_build_dirs(root: &Path, docs: Vec<BuildDocument>) {
-    let root = root.to_owned();
-    let failed = tokio::task::spawn_blocking(move || {
-        storage::remove_deleted_builds(&root, docs.iter().map(|d| d.storage_path.as_str()))
-    })
-    .await
-    .unwrap_or_default();
-    for (path, e) in failed {
-        tracing::warn!(path = %path.display(), error = %e, "cannot remove a deleted build's folder");
-    }
-}
 
 /// Removes a deleted folder's storage folder if it is empty; a failure is logged, never
 /// fatal (Redis already forgot the folder).

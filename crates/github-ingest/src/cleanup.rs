@@ -4,7 +4,6 @@
 use std::path::PathBuf;
 
 use chrono::Utc;
-use kiln_model::storage;
 use kiln_store::Store;
 use tokio_util::sync::CancellationToken;
 
@@ -43,16 +42,7 @@ pub(crate) async fn sweep(
         if !def.disabled || name.base().is_none() || closed.is_none_or(|c| c > cutoff) {
             continue;
         }
-        let docs = store.delete_job(&name).await?;
-        let root = storage_root.to_owned();
-        let failed = tokio::task::spawn_blocking(move || {
-            storage::remove_deleted_builds(&root, docs.iter().map(|d| d.storage_path.as_str()))
-        })
-        .await
-        .unwrap_or_default();
-        for (path, e) in failed {
-            tracing::warn!(job = %name, path = %path.display(), error = %e, "cannot remove a deleted build's folder");
-        }
+        store.delete_job_with_files(&name, storage_root).await?;
         deleted += 1;
     }
     Ok(deleted)

@@ -32,8 +32,8 @@ pub fn build_dir(root: &Path, storage_path: &str) -> Option<PathBuf> {
 }
 
 /// Removes the folders of a deleted job's builds, then each job folder that held them once
-/// it is empty, so that deleting a job leaves nothing of it in the storage. The api and
-/// github-ingest's cleanup both delete jobs. Returns what could not be removed, with why;
+/// it is empty, so that deleting a job leaves nothing of it in the storage (called by
+/// `Store::delete_job_with_files`). Returns what could not be removed, with why;
 /// a folder already gone is not a failure, and a job folder something else still uses
 /// (a new build of a job made again under the same name) stays.
 pub fn remove_deleted_builds<'a>(

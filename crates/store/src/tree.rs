@@ -255,6 +255,32 @@ impl Store {
         Ok(out)
     }
 
+    /// Deletes a job as [`Store::delete_job`] does, then its files: its builds' folders and
+    /// the job's emptied folder under `storage_root` (in the blocking pool). The api and
+    /// github-ingest's cleanup both delete jobs this way. Files that cannot be removed are
+    /// logged, not returned: Redis already forgot the builds, and a leftover folder only
+    /// costs disk.
+    pub async fn delete_job_with_files(
+        &self,
+        name: &JobName,
+        storage_root: &std::path::Path,
+    ) -> Result<(), StoreError> {
+        let docs = self.delete_job(name).await?;
+        let root = storage_root.to_owned();
+        let failed = tokio::task::spawn_blocking(move || {
+            kiln_model::storage::remove_deleted_builds(
+                &root,
+                docs.iter().map(|d| d.storage_path.as_str()),
+            )
+        })
+        .await
+        .unwrap_or_default();
+        for (path, e) in failed {
+            tracing::warn!(job = %name, path = %path.display(), error = %e, "cannot remove a deleted build's folder");
+        }
+        Ok(())
+    }
+
     /// Deletes a job, its entry, counter and build documents in one step. Returns the
     /// deleted build documents so the caller can remove their files.
     pub async fn delete_job(&self, name: &JobName) -> Result<Vec<BuildDocument>, StoreError> {

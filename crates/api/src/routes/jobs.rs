@@ -12,7 +12,6 @@ use serde_json::json;
 
 use super::{body_json, folder_name, job_name, API_PREFIX};
 use crate::app::AppState;
-use crate::storage::remove_build_dirs;
 
 #[derive(Deserialize)]
 pub(crate) struct ListQuery {
@@ -109,8 +108,10 @@ pub(crate) async fn delete(
     path: web::Path<String>,
 ) -> Result<HttpResponse, ApiError> {
     let name = job_name(&path)?;
-    let docs = state.store.delete_job(&name).await?;
-    remove_build_dirs(&state.storage_root, docs).await;
+    state
+        .store
+        .delete_job_with_files(&name, &state.storage_root)
+        .await?;
     Ok(HttpResponse::NoContent().finish())
 }
 
