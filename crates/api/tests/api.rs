@@ -292,6 +292,15 @@ async fn a_schedule_queues_one_build_per_minute_it_names() {
     let late = a.fire_due(day + Duration::minutes(30)).await.unwrap();
     assert!(late.iter().any(|b| b.job.as_str() == "daily"), "{late:?}");
 
+    // As if the schedule had been set two hours ago.
+    let mut c = app.redis.pool().get().await.unwrap();
+    let _: () = deadpool_redis::redis::cmd("HSET")
+        .arg("kiln:schedules")
+        .arg("nightly")
+        .arg(set.timestamp() - 7200)
+        .query_async(&mut c)
+        .await
+        .unwrap();
     let mut off = job(json!({"schedule": hourly, "disabled": true}));
     app.put_job("nightly", off.clone()).await;
     assert_eq!(
@@ -306,6 +315,22 @@ async fn a_schedule_queues_one_build_per_minute_it_names() {
         when_disabled.iter().all(|b| b.job.as_str() != "nightly"),
         "disabled: {when_disabled:?}"
     );
+    // Enabled again, it owes nothing for the minutes it spent disabled: its schedule
+    // starts afresh now.
+    off["disabled"] = json!(false);
+    let before_enabling = Utc::now().timestamp();
+    app.put_job("nightly", off.clone()).await;
+    let since = store()
+        .scheduled_jobs()
+        .await
+        .unwrap()
+        .into_iter()
+        .find(|(j, _, _)| j.as_str() == "nightly")
+        .map(|(_, since, _)| since);
+    assert!(
+        since.is_some_and(|s| s >= before_enabling),
+        "{since:?} < {before_enabling}"
+    );
     let names = || async {
         let mut n: Vec<String> = store()
             .scheduled_jobs()
@@ -317,7 +342,6 @@ async fn a_schedule_queues_one_build_per_minute_it_names() {
         n.sort();
         n
     };
-    off["disabled"] = json!(false);
     off.as_object_mut().unwrap().remove("schedule");
     app.put_job("nightly", off).await;
     assert_eq!(names().await, ["daily"], "nightly has no schedule left");

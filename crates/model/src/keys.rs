@@ -98,9 +98,10 @@ pub fn github_delivery(delivery_id: &str) -> String {
     format!("kiln:github-delivery:{delivery_id}")
 }
 
-/// Hash job name -> when its current `schedule` was set (seconds since the epoch), for
-/// every job that has one: what the api's scheduler reads, and the start of the minutes it
-/// owes the job builds for (a schedule set at 03:30 owes nothing for 03:00).
+/// Hash job name -> when its current `schedule` was set or the job last enabled (seconds
+/// since the epoch), for every enabled job that has one: what the api's scheduler reads,
+/// and the start of the minutes it owes the job builds for (a schedule set at 03:30 owes
+/// nothing for 03:00).
 pub const SCHEDULES: &str = "kiln:schedules";
 
 /// String with a two-day TTL: the scheduled build of `job` for the minute starting at

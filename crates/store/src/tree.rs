@@ -188,9 +188,14 @@ impl Store {
         for _ in 0..CAS_ATTEMPTS {
             let old = self.job_raw(name).await?;
             let old_folder = old.as_ref().and_then(|(_, d)| d.folder.clone());
-            let schedule = match (&def.schedule, old.as_ref().map(|(_, d)| &d.schedule)) {
+            // Only enabled jobs are scheduled; one enabled again starts afresh, owing nothing
+            // for the minutes it spent disabled.
+            let schedule = match (&def.schedule, old.as_ref().map(|(_, d)| d)) {
                 (None, _) => "clear",
-                (Some(new), Some(Some(old))) if new == old => "keep",
+                (Some(_), _) if def.disabled => "clear",
+                (Some(new), Some(old)) if !old.disabled && old.schedule.as_ref() == Some(new) => {
+                    "keep"
+                }
                 (Some(_), _) => "set",
             };
             let mut c = self.conn().await?;
