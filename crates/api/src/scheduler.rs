@@ -11,7 +11,7 @@ use std::collections::{HashMap, HashSet};
 use std::time::Duration;
 
 use chrono::{DateTime, TimeZone, Timelike, Utc};
-use kiln_model::{keys, BuildRef, JobName, Schedule, Trigger, TriggerKind};
+use kiln_model::{keys, BuildRef, JobDefinition, JobName, Trigger, TriggerKind};
 use kiln_store::{Store, StoreError, TriggerRequest};
 use tokio_util::sync::CancellationToken;
 
@@ -51,14 +51,7 @@ impl Scheduler {
         let names: HashSet<&JobName> = scheduled.iter().map(|(j, _, _)| j).collect();
         self.handled.retain(|job, _| names.contains(job));
         for (job, since, def) in scheduled {
-            let Some(def) = def.filter(|d| !d.disabled) else {
-                continue;
-            };
-            let Some(schedule) = def
-                .schedule
-                .as_deref()
-                .and_then(|s| Schedule::parse(s).ok())
-            else {
+            let Some(schedule) = def.as_ref().and_then(JobDefinition::active_schedule) else {
                 continue;
             };
             let since = Utc.timestamp_opt(since, 0).single().unwrap_or(now);

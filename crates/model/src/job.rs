@@ -151,6 +151,12 @@ pub fn is_env_name(s: &str) -> bool {
 }
 
 impl JobDefinition {
+    /// The schedule the api's scheduler follows: an enabled job's `schedule`, parsed.
+    pub fn active_schedule(&self) -> Option<crate::Schedule> {
+        let text = self.schedule.as_deref().filter(|_| !self.disabled)?;
+        crate::Schedule::parse(text).ok()
+    }
+
     /// Checks the rules serde cannot express. Returns the first broken one.
     pub fn validate(&self) -> Result<(), InvalidField> {
         if self.steps.is_empty() {

@@ -190,12 +190,10 @@ impl Store {
             let old_folder = old.as_ref().and_then(|(_, d)| d.folder.clone());
             // Only enabled jobs are scheduled; one enabled again starts afresh, owing nothing
             // for the minutes it spent disabled.
-            let schedule = match (&def.schedule, old.as_ref().map(|(_, d)| d)) {
+            let scheduled = |d: &JobDefinition| d.schedule.clone().filter(|_| !d.disabled);
+            let schedule = match (scheduled(def), old.as_ref().and_then(|(_, d)| scheduled(d))) {
                 (None, _) => "clear",
-                (Some(_), _) if def.disabled => "clear",
-                (Some(new), Some(old)) if !old.disabled && old.schedule.as_ref() == Some(new) => {
-                    "keep"
-                }
+                (Some(new), Some(old)) if new == old => "keep",
                 (Some(_), _) => "set",
             };
             let mut c = self.conn().await?;

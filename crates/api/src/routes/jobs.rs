@@ -1,7 +1,7 @@
 //! `/jobs/{name}`: job definitions at `job_<name>`.
 
 use actix_web::{web, HttpRequest, HttpResponse};
-use kiln_model::{JobDefinition, JobName, Schedule};
+use kiln_model::{JobDefinition, JobName};
 use kiln_service_kit::auth::{Reader, Writer};
 use kiln_service_kit::body::Body;
 use kiln_service_kit::error::ApiError;
@@ -83,12 +83,7 @@ pub(crate) async fn get(
 /// When the scheduler will next queue a build of the job: for an enabled job with a
 /// schedule that names a date in the next ten years.
 fn next_scheduled_build(def: &JobDefinition) -> Option<chrono::DateTime<chrono::Utc>> {
-    if def.disabled {
-        return None;
-    }
-    Schedule::parse(def.schedule.as_deref()?)
-        .ok()?
-        .next_after(chrono::Utc::now())
+    def.active_schedule()?.next_after(chrono::Utc::now())
 }
 
 pub(crate) async fn require_job(
