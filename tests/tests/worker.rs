@@ -193,9 +193,9 @@ async fn on_a_busy_worker_a_quick_builds_start_rides_with_its_finish() {
         "the started event tells when the build started, not when it was recorded"
     );
 
-    // Redis saw the build's finish (9 keys) and no start of its own (2 keys).
+    // Redis saw the build's finish (12 keys) and no start of its own (2 keys).
     let seen = monitor
-        .wait_for(T, |l| l.contains(r#""9" "job_quick_1""#))
+        .wait_for(T, |l| l.contains(r#""12" "job_quick_1""#))
         .await;
     let starts = seen
         .iter()
@@ -828,4 +828,206 @@ async fn a_reused_build_folder_holds_only_its_new_builds_files() {
     }
     files.sort();
     assert_eq!(files, ["artifacts", "log.jsonl", "out-6.txt"]);
+}
+
+/// A job whose builds each note that they started, then wait until the test opens their
+/// gate (a file named after the build): the test decides when each one ends.
+fn gated_job(gates: &std::path::Path) -> serde_json::Value {
+    std::fs::create_dir_all(gates).unwrap();
+    job(&[&format!(
+        "echo $KILN_BUILD_NUMBER >> {g}/started; while [ ! -e {g}/go-$KILN_BUILD_NUMBER ]; do sleep 0.02; done",
+        g = gates.display()
+    )])
+}
+
+fn open_gate(gates: &std::path::Path, n: u64) {
+    std::fs::write(gates.join(format!("go-{n}")), "").unwrap();
+}
+
+/// The builds that have started, in the order they started.
+fn started(gates: &std::path::Path) -> Vec<u64> {
+    std::fs::read_to_string(gates.join("started"))
+        .unwrap_or_default()
+        .lines()
+        .map(|l| l.parse().unwrap())
+        .collect()
+}
+
+async fn queue_depth(c: &Cluster, queue: &str) -> u64 {
+    let v: serde_json::Value = c
+        .call(Method::GET, "/api/v1/queue", None)
+        .await
+        .json()
+        .await
+        .unwrap();
+    v["queues"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|q| q["stats"]["queue"] == queue)
+        .map_or(0, |q| q["stats"]["depth"].as_u64().unwrap())
+}
+
+async fn redis_type(c: &Cluster, key: &str) -> String {
+    let mut conn = c.redis.pool().get().await.unwrap();
+    deadpool_redis::redis::cmd("TYPE")
+        .arg(key)
+        .query_async(&mut conn)
+        .await
+        .unwrap()
+}
+
+#[tokio::test]
+async fn a_jobs_concurrency_limit_holds_its_other_builds_back_in_trigger_order() {
+    let c = Cluster::start().await;
+    let gates = c.work.path().join("gates");
+    let mut def = gated_job(&gates);
+    def["concurrency"] = json!(1);
+    c.apply("deploy", def.clone()).await;
+    let mut opts = WorkerOpts::new("w");
+    opts.concurrency = 4;
+    let _w = c.worker(opts).await;
+
+    let one = c.trigger("deploy").await;
+    c.wait_status("deploy", one, "running", T).await;
+    // The trigger's answer says at once why the second build waits.
+    let r = c
+        .call(Method::POST, "/api/v1/jobs/deploy/builds", Some(json!({})))
+        .await;
+    assert_eq!(r.status(), 201);
+    let two: serde_json::Value = r.json().await.unwrap();
+    assert_eq!(two["status"], "queued");
+    let reason = two["reason"].as_str().unwrap_or_default();
+    assert!(
+        reason.contains("job 'deploy' runs at most 1 build at once"),
+        "{two}"
+    );
+    let two = two["number"].as_u64().unwrap();
+    let three = c.trigger("deploy").await;
+    // Waiting builds are in no queue: the worker's three free slots cannot take them, and
+    // they are no work for an autoscaler.
+    assert_eq!(queue_depth(&c, "default").await, 0);
+    for (n, ahead) in [(two, 0), (three, 1)] {
+        let b = c.build("deploy", n).await;
+        assert_eq!(b["status"], "queued");
+        let reason = b["reason"].as_str().unwrap();
+        assert!(
+            reason.contains(&format!("{ahead} of its builds wait before this one")),
+            "#{n}: {reason}"
+        );
+    }
+    // A waiting build cancelled ends at once and never runs.
+    let r = c
+        .call(
+            Method::POST,
+            &format!("/api/v1/jobs/deploy/builds/{three}/cancel"),
+            None,
+        )
+        .await;
+    let v: serde_json::Value = r.json().await.unwrap();
+    assert_eq!(v["outcome"], "cancelled", "{v}");
+    let four = c.trigger("deploy").await;
+
+    // The running build ends: the oldest waiting one takes its slot, the next still waits.
+    open_gate(&gates, one);
+    c.wait_status("deploy", one, "success", T).await;
+    c.wait_status("deploy", two, "running", T).await;
+    assert_eq!(c.build("deploy", four).await["status"], "queued");
+
+    // A higher limit admits the waiting build while the running one goes on.
+    def["concurrency"] = json!(2);
+    c.apply("deploy", def.clone()).await;
+    c.wait_status("deploy", four, "running", T).await;
+    let five = c.trigger("deploy").await;
+    let six = c.trigger("deploy").await;
+    assert!(c.build("deploy", five).await["reason"]
+        .as_str()
+        .unwrap()
+        .contains("runs at most 2 builds at once"));
+    // No limit: every waiting build goes at once.
+    def.as_object_mut().unwrap().remove("concurrency");
+    c.apply("deploy", def).await;
+    c.wait_status("deploy", five, "running", T).await;
+    c.wait_status("deploy", six, "running", T).await;
+    assert_eq!(c.build("deploy", two).await["status"], "running");
+
+    for n in [two, four, five, six] {
+        open_gate(&gates, n);
+    }
+    for n in [two, four, five, six] {
+        c.wait_status("deploy", n, "success", T).await;
+    }
+    assert_eq!(c.build("deploy", three).await["status"], "cancelled");
+    let order = started(&gates);
+    assert_eq!(order[..3], [one, two, four], "{order:?}");
+    assert!(!order.contains(&three), "{order:?}");
+    for key in ["kiln:job-slots:deploy", "kiln:job-waiting:deploy"] {
+        assert_eq!(redis_type(&c, key).await, "none", "{key} still exists");
+    }
+}
+
+#[tokio::test]
+async fn a_limit_set_while_builds_run_counts_them() {
+    let c = Cluster::start().await;
+    let gates = c.work.path().join("gates");
+    let mut def = gated_job(&gates);
+    c.apply("serial", def.clone()).await;
+    let mut opts = WorkerOpts::new("w");
+    opts.concurrency = 4;
+    let _w = c.worker(opts).await;
+    let one = c.trigger("serial").await;
+    let two = c.trigger("serial").await;
+    c.wait_status("serial", one, "running", T).await;
+    c.wait_status("serial", two, "running", T).await;
+
+    def["concurrency"] = json!(1);
+    c.apply("serial", def).await;
+    let three = c.trigger("serial").await;
+    open_gate(&gates, one);
+    c.wait_status("serial", one, "success", T).await;
+    // Build two still holds the one slot.
+    let b = c.build("serial", three).await;
+    assert_eq!(b["status"], "queued", "{b}");
+    assert!(b["reason"].as_str().unwrap().contains("waiting for a slot"));
+    open_gate(&gates, two);
+    c.wait_status("serial", three, "running", T).await;
+    open_gate(&gates, three);
+    c.wait_status("serial", three, "success", T).await;
+}
+
+#[tokio::test]
+async fn a_build_lost_with_its_worker_passes_its_slot_on() {
+    let c = Cluster::start().await;
+    let mut def = job(&["[ $KILN_BUILD_NUMBER = 1 ] && { echo running; sleep 60; }; echo done"]);
+    def["concurrency"] = json!(1);
+    def["lost_retries"] = json!(0);
+    c.apply("deploy", def).await;
+    let mut a = c.worker(WorkerOpts::new("a")).await;
+    let one = c.trigger("deploy").await;
+    c.wait_log_contains("deploy", one, "running", T).await;
+    let two = c.trigger("deploy").await;
+    a.kill();
+    // Another worker's reaper ends the first build as lost; the second then runs.
+    let _b = c.worker(WorkerOpts::new("b")).await;
+    c.wait_status("deploy", one, "lost", T).await;
+    c.wait_status("deploy", two, "success", T).await;
+    assert_eq!(redis_type(&c, "kiln:job-waiting:deploy").await, "none");
+}
+
+#[tokio::test]
+async fn deleting_a_job_with_waiting_builds_leaves_no_slot_keys() {
+    let c = Cluster::start().await;
+    let mut def = job(&["sleep 60"]);
+    def["concurrency"] = json!(1);
+    c.apply("deploy", def).await;
+    let _w = c.worker(WorkerOpts::new("w")).await;
+    let one = c.trigger("deploy").await;
+    c.wait_status("deploy", one, "running", T).await;
+    c.trigger("deploy").await;
+    assert_eq!(redis_type(&c, "kiln:job-waiting:deploy").await, "list");
+    let r = c.call(Method::DELETE, "/api/v1/jobs/deploy", None).await;
+    assert!(r.status().is_success());
+    for key in ["kiln:job-slots:deploy", "kiln:job-waiting:deploy"] {
+        assert_eq!(redis_type(&c, key).await, "none", "{key} still exists");
+    }
 }

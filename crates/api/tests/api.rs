@@ -601,6 +601,18 @@ async fn bad_input_gets_a_named_4xx_and_changes_nothing() {
             send_raw(
                 Method::PUT,
                 "/api/v1/jobs/app",
+                r#"{"steps": [{"name":"a","run":"b"}], "concurrency": 0}"#,
+                "application/json",
+            )
+            .await
+            .unwrap(),
+            400,
+            Some("concurrency"),
+        ),
+        (
+            send_raw(
+                Method::PUT,
+                "/api/v1/jobs/app",
                 r#"{"steps": [{"name":"a","run":"b"}], "artifacts": ["../../x"]}"#,
                 "application/json",
             )

@@ -10,6 +10,8 @@ use crate::names::Name;
 pub const MAX_TIMEOUT_SECS: u64 = 7 * 24 * 3600;
 /// Most builds a job may keep in Redis.
 pub const MAX_RETENTION: u32 = 10_000;
+/// Highest `concurrency` a job may name (a higher one would be no limit at all).
+pub const MAX_CONCURRENCY: u32 = 1_000;
 
 /// A job definition, as users `PUT` it and as it is stored. Unknown fields are refused, so
 /// a typo (`"step"`) is an error rather than a silently ignored setting.
@@ -47,6 +49,12 @@ pub struct JobDefinition {
     /// each minute it names.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub schedule: Option<String>,
+    /// At most this many builds of the job are queued for a worker or running at once; the
+    /// others wait, in trigger order, outside every queue (so they neither take a worker
+    /// nor count as work to scale for) until one of those ends. A deploy job says `1`.
+    /// `None`: no limit.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub concurrency: Option<u32>,
     /// Set on jobs github-ingest derived from a pull request or branch: where they came from.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub github: Option<GithubSource>,
@@ -245,6 +253,14 @@ impl JobDefinition {
         if self.lost_retries > 10 {
             return Err(InvalidField::new("lost_retries", "must be at most 10"));
         }
+        if let Some(c) = self.concurrency {
+            if c == 0 || c > MAX_CONCURRENCY {
+                return Err(InvalidField::new(
+                    "concurrency",
+                    format!("must be between 1 and {MAX_CONCURRENCY} (leave it out for no limit)"),
+                ));
+            }
+        }
         Ok(())
     }
 
@@ -321,6 +337,12 @@ mod tests {
         d.env.insert("KILN_JOB".into(), "x".into());
         assert_eq!(d.validate().unwrap_err().field, "env.KILN_JOB");
         d.env.clear();
+        for bad in [0, MAX_CONCURRENCY + 1] {
+            d.concurrency = Some(bad);
+            assert_eq!(d.validate().unwrap_err().field, "concurrency");
+        }
+        d.concurrency = Some(1);
+        d.validate().unwrap();
         d.steps.clear();
         assert_eq!(d.validate().unwrap_err().field, "steps");
     }

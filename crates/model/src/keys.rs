@@ -32,6 +32,8 @@ pub mod prefix {
     pub const OUTPUT: &str = "kiln:output:";
     pub const PROCESSING: &str = "kiln:processing:";
     pub const DEAD_LETTER: &str = "kiln:dead-letter:";
+    pub const JOB_SLOTS: &str = "kiln:job-slots:";
+    pub const JOB_WAITING: &str = "kiln:job-waiting:";
 }
 
 /// `folder_<name>`: list of the folder's entries.
@@ -109,6 +111,18 @@ pub const SCHEDULES: &str = "kiln:schedules";
 /// replicas queue it once.
 pub fn schedule_fired(job: &JobName, slot: i64) -> String {
     format!("kiln:schedule-fired:{job}:{slot}")
+}
+
+/// Set of the build keys holding one of the slots of a job with a `concurrency` limit:
+/// queued for a worker or running. Exists only while the job has a limit.
+pub fn job_slots(job: &JobName) -> String {
+    format!("{}{job}", prefix::JOB_SLOTS)
+}
+
+/// List of the build keys of a job with a `concurrency` limit that wait for a slot, oldest
+/// first: they are in no queue until one is free.
+pub fn job_waiting(job: &JobName) -> String {
+    format!("{}{job}", prefix::JOB_WAITING)
 }
 
 /// Hash job name -> last build number handed out (HINCRBY), so numbers are never reused

@@ -46,6 +46,35 @@ pub enum CancelOutcome {
     Requested,
 }
 
+/// Why a build of a job with a `concurrency` limit waits: every slot is taken (and, when
+/// known, how many of the job's builds wait before it).
+fn slot_wait_reason(job: &JobName, limit: u32, ahead: Option<usize>) -> String {
+    let s = if limit == 1 { "" } else { "s" };
+    let mut r = format!(
+        "waiting for a slot: job '{job}' runs at most {limit} build{s} at once (concurrency)"
+    );
+    if let Some(a) = ahead {
+        r.push_str(&format!("; {a} of its builds wait before this one"));
+    }
+    r
+}
+
+/// Where a build waiting for one of its job's concurrency slots stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SlotWait {
+    /// The job's limit now.
+    pub limit: u32,
+    /// How many of the job's builds wait before it.
+    pub ahead: usize,
+}
+
+impl SlotWait {
+    /// What a queued build's `reason` says while it waits.
+    pub fn reason(&self, job: &JobName) -> String {
+        slot_wait_reason(job, self.limit, Some(self.ahead))
+    }
+}
+
 pub(crate) fn now_rfc3339() -> String {
     Utc::now().to_rfc3339_opts(SecondsFormat::Millis, true)
 }
@@ -181,6 +210,8 @@ impl Store {
             .key(keys::queue_marker(&def.queue))
             .key(keys::QUEUES)
             .key(keys::queue_workers(&def.queue))
+            .key(keys::job_slots(&req.job))
+            .key(keys::job_waiting(&req.job))
             .arg(req.job.as_str())
             .arg(rest)
             .arg(&path)
@@ -194,6 +225,15 @@ impl Store {
             .arg(raw_def)
             .arg(req.dedup.as_ref().map_or("", |(k, _)| k.as_str()))
             .arg(req.dedup.as_ref().map_or(0, |(_, ttl)| *ttl))
+            .arg(def.concurrency.map(|c| c.to_string()).unwrap_or_default())
+            .arg(
+                serde_json::Value::from(slot_wait_reason(
+                    &req.job,
+                    def.concurrency.unwrap_or_default(),
+                    None,
+                ))
+                .to_string(),
+            )
             .invoke_async::<(u64, String)>(&mut c)
             .await;
         match r {
@@ -345,6 +385,26 @@ impl Store {
         Ok(set.is_some())
     }
 
+    /// Whether a queued build waits for one of its job's concurrency slots (it is then in
+    /// no queue), and behind how many others.
+    pub async fn slot_wait(&self, build: &BuildRef) -> Result<Option<SlotWait>, StoreError> {
+        let mut c = self.conn().await?;
+        let (pos, def): (Option<usize>, Option<String>) = redis::pipe()
+            .cmd("LPOS")
+            .arg(keys::job_waiting(&build.job))
+            .arg(build.key())
+            .get(keys::job(&build.job))
+            .query_async(&mut c)
+            .await?;
+        let limit = def
+            .and_then(|d| serde_json::from_str::<serde_json::Value>(&d).ok())
+            .and_then(|d| d.get("concurrency")?.as_u64())
+            .and_then(|l| u32::try_from(l).ok());
+        Ok(pos
+            .zip(limit)
+            .map(|(ahead, limit)| SlotWait { limit, ahead }))
+    }
+
     /// Cancels a queued build at once, or asks the worker running it to stop.
     pub async fn cancel(&self, build: &BuildRef, by: &str) -> Result<CancelOutcome, StoreError> {
         let doc = self
@@ -356,11 +416,16 @@ impl Store {
             .key(build.key())
             .key(keys::queue(&doc.queue))
             .key(keys::FINISHED_CONSUMERS)
+            .key(keys::job_slots(&build.job))
+            .key(keys::job_waiting(&build.job))
+            .key(keys::job(&build.job))
             .arg(now_rfc3339())
             .arg(keys::prefix::FINISHED)
             .arg(keys::EVENTS_CHANNEL)
             .arg(keys::CANCEL_CHANNEL)
             .arg(format!("cancelled by {by} before it started"))
+            .arg(keys::prefix::QUEUE)
+            .arg(keys::prefix::QUEUE_MARKER)
             .invoke_async(&mut c)
             .await?;
         match r.as_str() {

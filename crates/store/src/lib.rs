@@ -17,7 +17,9 @@ mod scripts;
 mod sentinel;
 mod tree;
 
-pub use builds::{CancelOutcome, Trigger as TriggerRequest, TriggeredBuild, WORKER_LIVENESS_MS};
+pub use builds::{
+    CancelOutcome, SlotWait, Trigger as TriggerRequest, TriggeredBuild, WORKER_LIVENESS_MS,
+};
 pub use connect::{redact, BlockingStore, RedisHealth, Store, StoreOptions};
 pub use error::StoreError;
 pub use finished::DeadLetter;

@@ -257,6 +257,9 @@ impl Store {
             .key(keys::job_recent(&lease.build.job))
             .key(keys::queue(&lease.queue))
             .key(keys::queue_marker(&lease.queue))
+            .key(keys::job_slots(&lease.build.job))
+            .key(keys::job_waiting(&lease.build.job))
+            .key(keys::job(&lease.build.job))
             .arg(lease.owner())
             .arg(to_json(doc)?)
             .arg(keys::prefix::FINISHED)
@@ -274,6 +277,8 @@ impl Store {
             } else {
                 String::new()
             })
+            .arg(keys::prefix::QUEUE)
+            .arg(keys::prefix::QUEUE_MARKER)
             .invoke_async(&mut c)
             .await
             .map_err(|e| fenced(e, lease))?;
@@ -358,6 +363,8 @@ impl Store {
             .arg(keys::EVENTS_CHANNEL)
             .arg(limit)
             .arg(keys::prefix::RUNNING)
+            .arg(keys::prefix::JOB_SLOTS)
+            .arg(keys::prefix::JOB_WAITING)
             .invoke_async(&mut c)
             .await?;
         Ok(ReapOutcome { requeued, lost })

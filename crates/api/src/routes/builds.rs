@@ -207,7 +207,11 @@ pub(crate) async fn get(
         let mut doc: BuildDocument =
             serde_json::from_str(&raw).map_err(|e| ApiError::Unexpected(format!("{r}: {e}")))?;
         if doc.status == BuildStatus::Queued {
-            explain_wait(&state, &mut doc).await?;
+            // A build waiting for a concurrency slot is in no queue: workers do not matter yet.
+            match state.store.slot_wait(&r).await? {
+                Some(wait) => doc.reason = Some(wait.reason(&r.job)),
+                None => explain_wait(&state, &mut doc).await?,
+            }
         }
         return Ok(HttpResponse::Ok().json(doc));
     }

@@ -1,17 +1,21 @@
 -- Cancels a build: a queued one leaves its queue and ends `cancelled` at once; a running
 -- one is flagged and its worker told over pub/sub (the flag, seen at the next renew, is
--- the guarantee).
--- KEYS: build, queue, consumers set
--- ARGV: now, finished prefix, events channel, cancel channel, reason
+-- the guarantee). A queued build may also be waiting for one of its job's concurrency
+-- slots; one that held a slot passes it on.
+-- KEYS: build, queue, consumers set, job slots, job waiting, job
+-- ARGV: now, finished prefix, events channel, cancel channel, reason, queue prefix,
+--       queue marker prefix
 local raw = redis.call('GET', KEYS[1])
 if not raw then return 'missing' end
 local doc = cjson.decode(raw)
 if doc.status ~= 'queued' and doc.status ~= 'running' then return 'final' end
-if doc.status == 'queued' and redis.call('LREM', KEYS[2], 0, KEYS[1]) > 0 then
+if doc.status == 'queued' and (redis.call('LREM', KEYS[2], 0, KEYS[1]) > 0
+    or redis.call('LREM', KEYS[5], 0, KEYS[1]) > 0) then
   doc.status = 'cancelled'
   doc.finished_at = ARGV[1]
   doc.reason = ARGV[5]
   redis.call('SET', KEYS[1], cjson.encode(doc))
+  free_slot(KEYS[1], KEYS[4], KEYS[5], KEYS[6], ARGV[6], ARGV[7])
   push_finished(KEYS[3], ARGV[2], KEYS[1])
   redis.call('PUBLISH', ARGV[3], event('finished', doc, ARGV[1]))
   return 'cancelled'

@@ -5,12 +5,13 @@
 -- job keeps (false when none), for the worker to prune storage below it. A worker that
 -- wants its next build at once names its new lease (ARGV[9]): the build's queue's oldest
 -- build is then claimed in the same step (`claim_next`), one round trip per build fewer.
+-- The build's concurrency slot, if its job has a limit, passes to the next waiting build.
 -- KEYS: build, owners, leases, inflight, consumers set, running list, job's recent list,
---       queue, queue marker
+--       queue, queue marker, job slots, job waiting, job
 -- ARGV: owner, document, finished prefix, events channel, event JSON, output channel,
 --       end message JSON, last lines message JSON ('' none), next owner ('' claim nothing),
 --       lease ms, job key prefix, started event JSON ('' none: the start was written
---       before)
+--       before), queue prefix, queue marker prefix
 -- Returns {oldest kept, key, document, job definition}, the last three false unless it
 -- claimed a build.
 if redis.call('HGET', KEYS[2], KEYS[1]) ~= ARGV[1] then return redis.error_reply('STALE lease') end
@@ -22,6 +23,7 @@ redis.call('HDEL', KEYS[2], KEYS[1])
 redis.call('LREM', KEYS[4], 0, KEYS[1])
 redis.call('LREM', KEYS[6], 0, KEYS[1])
 push_finished(KEYS[5], ARGV[3], KEYS[1])
+free_slot(KEYS[1], KEYS[10], KEYS[11], KEYS[12], ARGV[13], ARGV[14])
 if ARGV[12] ~= '' then redis.call('PUBLISH', ARGV[4], ARGV[12]) end
 redis.call('PUBLISH', ARGV[4], ARGV[5])
 if ARGV[8] ~= '' then redis.call('PUBLISH', ARGV[6], ARGV[8]) end

@@ -63,3 +63,37 @@ local function claim_next(queue, marker, inflight, leases, owners, running, owne
   end
   return nil
 end
+
+-- A job definition's `concurrency` limit, nil when it has none (or is gone).
+local function concurrency_of(def)
+  if not def then return nil end
+  local ok, d = pcall(cjson.decode, def)
+  if ok and type(d) == 'table' and type(d.concurrency) == 'number' then return d.concurrency end
+  return nil
+end
+
+-- Moves a job's waiting builds (oldest first) to the claim end of their queue while it has
+-- free slots; with no limit (nil) all of them, and the slot set goes. A waiting build has
+-- waited its turn already, so it is the next one claimed rather than the last.
+-- Entries whose build is gone or no longer queued (cancelled) are dropped.
+local function admit_waiting(slots, waiting, limit, queue_prefix, marker_prefix)
+  while not limit or redis.call('SCARD', slots) < limit do
+    local key = redis.call('LPOP', waiting)
+    if not key then break end
+    local ok, d = pcall(cjson.decode, redis.call('GET', key) or '')
+    if ok and type(d) == 'table' and d.status == 'queued' and type(d.queue) == 'string' then
+      if limit then redis.call('SADD', slots, key) end
+      redis.call('RPUSH', queue_prefix .. d.queue, key)
+      redis.call('ZADD', marker_prefix .. d.queue, 0, '0')
+    end
+  end
+  if not limit then redis.call('DEL', slots) end
+end
+
+-- A build of the job left its slot (it ended): the next waiting ones may take it.
+local function free_slot(key, slots, waiting, job_key, queue_prefix, marker_prefix)
+  if redis.call('SREM', slots, key) == 1 then
+    admit_waiting(slots, waiting, concurrency_of(redis.call('GET', job_key)), queue_prefix,
+      marker_prefix)
+  end
+end

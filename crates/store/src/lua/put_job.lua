@@ -1,9 +1,13 @@
 -- Creates or replaces a job definition and its folder entry together (moving the entry
 -- when the folder changed), and records when its schedule was set: 'set' (new or changed
--- schedule), 'keep' (unchanged), 'clear' (none).
--- KEYS: job, folder parents, old folder list, new folder list, schedules
+-- schedule), 'keep' (unchanged), 'clear' (none). A `concurrency` limit new to the job
+-- counts the builds already queued or running against it; a changed one admits the waiting
+-- builds it now has room for (all of them when the limit is gone).
+-- KEYS: job, folder parents, old folder list, new folder list, schedules, job slots,
+--       job waiting, job's recent list
 -- ARGV: definition, entry, job name, expected old definition ('' none), new folder ('' root),
---       schedule change, now (seconds)
+--       schedule change, now (seconds), concurrency limit ('' none), build key prefix,
+--       queue prefix, queue marker prefix
 local old = redis.call('GET', KEYS[1])
 if (old or '') ~= ARGV[4] then return redis.error_reply('RETRY definition changed') end
 if redis.call('HEXISTS', KEYS[2], ARGV[3]) == 1 then
@@ -28,5 +32,17 @@ elseif ARGV[6] == 'keep' then
 else
   redis.call('HDEL', KEYS[5], ARGV[3])
 end
+local limit, old_limit = tonumber(ARGV[8]), concurrency_of(old)
+if limit and not old_limit then
+  redis.call('DEL', KEYS[6])
+  for _, n in ipairs(redis.call('LRANGE', KEYS[8], 0, -1)) do
+    local key = ARGV[9] .. n
+    local ok, d = pcall(cjson.decode, redis.call('GET', key) or '')
+    if ok and type(d) == 'table' and (d.status == 'queued' or d.status == 'running') then
+      redis.call('SADD', KEYS[6], key)
+    end
+  end
+end
+if limit ~= old_limit then admit_waiting(KEYS[6], KEYS[7], limit, ARGV[10], ARGV[11]) end
 if old then return 0 end
 return 1

@@ -4,19 +4,22 @@
 -- from the oldest end and stops at one still queued or running, which holds back the
 -- trimming of newer ones until it has ended (the next trigger after that catches up, at most
 -- TRIM_MAX builds per trigger).
--- KEYS: job, recent, counters, queue, marker, queues set, queue workers
+-- A job with a `concurrency` limit whose slots are all taken gets the build in its waiting
+-- list instead of the queue (`admit_waiting` moves it on when a slot frees).
+-- KEYS: job, recent, counters, queue, marker, queues set, queue workers, job slots, job waiting
 -- ARGV: job name, document without its opening '{' and without number/storage_path/reason,
 --       storage prefix, retention, queue name, build key prefix, the queued event's JSON
 --       with number 0 (the number taken is put in here), liveness window ms, events channel, reason JSON
 --       when no worker is live ('' none), expected definition (the caller checked that it
---       accepts builds), delivery key ('' none), delivery TTL seconds
+--       accepts builds), delivery key ('' none), delivery TTL seconds, concurrency limit
+--       ('' none), reason JSON for a build that waits for a slot
 -- Returns {n, document}, or {0, existing build key} when the delivery key shows this
 -- event was handled already. The storage folders of trimmed builds are the workers' to
 -- clear away (they reuse them).
 -- Refuse before writing anything if a key holds the wrong type: Redis does not roll back
 -- a script that fails half-way.
 local expected = {[2] = 'list', [3] = 'hash', [4] = 'list', [5] = 'zset', [6] = 'set',
-  [7] = 'zset'}
+  [7] = 'zset', [8] = 'set', [9] = 'list'}
 for i, t in pairs(expected) do
   local actual = redis.call('TYPE', KEYS[i]).ok
   if actual ~= 'none' and actual ~= t then
@@ -33,11 +36,16 @@ end
 
 local n = redis.call('HINCRBY', KEYS[3], ARGV[1], 1)
 local key = ARGV[6] .. n
-local reason = ''
-if ARGV[10] ~= '' and redis.call('ZCOUNT', KEYS[7], now_ms() - tonumber(ARGV[8]), '+inf') == 0 then
-  reason = '"reason":' .. ARGV[10] .. ','
+local function document(reason)
+  local r = ''
+  if reason then r = '"reason":' .. reason .. ',' end
+  return '{"number":' .. n .. ',"storage_path":"' .. ARGV[3] .. '/' .. n .. '",' .. r .. ARGV[2]
 end
-local doc = '{"number":' .. n .. ',"storage_path":"' .. ARGV[3] .. '/' .. n .. '",' .. reason .. ARGV[2]
+local no_worker = nil
+if ARGV[10] ~= '' and redis.call('ZCOUNT', KEYS[7], now_ms() - tonumber(ARGV[8]), '+inf') == 0 then
+  no_worker = ARGV[10]
+end
+local doc = document(no_worker)
 redis.call('SET', key, doc)
 if ARGV[12] ~= '' then redis.call('SET', ARGV[12], key, 'EX', tonumber(ARGV[13])) end
 redis.call('LPUSH', KEYS[2], n)
@@ -55,8 +63,16 @@ for _ = 1, math.min(redis.call('LLEN', KEYS[2]) - keep, TRIM_MAX) do
   redis.call('RPOP', KEYS[2])
 end
 
-redis.call('LPUSH', KEYS[4], key)
-redis.call('ZADD', KEYS[5], 0, '0')
+local limit = tonumber(ARGV[14])
+if limit and redis.call('SCARD', KEYS[8]) >= limit then
+  redis.call('RPUSH', KEYS[9], key)
+  -- Said in the reply, not stored: the api works out why a stored build waits when asked.
+  doc = document(ARGV[15])
+else
+  if limit then redis.call('SADD', KEYS[8], key) end
+  redis.call('LPUSH', KEYS[4], key)
+  redis.call('ZADD', KEYS[5], 0, '0')
+end
 redis.call('SADD', KEYS[6], ARGV[5])
 -- Names hold no '"', so the event's only `"number":0` is its number.
 local s, e = string.find(ARGV[7], '"number":0', 1, true)
