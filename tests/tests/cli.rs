@@ -87,6 +87,21 @@ async fn follow_prints_the_output_and_exits_with_the_build_result() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("409"));
     let out = kiln(&c, None, &["build", "log", "ok", "1"]);
     assert!(String::from_utf8_lossy(&out.stdout).contains("out-3"));
+    let mut nightly = support::job(&["true"]);
+    nightly["schedule"] = serde_json::json!("0 3 * * *");
+    nightly["concurrency"] = serde_json::json!(1);
+    nightly["disabled"] = serde_json::json!(true);
+    c.apply("nightly", nightly).await;
+    let out = kiln(&c, None, &["job", "list"]);
+    let listing = String::from_utf8_lossy(&out.stdout);
+    let line = listing
+        .lines()
+        .find(|l| l.starts_with("nightly "))
+        .unwrap_or_else(|| panic!("{listing}"));
+    assert!(
+        line.ends_with("disabled, schedule '0 3 * * *', concurrency 1"),
+        "{line}"
+    );
     let out = kiln(&c, None, &["job", "apply", "-f", "/nonexistent.toml"]);
     assert_eq!(out.status.code(), Some(2));
     let bad_def = dir.path().join("typo.toml");

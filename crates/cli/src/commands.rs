@@ -126,8 +126,20 @@ pub(crate) fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             };
             let v = api.json(Method::GET, &path, None)?;
             for j in v["jobs"].as_array().into_iter().flatten() {
-                let folder = j["definition"]["folder"].as_str().unwrap_or("-");
-                println!("{:<40} {folder}", j["name"].as_str().unwrap_or_default());
+                let d = &j["definition"];
+                let folder = d["folder"].as_str().unwrap_or("-");
+                let mut notes = Vec::new();
+                if d["disabled"] == true {
+                    notes.push("disabled".to_owned());
+                }
+                if let Some(s) = d["schedule"].as_str() {
+                    notes.push(format!("schedule '{s}'"));
+                }
+                if let Some(c) = d["concurrency"].as_u64() {
+                    notes.push(format!("concurrency {c}"));
+                }
+                let name = j["name"].as_str().unwrap_or_default();
+                println!("{:<40} {folder:<20} {}", name, notes.join(", "));
             }
             Ok(ExitCode::SUCCESS)
         }
