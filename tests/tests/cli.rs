@@ -1,5 +1,5 @@
 //! The `kiln` CLI against real services: apply, start --follow (over the gateway and over
-//! the api's log offsets), cancel, artifacts, exit codes.
+//! the api's log offsets), cancel, artifacts, secrets, exit codes.
 
 mod support;
 
@@ -181,4 +181,52 @@ async fn a_builds_artifacts_are_listed_and_downloaded() {
         String::from_utf8_lossy(&out.stderr)
     );
     assert!(!missing.exists(), "no file is left for a failed download");
+}
+
+#[tokio::test]
+async fn a_secret_is_set_from_standard_input_used_listed_and_deleted() {
+    use std::io::Write;
+    use std::process::Stdio;
+    let c = Cluster::start().await;
+    let _w = c.worker(WorkerOpts::new("w1")).await;
+    let value = "from-stdin-Zq81";
+    let mut set = Command::new(bin("kiln"))
+        .args(["secret", "set", "API_KEY"])
+        .env("KILN_URL", c.url(""))
+        .env("KILN_TOKEN", TOKEN)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    writeln!(set.stdin.take().unwrap(), "{value}").unwrap();
+    let out = set.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    // The step sees the value without the newline `echo` added, and prints it masked.
+    let mut def = support::job(&[&format!(
+        "[ \"${{#API_KEY}}\" = {} ] && echo key=$API_KEY",
+        value.len()
+    )]);
+    def["secrets"] = serde_json::json!(["API_KEY"]);
+    c.apply("uses-key", def).await;
+    let n = c.trigger("uses-key").await;
+    c.wait_status("uses-key", n, "success", T).await;
+    let out = kiln(&c, None, &["build", "log", "uses-key", &n.to_string()]);
+    let log = String::from_utf8_lossy(&out.stdout);
+    assert!(log.contains("key=***") && !log.contains(value), "{log}");
+
+    let out = kiln(&c, None, &["secret", "list"]);
+    let listing = String::from_utf8_lossy(&out.stdout);
+    assert!(listing.starts_with("API_KEY "), "{listing}");
+    assert!(!listing.contains(value));
+    let out = kiln(&c, None, &["secret", "delete", "API_KEY"]);
+    assert!(out.status.success());
+    let out = kiln(&c, None, &["secret", "delete", "API_KEY"]);
+    assert_eq!(out.status.code(), Some(2), "gone");
+    assert!(String::from_utf8_lossy(&out.stderr).contains("404"));
 }

@@ -156,6 +156,15 @@ async fn a_pull_request_gets_its_own_job_builds_its_head_and_reports_statuses() 
     let mut def = job(&["sleep 1; echo message=$(cat message.txt) sha=$KILN_GIT_SHA"]);
     def["folder"] = json!("team");
     def["schedule"] = json!("0 3 * * *");
+    def["secrets"] = json!(["APP_TOKEN"]);
+    let r = c
+        .call(
+            Method::PUT,
+            "/api/v1/secrets/APP_TOKEN",
+            Some(json!({"value": "token-of-the-app"})),
+        )
+        .await;
+    assert_eq!(r.status(), 201);
     c.apply("app", def).await;
     link(&c, "pullrequest", "app").await;
 
@@ -189,6 +198,11 @@ async fn a_pull_request_gets_its_own_job_builds_its_head_and_reports_statuses() 
         d.get("schedule"),
         None,
         "the base job's schedule stays with the base job"
+    );
+    assert_eq!(
+        d["secrets"],
+        json!(["APP_TOKEN"]),
+        "a pull request from the repository itself gets the secrets"
     );
     let team = c
         .call(Method::GET, "/api/v1/folders/team", None)
@@ -510,6 +524,39 @@ async fn fork_pull_requests_are_not_built_by_default() {
     assert!(body["reason"].as_str().unwrap().contains("fork"));
     let r = c.call(Method::GET, "/api/v1/jobs/app_pr2", None).await;
     assert_eq!(r.status(), 404);
+}
+
+#[tokio::test]
+async fn fork_pull_requests_built_when_allowed_get_none_of_the_secrets() {
+    let Some(fx) = fixtures() else { return };
+    let c = Cluster::start().await;
+    let gh = github_fake().await;
+    let (_i, url) = c
+        .ingest(&gh.uri(), &[("KILN_GITHUB__ALLOW_FORK_PRS", "true")])
+        .await;
+    let hook = Hook {
+        url,
+        client: reqwest::Client::new(),
+    };
+    let mut def = job(&["true"]);
+    def["secrets"] = json!(["DEPLOY_TOKEN"]);
+    c.apply("app", def).await;
+    link(&c, "pullrequest", "app").await;
+    let mut fork = payload(&fx, "pull_request/opened.payload.json");
+    fork["pull_request"]["head"]["repo"]["full_name"] = json!("mallory/Hello-World");
+    let (status, body) = hook.send("pull_request", "f-1", &fork).await;
+    assert_eq!(
+        (status, body["outcome"].as_str()),
+        (202, Some("queued")),
+        "{body}"
+    );
+    let def: Value = c
+        .call(Method::GET, "/api/v1/jobs/app_pr2", None)
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(def["definition"].get("secrets"), None, "{def}");
 }
 
 #[tokio::test]

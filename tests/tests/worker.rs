@@ -1031,3 +1031,105 @@ async fn deleting_a_job_with_waiting_builds_leaves_no_slot_keys() {
         assert_eq!(redis_type(&c, key).await, "none", "{key} still exists");
     }
 }
+
+#[tokio::test]
+async fn secrets_reach_the_steps_and_never_the_log_the_watchers_or_the_api() {
+    use futures::StreamExt;
+    use kiln_model::{keys, BuildRef, OutputMessage};
+    let c = Cluster::start().await;
+    let token = "tok-7f3a9c-very-secret";
+    let key_line = "MIIEowIBAAKCAQEA-line-two";
+    let pem = format!("-----BEGIN KEY-----\n{key_line}\n-----END KEY-----");
+    for (name, value) in [("DEPLOY_TOKEN", token), ("SSH_KEY", pem.as_str())] {
+        let r = c
+            .call(
+                Method::PUT,
+                &format!("/api/v1/secrets/{name}"),
+                Some(json!({ "value": value })),
+            )
+            .await;
+        assert_eq!(r.status(), 201);
+        assert!(!r.text().await.unwrap().contains(value));
+    }
+    let mut def = job(&[
+        "echo token=$DEPLOY_TOKEN; printf '%s\\n' \"$SSH_KEY\" >&2",
+        &format!(
+            "[ ${{#DEPLOY_TOKEN}} = {} ] && echo the step saw the value",
+            token.len()
+        ),
+    ]);
+    def["secrets"] = json!(["DEPLOY_TOKEN", "SSH_KEY"]);
+    c.apply("deploy", def).await;
+    let client = deadpool_redis::redis::Client::open(c.redis_url()).unwrap();
+    let mut sub = client.get_async_pubsub().await.unwrap();
+    sub.subscribe(keys::output_channel(
+        &BuildRef::from_key("job_deploy_1").unwrap(),
+    ))
+    .await
+    .unwrap();
+    let _w = c.worker(WorkerOpts::new("w")).await;
+    assert_eq!(c.trigger("deploy").await, 1);
+    let mut messages = sub.on_message();
+    let mut live = Vec::new();
+    loop {
+        let msg = tokio::time::timeout(T, messages.next())
+            .await
+            .expect("the build's end within the timeout")
+            .expect("the subscription stays open");
+        let payload: String = msg.get_payload().unwrap();
+        match serde_json::from_str(&payload).unwrap() {
+            OutputMessage::Lines { lines } => live.extend(lines.into_iter().map(|l| l.line)),
+            OutputMessage::End { .. } => break,
+        }
+    }
+    let b = c.wait_status("deploy", 1, "success", T).await;
+
+    let log = c.log("deploy", 1).await;
+    let stored = std::fs::read_to_string(c.build_dir("deploy", 1).join("log.jsonl")).unwrap();
+    let live = live.join("\n");
+    for (what, text) in [("log", &log), ("log file", &stored), ("live output", &live)] {
+        assert!(text.contains("token=***"), "{what}: {text}");
+        assert!(text.contains("the step saw the value"), "{what}: {text}");
+        assert!(
+            !text.contains(token) && !text.contains(key_line),
+            "{what} shows a secret: {text}"
+        );
+    }
+    let shown = [
+        b.to_string(),
+        c.call(Method::GET, "/api/v1/jobs/deploy", None)
+            .await
+            .text()
+            .await
+            .unwrap(),
+        c.call(Method::GET, "/api/v1/secrets", None)
+            .await
+            .text()
+            .await
+            .unwrap(),
+    ];
+    for s in &shown {
+        assert!(!s.contains(token) && !s.contains(key_line), "{s}");
+    }
+    assert!(shown[2].contains("DEPLOY_TOKEN") && shown[2].contains("SSH_KEY"));
+    let raw = c
+        .call(Method::GET, "/api/v1/redis/kiln:secrets", None)
+        .await;
+    assert_eq!(raw.status(), 403);
+
+    // A job naming a secret nobody set fails before its first step runs.
+    let marker = c.work.path().join("ran");
+    let mut def = job(&[&format!("touch {}", marker.display())]);
+    def["secrets"] = json!(["NOT_SET_ANYWHERE"]);
+    c.apply("unset", def).await;
+    let n = c.trigger("unset").await;
+    let b = c.wait_status("unset", n, "error", T).await;
+    assert!(
+        b["reason"]
+            .as_str()
+            .unwrap()
+            .contains("secret 'NOT_SET_ANYWHERE' is not defined"),
+        "{b}"
+    );
+    assert!(!marker.exists(), "no step ran");
+}

@@ -1276,3 +1276,92 @@ async fn the_api_works_over_tls_to_redis() {
     );
     assert_eq!(app.get_json("/readyz").await["ready"], true);
 }
+
+/// Secrets are set, replaced, listed and deleted without any answer carrying a value; a bad
+/// name or value, or a reader, changes nothing.
+#[tokio::test]
+async fn secrets_are_kept_and_listed_by_name_only() {
+    let app = TestApp::spawn().await;
+    let put = |name: &'static str, body: Value, token: &'static str| {
+        app.request(Method::PUT, &format!("/api/v1/secrets/{name}"), Some(token))
+            .json(&body)
+            .send()
+    };
+    let r = put("DEPLOY_TOKEN", json!({"value": "first-value"}), WRITER)
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 201);
+    let r = put("DEPLOY_TOKEN", json!({"value": "second-value"}), ADMIN)
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200, "replaced");
+    assert!(!r.text().await.unwrap().contains("second-value"));
+
+    let before = app.snapshot().await;
+    for (name, body, token, status, field) in [
+        (
+            "bad-name",
+            json!({"value": "abcdef"}),
+            WRITER,
+            400,
+            Some("name"),
+        ),
+        (
+            "KILN_X",
+            json!({"value": "abcdef"}),
+            WRITER,
+            400,
+            Some("name"),
+        ),
+        ("SHORT", json!({"value": "abc"}), WRITER, 400, Some("value")),
+        (
+            "NUL",
+            json!({"value": "ab\u{0}cd"}),
+            WRITER,
+            400,
+            Some("value"),
+        ),
+        (
+            "EXTRA",
+            json!({"value": "abcdef", "x": 1}),
+            WRITER,
+            400,
+            Some("x"),
+        ),
+        ("READER", json!({"value": "abcdef"}), READER, 403, None),
+    ] {
+        let got = error_field(put(name, body, token).await.unwrap(), status).await;
+        assert_eq!(got.as_deref(), field, "{name}");
+    }
+    assert_eq!(
+        app.snapshot().await,
+        before,
+        "refused requests change nothing"
+    );
+
+    let list = app.get_json("/api/v1/secrets").await;
+    assert_eq!(list["secrets"].as_array().unwrap().len(), 1, "{list}");
+    assert_eq!(list["secrets"][0]["name"], "DEPLOY_TOKEN");
+    assert_eq!(
+        list["secrets"][0]["updated_by"], "root",
+        "the admin token's name"
+    );
+    assert!(list["secrets"][0]["updated_at"].is_string());
+    assert!(!list.to_string().contains("-value"), "{list}");
+    let raw = app
+        .request(Method::GET, "/api/v1/redis/kiln:secrets", Some(ADMIN))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(raw.status(), 403);
+    assert!(!raw.text().await.unwrap().contains("-value"));
+
+    let delete = |token| {
+        app.request(Method::DELETE, "/api/v1/secrets/DEPLOY_TOKEN", Some(token))
+            .send()
+    };
+    assert_eq!(delete(READER).await.unwrap().status(), 403);
+    assert_eq!(delete(WRITER).await.unwrap().status(), 204);
+    assert_eq!(delete(WRITER).await.unwrap().status(), 404);
+    assert_eq!(app.redis_type("kiln:secrets").await, "none");
+}

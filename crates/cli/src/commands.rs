@@ -1,7 +1,7 @@
 //! The CLI's commands.
 
 use std::collections::BTreeMap;
-use std::io::Write;
+use std::io::{Read, Write};
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
@@ -46,6 +46,20 @@ enum Command {
     /// Builds: start, rebuild, list, cancel, read logs, fetch artifacts.
     #[command(subcommand)]
     Build(BuildCommand),
+    /// Secrets: set, list by name, delete.
+    #[command(subcommand)]
+    Secret(SecretCommand),
+}
+
+#[derive(Subcommand)]
+enum SecretCommand {
+    /// Set or replace a secret. The value is read from standard input (an argument would be
+    /// visible to every user of the machine); one final newline is dropped.
+    Set { name: String },
+    /// List secrets by name, with who set them when (values are never shown).
+    List,
+    /// Delete a secret.
+    Delete { name: String },
 }
 
 #[derive(Subcommand)]
@@ -141,6 +155,39 @@ pub(crate) fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 let name = j["name"].as_str().unwrap_or_default();
                 println!("{:<40} {folder:<20} {}", name, notes.join(", "));
             }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Secret(SecretCommand::Set { name }) => {
+            let mut value = String::new();
+            std::io::stdin()
+                .read_to_string(&mut value)
+                .context("cannot read the secret's value from standard input")?;
+            let value = value
+                .strip_suffix('\n')
+                .map_or(value.as_str(), |v| v.strip_suffix('\r').unwrap_or(v));
+            api.json(
+                Method::PUT,
+                &format!("/api/v1/secrets/{name}"),
+                Some(&json!({ "value": value })),
+            )?;
+            eprintln!("secret {name} set");
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Secret(SecretCommand::List) => {
+            let v = api.json(Method::GET, "/api/v1/secrets", None)?;
+            for s in v["secrets"].as_array().into_iter().flatten() {
+                println!(
+                    "{:<40} {:<26} {}",
+                    s["name"].as_str().unwrap_or_default(),
+                    s["updated_at"].as_str().unwrap_or_default(),
+                    s["updated_by"].as_str().unwrap_or_default()
+                );
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Secret(SecretCommand::Delete { name }) => {
+            api.send(Method::DELETE, &format!("/api/v1/secrets/{name}"), None)?;
+            eprintln!("secret {name} deleted");
             Ok(ExitCode::SUCCESS)
         }
         Command::Build(BuildCommand::Start {

@@ -62,6 +62,9 @@ pub(crate) struct Head {
     pub(crate) job: JobName,
     pub(crate) kind: TriggerKind,
     pub(crate) source: GithubSource,
+    /// A pull request from a fork (built only with `github.allow_fork_prs`): it runs code
+    /// from outside the repository, so its job gets none of the base job's secrets.
+    pub(crate) from_fork: bool,
 }
 
 /// What the webhook handler shares with the derived-job logic.
@@ -72,8 +75,11 @@ pub(crate) struct Ctx<'a> {
     pub(crate) reporter: Option<&'a Name>,
 }
 
-fn derived(base: &JobDefinition, source: GithubSource) -> JobDefinition {
+fn derived(base: &JobDefinition, source: GithubSource, from_fork: bool) -> JobDefinition {
     let mut d = base.clone();
+    if from_fork {
+        d.secrets.clear();
+    }
     d.repository = Some(Repository {
         url: source.clone_url.clone(),
         git_ref: Some(source.head_ref.clone()),
@@ -106,7 +112,7 @@ impl Ctx<'_> {
         let author = head.source.author.clone();
         let git_ref = head.source.head_ref.clone();
         self.store
-            .put_job(&head.job, &derived(&base, head.source))
+            .put_job(&head.job, &derived(&base, head.source, head.from_fork))
             .await?;
         let superseded = if self.cancel_superseded {
             let short = &sha[..sha.len().min(8)];

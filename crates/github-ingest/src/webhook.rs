@@ -184,6 +184,7 @@ async fn pull_request(
             clone_url: head_repo.clone_url.clone(),
             closed_at: None,
         },
+        from_fork,
     };
     Ok(ctx.build(head, delivery).await?)
 }
@@ -223,6 +224,7 @@ async fn push(ctx: &Ctx<'_>, delivery: &str, e: PushEvent) -> Result<Outcome, Ap
             clone_url: e.repository.clone_url,
             closed_at: None,
         },
+        from_fork: false,
     };
     Ok(ctx.build(head, delivery).await?)
 }

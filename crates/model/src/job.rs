@@ -28,6 +28,10 @@ pub struct JobDefinition {
     pub steps: Vec<Step>,
     #[serde(default)]
     pub env: BTreeMap<String, String>,
+    /// Names of secrets (`/secrets`) the steps get as environment variables of the same
+    /// name; their values are masked in the log.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub secrets: Vec<String>,
     #[serde(default)]
     pub parameters: Vec<Parameter>,
     #[serde(default = "default_queue")]
@@ -195,6 +199,20 @@ impl JobDefinition {
                 ));
             }
         }
+        for (i, name) in self.secrets.iter().enumerate() {
+            let field = || format!("secrets[{i}]");
+            crate::secret::validate_name(name)
+                .map_err(|e| InvalidField::new(field(), e.message))?;
+            let clash = self.secrets[..i].contains(name)
+                || self.env.contains_key(name)
+                || self.parameters.iter().any(|p| &p.name == name);
+            if clash {
+                return Err(InvalidField::new(
+                    field(),
+                    "is named twice (a secret may not share its name with another secret, an env variable or a parameter)",
+                ));
+            }
+        }
         let mut seen = std::collections::BTreeSet::new();
         for (i, p) in self.parameters.iter().enumerate() {
             if !is_env_name(&p.name) {
@@ -343,6 +361,15 @@ mod tests {
         }
         d.concurrency = Some(1);
         d.validate().unwrap();
+        d.secrets = vec!["TOKEN".into(), "TOKEN".into()];
+        assert_eq!(d.validate().unwrap_err().field, "secrets[1]");
+        d.secrets = vec!["K".into()];
+        d.env.insert("K".into(), "v".into());
+        assert_eq!(d.validate().unwrap_err().field, "secrets[0]");
+        d.env.clear();
+        d.secrets = vec!["no-dash".into()];
+        assert_eq!(d.validate().unwrap_err().field, "secrets[0]");
+        d.secrets.clear();
         d.steps.clear();
         assert_eq!(d.validate().unwrap_err().field, "steps");
     }

@@ -125,6 +125,10 @@ pub fn job_waiting(job: &JobName) -> String {
     format!("{}{job}", prefix::JOB_WAITING)
 }
 
+/// Hash secret name -> [`crate::StoredSecret`] JSON. Only the api writes it and only workers
+/// read values from it; the api's raw-key route refuses it.
+pub const SECRETS: &str = "kiln:secrets";
+
 /// Hash job name -> last build number handed out (HINCRBY), so numbers are never reused
 /// while the job exists.
 pub const BUILD_COUNTERS: &str = "kiln:build-counters";

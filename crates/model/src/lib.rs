@@ -12,6 +12,7 @@ pub mod names;
 pub mod node;
 pub mod output;
 pub mod schedule;
+pub mod secret;
 pub mod storage;
 
 pub use build::{BuildDocument, BuildStatus, StepResult, Trigger, TriggerKind};
@@ -22,6 +23,7 @@ pub use names::{BuildNumber, JobName, Name, NameError};
 pub use node::NodeInfo;
 pub use output::{LogLine, OutputMessage, Stream};
 pub use schedule::Schedule;
+pub use secret::{Masker, SecretInfo, StoredSecret};
 
 /// Version of the JSON documents this code writes. Readers accept documents without the
 /// field (written by the first release) and any version up to this one.

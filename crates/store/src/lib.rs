@@ -14,6 +14,7 @@ mod pubsub;
 mod queue;
 mod raw;
 mod scripts;
+mod secrets;
 mod sentinel;
 mod tree;
 

@@ -7,7 +7,8 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use chrono::Utc;
-use kiln_model::{output, BuildDocument, BuildStatus, JobDefinition, StepResult, Stream};
+use kiln_model::{output, BuildDocument, BuildStatus, JobDefinition, Masker, StepResult, Stream};
+use kiln_store::StoreError;
 use tokio::sync::watch;
 use tokio::time::Instant;
 
@@ -71,6 +72,21 @@ impl Execution<'_> {
 
     async fn run_in(&self, ws: &Path, doc: &mut BuildDocument) -> Outcome {
         let mut env = self.base_env(ws, doc);
+        if !self.def.secrets.is_empty() {
+            match self.worker.store.secret_values(&self.def.secrets).await {
+                Ok(values) => {
+                    self.sink
+                        .hide(Masker::new(values.iter().map(String::as_str)));
+                    env.extend(self.def.secrets.iter().cloned().zip(values));
+                }
+                Err(StoreError::NotFound(what)) => {
+                    return error(format!(
+                        "{what} is not defined (PUT /api/v1/secrets/<name> sets it)"
+                    ))
+                }
+                Err(e) => return error(format!("cannot read the job's secrets: {e}")),
+            }
+        }
         if let Some(repo) = &self.def.repository {
             env.insert("KILN_REPO_URL".into(), repo.url.clone());
             if let Some(r) = doc.trigger.git_ref.as_ref().or(repo.git_ref.as_ref()) {

@@ -5,10 +5,10 @@
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 use chrono::Utc;
-use kiln_model::{output, BuildRef, LogLine, OutputMessage, Stream};
+use kiln_model::{output, BuildRef, LogLine, Masker, OutputMessage, Stream};
 use kiln_store::Store;
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::JoinHandle;
@@ -30,10 +30,22 @@ const CHANNEL: usize = 4096;
 pub(crate) struct LogSink {
     tx: mpsc::Sender<(Stream, String)>,
     progress: Arc<watch::Sender<Progress>>,
+    /// The build's secret values, set before its first step runs: no line reaches the
+    /// log file or a watcher with one of them in it.
+    secrets: Arc<OnceLock<Masker>>,
 }
 
 impl LogSink {
+    /// From now on every line has these secret values masked.
+    pub(crate) fn hide(&self, secrets: Masker) {
+        let _ = self.secrets.set(secrets);
+    }
+
     pub(crate) async fn line(&self, stream: Stream, line: String) {
+        let line = match self.secrets.get() {
+            Some(m) => m.mask(line),
+            None => line,
+        };
         // The writer only stops after every sink is dropped, so this cannot fail while
         // a sink exists; a lost system line is not worth failing a build for.
         let _ = self.tx.send((stream, line)).await;
@@ -178,7 +190,12 @@ pub(crate) fn start(
             held,
         }
     });
-    (LogSink { tx, progress }, handle)
+    let sink = LogSink {
+        tx,
+        progress,
+        secrets: Arc::default(),
+    };
+    (sink, handle)
 }
 
 /// How the log's first batch reaches the build's start: the start's script publishes it,

@@ -11,6 +11,7 @@ mod jobs;
 mod logs;
 mod nodes;
 mod raw;
+mod secrets;
 
 use actix_web::body::MessageBody;
 use actix_web::dev::{ServiceRequest, ServiceResponse};
@@ -59,6 +60,9 @@ routes! {
     put "/github/{org}/{repo}/{kind}" => github::put, "write", 200, "Link a repository's pullrequest or branch events to a job";
     get "/github/{org}/{repo}/{kind}" => github::get, "read", 200, "Read a GitHub link";
     delete "/github/{org}/{repo}/{kind}" => github::delete, "write", 204, "Remove a GitHub link";
+    get "/secrets" => secrets::list, "read", 200, "List secrets by name (never their values)";
+    put "/secrets/{name}" => secrets::put, "write", 201, "Set or replace a secret";
+    delete "/secrets/{name}" => secrets::delete, "write", 204, "Delete a secret";
     get "/dead-letters/{consumer}" => dead_letters::list, "read", 200, "List what a consumer (es, github) gave up on, newest first";
     get "/redis/{key}" => raw::get, "admin", 200, "Read any key of Kiln's Redis layout";
     get "/openapi.json" => openapi_json, "none", 200, "This document";

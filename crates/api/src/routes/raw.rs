@@ -19,5 +19,10 @@ pub(crate) async fn get(
             "not a key of Kiln's layout (jobs, folder_*, job_*, github_*, kiln:*)",
         ));
     }
+    if key == kiln_model::keys::SECRETS {
+        return Err(ApiError::Forbidden(
+            "secret values are never shown; GET /api/v1/secrets lists their names".into(),
+        ));
+    }
     Ok(HttpResponse::Ok().json(state.store.raw(&key).await?))
 }
