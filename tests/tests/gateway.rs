@@ -389,7 +389,19 @@ async fn bad_requests_get_the_json_error_naming_what_was_wrong() {
             "bad_request",
         ),
         (reqwest::Method::GET, "/ws/nope", 404, "not_found"),
-        (reqwest::Method::POST, "/ws/nodes", 404, "not_found"),
+        (
+            reqwest::Method::POST,
+            "/ws/nodes",
+            405,
+            "method_not_allowed",
+        ),
+        (
+            reqwest::Method::DELETE,
+            "/ws/builds/app/1",
+            405,
+            "method_not_allowed",
+        ),
+        (reqwest::Method::POST, "/healthz", 405, "method_not_allowed"),
     ];
     for (method, path, status, code) in cases {
         let r = client
@@ -399,10 +411,17 @@ async fn bad_requests_get_the_json_error_naming_what_was_wrong() {
             .await
             .unwrap();
         assert_eq!(r.status(), status, "{path}");
+        let allow = r
+            .headers()
+            .get("allow")
+            .map(|v| v.to_str().unwrap().to_owned());
         let body: Value = r.json().await.expect("a JSON error body");
         assert_eq!(body["error"]["code"], code, "{path}: {body}");
         if status == 400 {
             assert_eq!(body["error"]["field"], "from", "{path}: {body}");
+        }
+        if status == 405 {
+            assert_eq!(allow.as_deref(), Some("GET"), "{path}");
         }
     }
 }

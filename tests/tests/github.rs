@@ -611,3 +611,17 @@ async fn closed_pull_request_jobs_are_deleted_after_their_retention() {
         "the base stays"
     );
 }
+
+#[tokio::test]
+async fn the_webhook_asked_with_another_method_says_which_one_works() {
+    let c = Cluster::start().await;
+    let gh = github_fake().await;
+    let (_i, base) = c.ingest(&gh.uri(), &[]).await;
+    let r = reqwest::get(format!("{base}/webhook")).await.unwrap();
+    assert_eq!(r.status(), 405);
+    assert_eq!(r.headers()["allow"], "POST");
+    let body: Value = r.json().await.unwrap();
+    assert_eq!(body["error"]["code"], "method_not_allowed", "{body}");
+    let r = reqwest::get(format!("{base}/healthz")).await.unwrap();
+    assert_eq!(r.status(), 200);
+}

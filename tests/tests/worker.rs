@@ -44,16 +44,32 @@ async fn a_triggered_build_runs_and_its_output_is_stored() {
 
 /// The worker's own HTTP port (health, metrics) answers anything else with the JSON error
 /// every Kiln service uses, not an empty 404.
+/// The worker's `/healthz` is its own (it fails when the claim loop stops turning, which a
+/// liveness probe must see), and its port answers anything else in the JSON error shape.
 #[tokio::test]
-async fn the_workers_http_port_answers_an_unknown_route_with_the_json_error() {
+async fn the_workers_http_port_reports_its_claim_loop_and_answers_the_rest_with_json_errors() {
     let c = Cluster::start().await;
     let w = c.worker(WorkerOpts::new("w1")).await;
-    let r = reqwest::get(format!("http://127.0.0.1:{}/nope", w.port))
+    let base = format!("http://127.0.0.1:{}", w.port);
+    let health: serde_json::Value = reqwest::get(format!("{base}/healthz"))
+        .await
+        .unwrap()
+        .json()
         .await
         .unwrap();
+    assert!(health["claim_loop_idle_ms"].is_i64(), "{health}");
+    assert_eq!(health["running"], 0, "{health}");
+    let r = reqwest::get(format!("{base}/nope")).await.unwrap();
     assert_eq!(r.status(), 404);
     let body: serde_json::Value = r.json().await.expect("a JSON error body");
     assert_eq!(body["error"]["code"], "not_found", "{body}");
+    let r = reqwest::Client::new()
+        .post(format!("{base}/healthz"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 405);
+    assert_eq!(r.headers()["allow"], "GET");
 }
 
 #[tokio::test]

@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use actix_web::{dev::Server, web, App, HttpResponse, HttpServer};
 use kiln_model::{BuildNumber, BuildRef, Name};
-use kiln_service_kit::health;
+use kiln_service_kit::{error, health};
 use kiln_store::{Store, StoreOptions};
 use serde_json::json;
 use tokio_util::sync::CancellationToken;
@@ -56,8 +56,9 @@ impl Application {
             App::new()
                 .app_data(state.clone())
                 .configure(health::configure)
+                .route("/healthz", web::get().to(health::healthz))
                 .route("/readyz", web::get().to(readyz))
-                .default_service(web::to(kiln_service_kit::error::not_found))
+                .default_service(web::to(|req| error::unrouted_service(req, &[])))
         })
         .listen(listener)
         .map_err(|e| BuildError::bind(addr, e))?

@@ -4,9 +4,9 @@
 use std::net::SocketAddr;
 use std::path::PathBuf;
 
-use actix_web::{dev::Server, web, App, HttpServer};
+use actix_web::{dev::Server, web, App, HttpRequest, HttpResponse, HttpServer};
 use kiln_model::Name;
-use kiln_service_kit::health;
+use kiln_service_kit::{error, health};
 use kiln_store::{Store, StoreOptions};
 use tokio_util::sync::CancellationToken;
 
@@ -67,9 +67,18 @@ impl Application {
                     ..state.clone()
                 }))
                 .configure(health::configure)
+                .route("/healthz", web::get().to(health::healthz))
                 .route("/readyz", web::get().to(crate::webhook::readyz))
                 .route(&path, web::post().to(crate::webhook::receive))
-                .default_service(web::to(kiln_service_kit::error::not_found))
+                .default_service(web::to({
+                    let path = path.clone();
+                    move |req: HttpRequest| {
+                        let webhook = [("POST", path.as_str())];
+                        let routes = health::ROUTES.iter().copied().chain(webhook);
+                        let e = error::unrouted(&req, req.path(), routes);
+                        async move { Err::<HttpResponse, _>(e) }
+                    }
+                }))
         })
         .listen(listener)
         .map_err(|e| BuildError::bind(addr, e))?

@@ -139,14 +139,60 @@ impl From<StoreError> for ApiError {
     }
 }
 
-/// Every service's answer to a method or path it does not serve: the JSON error shape,
-/// where actix would answer an empty 404.
-pub async fn not_found(req: HttpRequest) -> Result<HttpResponse, ApiError> {
-    Err(ApiError::NotFound(format!(
-        "no route for {} {}",
-        req.method(),
-        req.path()
-    )))
+/// A route a service serves: its method and its path pattern, in actix's
+/// syntax (`{param}` one segment, a last `{param:.*}` the rest).
+pub type Route = (&'static str, &'static str);
+
+/// Whether `path` fits the route `pattern`, each `{param}` standing for one non-empty
+/// segment and a last `{param:.*}` for the non-empty rest.
+pub fn path_matches(pattern: &str, path: &str) -> bool {
+    let (mut p, mut q) = (pattern.split('/'), path.split('/'));
+    loop {
+        match (p.next(), q.next()) {
+            (None, None) => return true,
+            (Some(a), Some(b)) if a.ends_with(":.*}") => return !b.is_empty(),
+            (Some(a), Some(b)) if a.starts_with('{') => {
+                if b.is_empty() {
+                    return false;
+                }
+            }
+            (Some(a), Some(b)) if a == b => {}
+            _ => return false,
+        }
+    }
+}
+
+/// Every service's answer to a request no route serves, in the JSON error shape (actix
+/// would answer an empty 404): a path one of `routes` has, asked with another method, is
+/// 405 with the methods it takes (the `Allow` header, and the message), so a client that
+/// used the wrong method is told which ones work; anything else is 404.
+pub fn unrouted<'a>(
+    req: &HttpRequest,
+    path: &str,
+    routes: impl IntoIterator<Item = (&'a str, &'a str)>,
+) -> ApiError {
+    let mut allowed: Vec<String> = routes
+        .into_iter()
+        .filter(|(_, pattern)| path_matches(pattern, path))
+        .map(|(method, _)| method.to_ascii_uppercase())
+        .collect();
+    allowed.dedup();
+    if allowed.is_empty() {
+        return ApiError::NotFound(format!("no route for {} {}", req.method(), req.path()));
+    }
+    ApiError::MethodNotAllowed {
+        allowed: allowed.join(", "),
+    }
+}
+
+/// The default service of a service whose routes are the shared [`crate::health::ROUTES`]
+/// and its own `routes`: [`unrouted`]'s 405 or 404.
+pub async fn unrouted_service(
+    req: HttpRequest,
+    routes: &'static [Route],
+) -> Result<HttpResponse, ApiError> {
+    let all = crate::health::ROUTES.iter().chain(routes).copied();
+    Err(unrouted(&req, req.path(), all))
 }
 
 /// Parses a JSON body, naming the offending field on error. Bodies are read as bytes
@@ -179,6 +225,16 @@ pub fn parse_json<T: serde::de::DeserializeOwned>(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_path_matches_its_pattern_segment_by_segment() {
+        assert!(path_matches("/ws/builds/{job}/{number}", "/ws/builds/app/1"));
+        assert!(!path_matches("/ws/builds/{job}/{number}", "/ws/builds/app"));
+        assert!(!path_matches("/ws/builds/{job}/{number}", "/ws/builds//1"));
+        assert!(path_matches("/a/{path:.*}", "/a/b/c"));
+        assert!(!path_matches("/a/{path:.*}", "/a/"));
+        assert!(!path_matches("/healthz", "/healthz/x"));
+    }
 
     #[derive(Debug, serde::Deserialize)]
     #[serde(deny_unknown_fields)]

@@ -46,12 +46,20 @@ pub async fn redis_readiness(store: &Store) -> HttpResponse {
     }
 }
 
-/// Registers `/healthz` and `/metrics`; each service adds its own `/readyz`.
+/// Registers `/metrics`. Each service adds its own `/healthz` (this module's [`healthz`]
+/// when being up is all it can tell; the worker's checks its claim loop) and `/readyz`:
+/// registering a shared `/healthz` here once hid the worker's own, since the first route
+/// registered for a path wins.
 pub fn configure(cfg: &mut web::ServiceConfig) {
     cfg.app_data(web::Data::new(prometheus()))
-        .route("/healthz", web::get().to(healthz))
         .route("/metrics", web::get().to(metrics_endpoint));
 }
+
+/// The routes every service serves with `GET`, for its unknown-route answer
+/// ([`crate::error::unrouted`]): `/metrics` from [`configure`], and the `/healthz` and
+/// `/readyz` each service registers.
+pub const ROUTES: &[crate::error::Route] =
+    &[("GET", "/healthz"), ("GET", "/readyz"), ("GET", "/metrics")];
 
 /// Logs the Redis warnings loudly at start-up (evictions and lost persistence lose builds).
 pub async fn warn_about_redis(store: &Store) {

@@ -227,12 +227,10 @@ impl Store {
             .arg(req.dedup.as_ref().map_or(0, |(_, ttl)| *ttl))
             .arg(def.concurrency.map(|c| c.to_string()).unwrap_or_default())
             .arg(
-                serde_json::Value::from(slot_wait_reason(
-                    &req.job,
-                    def.concurrency.unwrap_or_default(),
-                    None,
-                ))
-                .to_string(),
+                def.concurrency
+                    .map(|c| serde_json::Value::from(slot_wait_reason(&req.job, c, None)))
+                    .map(|reason| reason.to_string())
+                    .unwrap_or_default(),
             )
             .invoke_async::<(u64, String)>(&mut c)
             .await;

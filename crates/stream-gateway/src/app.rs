@@ -9,7 +9,7 @@ use std::sync::Arc;
 use actix_web::{dev::Server, web, App, HttpRequest, HttpResponse, HttpServer};
 use kiln_model::{BuildNumber, BuildRef, JobName};
 use kiln_service_kit::auth::Authenticator;
-use kiln_service_kit::error::ApiError;
+use kiln_service_kit::error::{self, ApiError, Route};
 use kiln_service_kit::query::Query;
 use kiln_service_kit::{health, Role};
 use kiln_store::{Store, StoreOptions};
@@ -20,6 +20,13 @@ use crate::config::{GatewayConfig, Limits};
 use crate::hub::Hub;
 use crate::live_streams::EventFilter;
 use crate::session::Client;
+
+const WS_BUILD: &str = "/ws/builds/{job}/{number}";
+const WS_NODES: &str = "/ws/nodes";
+const WS_EVENTS: &str = "/ws/events";
+/// The gateway's own routes (beside `/healthz`, `/readyz`, `/metrics`), for its answer to
+/// a wrong method (405) or path (404).
+const ROUTES: &[Route] = &[("GET", WS_BUILD), ("GET", WS_NODES), ("GET", WS_EVENTS)];
 
 /// Why the service could not start.
 pub type BuildError = kiln_service_kit::StartError;
@@ -67,11 +74,12 @@ impl Application {
                     ..state.clone()
                 }))
                 .configure(health::configure)
+                .route("/healthz", web::get().to(health::healthz))
                 .route("/readyz", web::get().to(readyz))
-                .route("/ws/builds/{job}/{number}", web::get().to(ws_build))
-                .route("/ws/nodes", web::get().to(ws_nodes))
-                .route("/ws/events", web::get().to(ws_events))
-                .default_service(web::to(kiln_service_kit::error::not_found))
+                .route(WS_BUILD, web::get().to(ws_build))
+                .route(WS_NODES, web::get().to(ws_nodes))
+                .route(WS_EVENTS, web::get().to(ws_events))
+                .default_service(web::to(|req| error::unrouted_service(req, ROUTES)))
         })
         .listen(listener)
         .map_err(|e| BuildError::bind(addr, e))?

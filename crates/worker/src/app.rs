@@ -10,7 +10,7 @@ use std::sync::{Arc, Mutex};
 use actix_web::{dev::Server, web, App, HttpServer};
 use chrono::Utc;
 use kiln_model::Name;
-use kiln_service_kit::health;
+use kiln_service_kit::{error, health};
 use kiln_store::{Store, StoreOptions};
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
@@ -70,7 +70,7 @@ impl Application {
                 .configure(health::configure)
                 .route("/healthz", web::get().to(crate::http::healthz))
                 .route("/readyz", web::get().to(crate::http::readyz))
-                .default_service(web::to(kiln_service_kit::error::not_found))
+                .default_service(web::to(|req| error::unrouted_service(req, &[])))
         })
         .listen(listener)
         .map_err(|e| BuildError::bind(addr, e))?

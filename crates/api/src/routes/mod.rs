@@ -18,8 +18,8 @@ use actix_web::dev::{ServiceRequest, ServiceResponse};
 use actix_web::middleware::Next;
 use actix_web::{web, HttpRequest, HttpResponse};
 use kiln_model::{JobName, Name};
-use kiln_service_kit::error::{parse_json, ApiError};
-use kiln_service_kit::health::PrometheusHandle;
+use kiln_service_kit::error::{self, parse_json, ApiError};
+use kiln_service_kit::health::{self, PrometheusHandle};
 
 use crate::app::AppState;
 use crate::openapi::{self, RouteDoc};
@@ -71,46 +71,14 @@ routes! {
 /// Where the route table is served.
 pub(crate) const API_PREFIX: &str = "/api/v1";
 
-/// A request no route serves. A path the table has, asked with another method, is 405 with
-/// the methods it takes (the `Allow` header, and the message), so a client that used the
-/// wrong method is told which ones work; anything else is 404.
+/// A request no route serves: 405 with `Allow` for a known path asked with the wrong
+/// method, else 404 (`kiln_service_kit::error::unrouted`).
 pub(crate) async fn unrouted(req: HttpRequest) -> Result<HttpResponse, ApiError> {
-    let allowed: Vec<String> = req
-        .path()
-        .strip_prefix(API_PREFIX)
-        .map(|rest| {
-            ROUTES
-                .iter()
-                .filter(|r| path_matches(r.path, rest))
-                .map(|r| r.method.to_ascii_uppercase())
-                .collect()
-        })
-        .unwrap_or_default();
-    if allowed.is_empty() {
-        return kiln_service_kit::error::not_found(req).await;
-    }
-    Err(ApiError::MethodNotAllowed {
-        allowed: allowed.join(", "),
+    let path = req.path();
+    Err(match path.strip_prefix(API_PREFIX) {
+        Some(rest) => error::unrouted(&req, rest, ROUTES.iter().map(|r| (r.method, r.path))),
+        None => error::unrouted(&req, path, health::ROUTES.iter().copied()),
     })
-}
-
-/// Whether `path` fits the route `pattern`, each `{param}` standing for one non-empty
-/// segment and a last `{param:.*}` for the non-empty rest.
-fn path_matches(pattern: &str, path: &str) -> bool {
-    let (mut p, mut q) = (pattern.split('/'), path.split('/'));
-    loop {
-        match (p.next(), q.next()) {
-            (None, None) => return true,
-            (Some(a), Some(b)) if a.ends_with(":.*}") => return !b.is_empty(),
-            (Some(a), Some(b)) if a.starts_with('{') => {
-                if b.is_empty() {
-                    return false;
-                }
-            }
-            (Some(a), Some(b)) if a == b => {}
-            _ => return false,
-        }
-    }
 }
 
 async fn openapi_json() -> HttpResponse {

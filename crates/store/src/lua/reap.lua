@@ -1,7 +1,7 @@
 -- Requeues, at the head of their queue, the builds whose lease expired (attempt + 1), or
 -- ends them as `lost` past the job's lost_retries. Idempotent: every worker runs it.
--- KEYS: leases, owners, consumers set
 -- A build that ends passes its job's concurrency slot on; a requeued one keeps it.
+-- KEYS: leases, owners, consumers set
 -- ARGV: now (RFC 3339), job prefix, queue prefix, marker prefix, inflight prefix,
 --       finished prefix, events channel, batch limit, running prefix, job slots prefix,
 --       job waiting prefix

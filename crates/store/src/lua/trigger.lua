@@ -18,8 +18,10 @@
 -- clear away (they reuse them).
 -- Refuse before writing anything if a key holds the wrong type: Redis does not roll back
 -- a script that fails half-way.
+local limit = tonumber(ARGV[14])
 local expected = {[2] = 'list', [3] = 'hash', [4] = 'list', [5] = 'zset', [6] = 'set',
-  [7] = 'zset', [8] = 'set', [9] = 'list'}
+  [7] = 'zset'}
+if limit then expected[8], expected[9] = 'set', 'list' end
 for i, t in pairs(expected) do
   local actual = redis.call('TYPE', KEYS[i]).ok
   if actual ~= 'none' and actual ~= t then
@@ -63,7 +65,6 @@ for _ = 1, math.min(redis.call('LLEN', KEYS[2]) - keep, TRIM_MAX) do
   redis.call('RPOP', KEYS[2])
 end
 
-local limit = tonumber(ARGV[14])
 if limit and redis.call('SCARD', KEYS[8]) >= limit then
   redis.call('RPUSH', KEYS[9], key)
   -- Said in the reply, not stored: the api works out why a stored build waits when asked.
