@@ -268,13 +268,7 @@ async fn cancelling_a_running_build_stops_it_quickly() {
     c.apply("long", job(&["echo started; sleep 60"])).await;
     let n = c.trigger("long").await;
     c.wait_log_contains("long", n, "started", T).await;
-    let r = c
-        .call(
-            Method::POST,
-            &format!("/api/v1/jobs/long/builds/{n}/cancel"),
-            None,
-        )
-        .await;
+    let r = c.cancel("long", n).await;
     assert_eq!(r.status(), 202);
     let t0 = std::time::Instant::now();
     let b = c.wait_status("long", n, "cancelled", T).await;
@@ -664,13 +658,7 @@ async fn services_reach_redis_through_sentinel() {
     c.wait_log_contains("via-sentinel", n, "through sentinel", T)
         .await;
     // Cancelling travels over pub/sub (fred, through the sentinel too).
-    let r = c
-        .call(
-            Method::POST,
-            &format!("/api/v1/jobs/via-sentinel/builds/{n}/cancel"),
-            None,
-        )
-        .await;
+    let r = c.cancel("via-sentinel", n).await;
     assert_eq!(r.status(), 202);
     c.wait_status("via-sentinel", n, "cancelled", Duration::from_secs(5))
         .await;
@@ -933,13 +921,7 @@ async fn a_jobs_concurrency_limit_holds_its_other_builds_back_in_trigger_order()
         );
     }
     // A waiting build cancelled ends at once and never runs.
-    let r = c
-        .call(
-            Method::POST,
-            &format!("/api/v1/jobs/deploy/builds/{three}/cancel"),
-            None,
-        )
-        .await;
+    let r = c.cancel("deploy", three).await;
     let v: serde_json::Value = r.json().await.unwrap();
     assert_eq!(v["outcome"], "cancelled", "{v}");
     let four = c.trigger("deploy").await;

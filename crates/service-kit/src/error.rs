@@ -228,7 +228,10 @@ mod tests {
 
     #[test]
     fn a_path_matches_its_pattern_segment_by_segment() {
-        assert!(path_matches("/ws/builds/{job}/{number}", "/ws/builds/app/1"));
+        assert!(path_matches(
+            "/ws/builds/{job}/{number}",
+            "/ws/builds/app/1"
+        ));
         assert!(!path_matches("/ws/builds/{job}/{number}", "/ws/builds/app"));
         assert!(!path_matches("/ws/builds/{job}/{number}", "/ws/builds//1"));
         assert!(path_matches("/a/{path:.*}", "/a/b/c"));

@@ -351,6 +351,16 @@ impl Cluster {
         self.trigger_with(job, json!({})).await
     }
 
+    /// Asks the api to cancel a build.
+    pub async fn cancel(&self, job: &str, n: u64) -> reqwest::Response {
+        self.call(
+            reqwest::Method::POST,
+            &format!("/api/v1/jobs/{job}/builds/{n}/cancel"),
+            None,
+        )
+        .await
+    }
+
     pub async fn build(&self, job: &str, n: u64) -> Value {
         let r = self
             .call(
