@@ -1131,3 +1131,41 @@ async fn secrets_reach_the_steps_and_never_the_log_the_watchers_or_the_api() {
     );
     assert!(!marker.exists(), "no step ran");
 }
+
+#[tokio::test]
+async fn a_step_allowed_to_fail_is_recorded_as_failed_and_the_build_goes_on() {
+    let c = Cluster::start().await;
+    c.apply(
+        "lint",
+        json!({"steps": [
+            {"name": "lint", "run": "echo linting; exit 3", "allow_failure": true},
+            {"name": "build", "run": "echo built"},
+        ]}),
+    )
+    .await;
+    c.apply(
+        "slow-lint",
+        json!({"timeout_secs": 1, "steps": [
+            {"name": "lint", "run": "sleep 30", "allow_failure": true},
+            {"name": "build", "run": "echo built"},
+        ]}),
+    )
+    .await;
+    let _w = c.worker(WorkerOpts::new("w")).await;
+    let n = c.trigger("lint").await;
+    let b = c.wait_status("lint", n, "success", T).await;
+    assert_eq!(b["steps"][0]["status"], "failure", "{b}");
+    assert_eq!(b["steps"][0]["exit_code"], 3, "{b}");
+    assert_eq!(b["steps"][1]["status"], "success", "{b}");
+    assert_eq!(
+        b["exit_code"], 0,
+        "the build's code is its last counted step's"
+    );
+    let log = c.log("lint", n).await;
+    assert!(log.contains("built"), "{log}");
+    assert!(log.contains("lint may fail (allow_failure)"), "{log}");
+    // Only a failing command is allowed: a step that runs out of time still ends the build.
+    let n = c.trigger("slow-lint").await;
+    let b = c.wait_status("slow-lint", n, "timed_out", T).await;
+    assert_eq!(b["steps"].as_array().unwrap().len(), 1, "{b}");
+}

@@ -94,6 +94,11 @@ pub struct GithubSource {
 pub struct Step {
     pub name: String,
     pub run: String,
+    /// A step whose command fails (exits non-zero) does not fail the build: its result says
+    /// `failure` and the next step runs. A step that times out, is cancelled or cannot
+    /// start still ends the build.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub allow_failure: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
