@@ -178,12 +178,7 @@ async fn a_pull_request_gets_its_own_job_builds_its_head_and_reports_statuses() 
         json!({"outcome": "queued", "job": "app_pr2", "number": 1, "superseded": 0})
     );
 
-    let def = c
-        .call(Method::GET, "/api/v1/jobs/app_pr2", None)
-        .await
-        .json::<Value>()
-        .await
-        .unwrap();
+    let def = c.get_json("/api/v1/jobs/app_pr2").await;
     let d = &def["definition"];
     assert_eq!(d["folder"], "team", "placed beside its base");
     assert_eq!(d["github"]["number"], 2);
@@ -204,12 +199,7 @@ async fn a_pull_request_gets_its_own_job_builds_its_head_and_reports_statuses() 
         json!(["APP_TOKEN"]),
         "a pull request from the repository itself gets the secrets"
     );
-    let team = c
-        .call(Method::GET, "/api/v1/folders/team", None)
-        .await
-        .json::<Value>()
-        .await
-        .unwrap();
+    let team = c.get_json("/api/v1/folders/team").await;
     assert_eq!(team["entries"][1]["key"], "job_app_pr2");
 
     let b = c.wait_status("app_pr2", 1, "success", T).await;
@@ -280,12 +270,7 @@ async fn closing_a_pull_request_disables_its_job_and_cancels_queued_builds() {
         json!({"outcome": "disabled", "job": "app_pr2", "cancelled": 1})
     );
     assert_eq!(c.build("app_pr2", 1).await["status"], "cancelled");
-    let def = c
-        .call(Method::GET, "/api/v1/jobs/app_pr2", None)
-        .await
-        .json::<Value>()
-        .await
-        .unwrap();
+    let def = c.get_json("/api/v1/jobs/app_pr2").await;
     assert_eq!(def["definition"]["disabled"], true);
     assert!(def["definition"]["github"]["closed_at"].is_string());
     let r = c
@@ -351,12 +336,7 @@ async fn branch_pushes_get_collision_free_jobs_and_deleted_branches_are_disabled
         "{body}"
     );
     for j in &jobs[..2] {
-        let def = c
-            .call(Method::GET, &format!("/api/v1/jobs/{j}"), None)
-            .await
-            .json::<Value>()
-            .await
-            .unwrap();
+        let def = c.get_json(&format!("/api/v1/jobs/{j}")).await;
         assert_eq!(def["definition"]["disabled"], true, "{j}");
     }
     let (status, body) = hook
@@ -459,12 +439,7 @@ async fn a_redelivered_event_queues_one_build() {
         json!({"outcome": "duplicate", "job": "app_pr2", "number": 1}),
         "{b1}"
     );
-    let list = c
-        .call(Method::GET, "/api/v1/jobs/app_pr2/builds", None)
-        .await
-        .json::<Value>()
-        .await
-        .unwrap();
+    let list = c.get_json("/api/v1/jobs/app_pr2/builds").await;
     assert_eq!(list["total"], 1);
     assert_eq!(
         list["builds"][0]["status"], "queued",
@@ -550,12 +525,7 @@ async fn fork_pull_requests_built_when_allowed_get_none_of_the_secrets() {
         (202, Some("queued")),
         "{body}"
     );
-    let def: Value = c
-        .call(Method::GET, "/api/v1/jobs/app_pr2", None)
-        .await
-        .json()
-        .await
-        .unwrap();
+    let def: Value = c.get_json("/api/v1/jobs/app_pr2").await;
     assert_eq!(def["definition"].get("secrets"), None, "{def}");
 }
 

@@ -529,12 +529,7 @@ async fn sigterm_lets_a_running_build_finish() {
     let b = c.wait_status("graceful", n, "success", T).await;
     assert_eq!(b["attempt"], 1);
     assert_eq!(w.wait_exit(T).await, Some(0));
-    let nodes: serde_json::Value = c
-        .call(Method::GET, "/api/v1/nodes", None)
-        .await
-        .json()
-        .await
-        .unwrap();
+    let nodes: serde_json::Value = c.get_json("/api/v1/nodes").await;
     assert_eq!(nodes["nodes"], json!([]), "a stopped worker deregisters");
 }
 
@@ -858,12 +853,7 @@ fn started(gates: &std::path::Path) -> Vec<u64> {
 }
 
 async fn queue_depth(c: &Cluster, queue: &str) -> u64 {
-    let v: serde_json::Value = c
-        .call(Method::GET, "/api/v1/queue", None)
-        .await
-        .json()
-        .await
-        .unwrap();
+    let v: serde_json::Value = c.get_json("/api/v1/queue").await;
     v["queues"]
         .as_array()
         .unwrap()

@@ -351,6 +351,15 @@ impl Cluster {
         self.trigger_with(job, json!({})).await
     }
 
+    /// GETs an api path and returns its JSON body.
+    pub async fn get_json(&self, path: &str) -> Value {
+        self.call(reqwest::Method::GET, path, None)
+            .await
+            .json()
+            .await
+            .unwrap()
+    }
+
     /// Asks the api to cancel a build.
     pub async fn cancel(&self, job: &str, n: u64) -> reqwest::Response {
         self.call(
@@ -362,14 +371,8 @@ impl Cluster {
     }
 
     pub async fn build(&self, job: &str, n: u64) -> Value {
-        let r = self
-            .call(
-                reqwest::Method::GET,
-                &format!("/api/v1/jobs/{job}/builds/{n}"),
-                None,
-            )
-            .await;
-        r.json().await.unwrap()
+        self.get_json(&format!("/api/v1/jobs/{job}/builds/{n}"))
+            .await
     }
 
     /// Polls until the build has `status`, failing fast if it ends in another final one.
