@@ -91,6 +91,7 @@ async fn follow_prints_the_output_and_exits_with_the_build_result() {
     nightly["schedule"] = serde_json::json!("0 3 * * *");
     nightly["concurrency"] = serde_json::json!(1);
     nightly["disabled"] = serde_json::json!(true);
+    nightly["downstream"] = serde_json::json!([{"job": "ok"}, {"job": "slow", "on": ["failure"]}]);
     c.apply("nightly", nightly).await;
     let out = kiln(&c, None, &["job", "list"]);
     let listing = String::from_utf8_lossy(&out.stdout);
@@ -99,7 +100,7 @@ async fn follow_prints_the_output_and_exits_with_the_build_result() {
         .find(|l| l.starts_with("nightly "))
         .unwrap_or_else(|| panic!("{listing}"));
     assert!(
-        line.ends_with("disabled, schedule '0 3 * * *', concurrency 1"),
+        line.ends_with("disabled, schedule '0 3 * * *', concurrency 1, then ok slow"),
         "{line}"
     );
     let out = kiln(&c, None, &["job", "apply", "-f", "/nonexistent.toml"]);

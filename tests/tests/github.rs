@@ -157,6 +157,7 @@ async fn a_pull_request_gets_its_own_job_builds_its_head_and_reports_statuses() 
     def["folder"] = json!("team");
     def["schedule"] = json!("0 3 * * *");
     def["secrets"] = json!(["APP_TOKEN"]);
+    def["downstream"] = json!([{"job": "deploy"}]);
     let r = c
         .call(
             Method::PUT,
@@ -193,6 +194,11 @@ async fn a_pull_request_gets_its_own_job_builds_its_head_and_reports_statuses() 
         d.get("schedule"),
         None,
         "the base job's schedule stays with the base job"
+    );
+    assert_eq!(
+        d.get("downstream"),
+        None,
+        "a pull request's builds start none of the base job's downstream jobs"
     );
     assert_eq!(
         d["secrets"],

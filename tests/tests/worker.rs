@@ -211,7 +211,7 @@ async fn on_a_busy_worker_a_quick_builds_start_rides_with_its_finish() {
 
     // Redis saw the build's finish (12 keys) and no start of its own (2 keys).
     let seen = monitor
-        .wait_for(T, |l| l.contains(r#""12" "job_quick_1""#))
+        .wait_for(T, |l| l.contains(r#""13" "job_quick_1""#))
         .await;
     let starts = seen
         .iter()

@@ -13,6 +13,7 @@ use kiln_store::{Store, StoreOptions};
 use tokio_util::sync::CancellationToken;
 
 use crate::config::ApiConfig;
+use crate::downstream::{self, DownstreamTrigger};
 use crate::routes;
 use crate::scheduler::Scheduler;
 
@@ -30,6 +31,7 @@ pub struct Application {
     server: Server,
     addr: SocketAddr,
     scheduler: Scheduler,
+    downstream: DownstreamTrigger,
 }
 
 impl Application {
@@ -40,6 +42,10 @@ impl Application {
         let store = Store::new(&opts)?;
         health::warn_about_redis(&store).await;
         let scheduler_store = store.clone();
+        let downstream = DownstreamTrigger::new(
+            store.clone(),
+            Store::blocking(&config.common.redis.url, downstream::BLOCK)?,
+        );
         let storage_root = config.common.storage.root.clone();
         let (listener, addr) = kiln_service_kit::server::bind(&config.common.http)?;
         let auth = Authenticator::new(&config.common.auth);
@@ -77,6 +83,7 @@ impl Application {
             server: server.run(),
             addr,
             scheduler: Scheduler::new(scheduler_store),
+            downstream,
         })
     }
 
@@ -84,10 +91,11 @@ impl Application {
         self.addr
     }
 
-    /// Serves, and queues scheduled builds, until `shutdown` is cancelled, then stops
-    /// gracefully (in-flight requests finish, bounded by the shutdown timeout).
+    /// Serves, and queues scheduled and downstream builds, until `shutdown` is cancelled,
+    /// then stops gracefully (in-flight requests finish, bounded by the shutdown timeout).
     pub async fn run_until_stopped(self, shutdown: CancellationToken) -> std::io::Result<()> {
         tokio::spawn(self.scheduler.run(shutdown.clone()));
+        tokio::spawn(self.downstream.run(shutdown.clone()));
         let handle = self.server.handle();
         tokio::spawn(async move {
             shutdown.cancelled().await;

@@ -3,6 +3,7 @@
 
 mod app;
 mod config;
+mod downstream;
 mod openapi;
 mod routes;
 pub mod scheduler;

@@ -64,13 +64,7 @@ impl Scheduler {
             let request = TriggerRequest {
                 job: job.clone(),
                 parameters: Default::default(),
-                trigger: Trigger {
-                    kind: TriggerKind::Schedule,
-                    by: None,
-                    sha: None,
-                    git_ref: None,
-                    rebuild_of: None,
-                },
+                trigger: Trigger::new(TriggerKind::Schedule, None),
                 dedup: Some((keys::schedule_fired(&job, slot.timestamp()), FIRED_TTL_SECS)),
             };
             match self.store.trigger(&request).await {

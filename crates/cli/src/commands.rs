@@ -152,6 +152,15 @@ pub(crate) fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 if let Some(c) = d["concurrency"].as_u64() {
                     notes.push(format!("concurrency {c}"));
                 }
+                let then: Vec<&str> = d["downstream"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .filter_map(|t| t["job"].as_str())
+                    .collect();
+                if !then.is_empty() {
+                    notes.push(format!("then {}", then.join(" ")));
+                }
                 let name = j["name"].as_str().unwrap_or_default();
                 println!("{:<40} {folder:<20} {}", name, notes.join(", "));
             }

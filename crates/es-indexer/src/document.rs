@@ -32,7 +32,13 @@ pub(crate) fn template(index: &str) -> Value {
                         "by": {"type": "keyword"},
                         "sha": {"type": "keyword"},
                         "ref": {"type": "keyword"},
-                        "rebuild_of": {"type": "long"}
+                        "rebuild_of": {"type": "long"},
+                        "upstream": {"properties": {
+                            "job": {"type": "keyword"},
+                            "number": {"type": "long"},
+                            "status": {"type": "keyword"},
+                            "depth": {"type": "integer"}
+                        }}
                     }},
                     "branch": {"type": "keyword"},
                     "sha": {"type": "keyword"},

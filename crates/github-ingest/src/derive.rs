@@ -86,8 +86,10 @@ fn derived(base: &JobDefinition, source: GithubSource, from_fork: bool) -> JobDe
     });
     d.disabled = false;
     // The base job's schedule builds the base job; a pull request or branch builds on its
-    // own events only.
+    // own events only, and its builds start none of the base job's downstream jobs (a pull
+    // request must not deploy).
     d.schedule = None;
+    d.downstream.clear();
     d.github = Some(source);
     d
 }
@@ -128,11 +130,9 @@ impl Ctx<'_> {
                 job: head.job.clone(),
                 parameters: Default::default(),
                 trigger: Trigger {
-                    kind: head.kind,
-                    by: author,
                     sha: Some(sha),
                     git_ref: Some(git_ref),
-                    rebuild_of: None,
+                    ..Trigger::new(head.kind, author)
                 },
                 dedup: Some((dedup, DELIVERY_TTL_SECS)),
             })

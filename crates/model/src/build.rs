@@ -56,6 +56,8 @@ pub enum TriggerKind {
     GithubPush,
     /// At a minute the job's `schedule` names.
     Schedule,
+    /// A build of a job whose `downstream` names this one ended ([`Trigger::upstream`]).
+    Upstream,
 }
 
 /// Who or what started the build, and the code it builds when known.
@@ -73,6 +75,34 @@ pub struct Trigger {
     /// and revision.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rebuild_of: Option<BuildNumber>,
+    /// The build whose end queued this one, through its job's `downstream`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub upstream: Option<Upstream>,
+}
+
+/// The upstream build of a downstream one: which build ended how, and how far down a chain
+/// of downstream builds this one is (1 for a build queued by one someone asked for), so a
+/// cycle of jobs naming each other stops at [`crate::job::MAX_DOWNSTREAM_DEPTH`].
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Upstream {
+    pub job: JobName,
+    pub number: BuildNumber,
+    pub status: BuildStatus,
+    pub depth: u32,
+}
+
+impl Trigger {
+    /// A trigger with nothing but its kind and who asked.
+    pub fn new(kind: TriggerKind, by: Option<String>) -> Self {
+        Self {
+            kind,
+            by,
+            sha: None,
+            git_ref: None,
+            rebuild_of: None,
+            upstream: None,
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

@@ -4,7 +4,8 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
-use crate::names::Name;
+use crate::build::BuildStatus;
+use crate::names::{JobName, Name};
 
 /// Longest a build may be allowed to run (one week).
 pub const MAX_TIMEOUT_SECS: u64 = 7 * 24 * 3600;
@@ -12,6 +13,15 @@ pub const MAX_TIMEOUT_SECS: u64 = 7 * 24 * 3600;
 pub const MAX_RETENTION: u32 = 10_000;
 /// Highest `concurrency` a job may name (a higher one would be no limit at all).
 pub const MAX_CONCURRENCY: u32 = 1_000;
+/// Most jobs one job's `downstream` may name.
+pub const MAX_DOWNSTREAM: usize = 20;
+/// Longest chain of downstream builds (a build someone asked for is not counted): jobs that
+/// name each other in a cycle build this many times around, then stop with a dead letter.
+pub const MAX_DOWNSTREAM_DEPTH: u32 = 16;
+/// What a stored definition holds exactly when it names downstream jobs: the scripts that
+/// end a build look for it, rather than decode the definition, to decide whether the api's
+/// downstream consumer must hear of the end.
+pub const DOWNSTREAM_MARK: &str = "\"downstream\":[";
 
 /// A job definition, as users `PUT` it and as it is stored. Unknown fields are refused, so
 /// a typo (`"step"`) is an error rather than a silently ignored setting.
@@ -59,9 +69,31 @@ pub struct JobDefinition {
     /// `None`: no limit.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub concurrency: Option<u32>,
+    /// Jobs to build when a build of this one ends with one of the statuses each names.
+    /// Left out of the stored JSON when empty (see [`DOWNSTREAM_MARK`]).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub downstream: Vec<Downstream>,
     /// Set on jobs github-ingest derived from a pull request or branch: where they came from.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub github: Option<GithubSource>,
+}
+
+/// A job to build when a build of this one ends: with the statuses in `on` (default:
+/// `success`), the parameters given here (the others take their defaults), and the upstream
+/// build's `sha` and `ref` when both jobs build the same repository (or the downstream job
+/// names none).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Downstream {
+    pub job: JobName,
+    #[serde(default = "default_downstream_on")]
+    pub on: Vec<BuildStatus>,
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub parameters: BTreeMap<String, String>,
+}
+
+fn default_downstream_on() -> Vec<BuildStatus> {
+    vec![BuildStatus::Success]
 }
 
 /// The pull request or branch a derived job builds, recorded on every event.
@@ -284,6 +316,55 @@ impl JobDefinition {
                 ));
             }
         }
+        self.validate_downstream()
+    }
+
+    /// [`JobDefinition::validate`], and the rules that need the job's own name: a job may
+    /// not name itself downstream (every success would build it again).
+    pub fn validate_as(&self, name: &JobName) -> Result<(), InvalidField> {
+        self.validate()?;
+        match self.downstream.iter().position(|d| &d.job == name) {
+            Some(i) => Err(InvalidField::new(
+                format!("downstream[{i}].job"),
+                "is this job itself",
+            )),
+            None => Ok(()),
+        }
+    }
+
+    fn validate_downstream(&self) -> Result<(), InvalidField> {
+        if self.downstream.len() > MAX_DOWNSTREAM {
+            return Err(InvalidField::new(
+                "downstream",
+                format!("may name at most {MAX_DOWNSTREAM} jobs"),
+            ));
+        }
+        for (i, d) in self.downstream.iter().enumerate() {
+            if self.downstream[..i].iter().any(|o| o.job == d.job) {
+                return Err(InvalidField::new(
+                    format!("downstream[{i}].job"),
+                    "is named twice",
+                ));
+            }
+            if d.on.is_empty() {
+                return Err(InvalidField::new(
+                    format!("downstream[{i}].on"),
+                    "must name at least one status",
+                ));
+            }
+            if let Some(j) = d.on.iter().position(|s| !s.is_final()) {
+                return Err(InvalidField::new(
+                    format!("downstream[{i}].on[{j}]"),
+                    "must be a status a build ends with: success, failure, cancelled, timed_out, lost or error",
+                ));
+            }
+            if let Some(k) = d.parameters.keys().find(|k| !is_env_name(k)) {
+                return Err(InvalidField::new(
+                    format!("downstream[{i}].parameters.{k}"),
+                    "must match [A-Za-z_][A-Za-z0-9_]* and not start with KILN_",
+                ));
+            }
+        }
         Ok(())
     }
 
@@ -349,6 +430,45 @@ mod tests {
         assert!(parse(serde_json::json!({"steps": [], "step": 1})).is_err());
         assert!(parse(serde_json::json!({"steps": [], "folder": "a_b"})).is_err());
         assert!(parse(serde_json::json!({"steps": [{"name": "a", "run": "b", "x": 1}]})).is_err());
+    }
+
+    #[test]
+    fn downstream_jobs_are_checked_and_marked_in_the_stored_json() {
+        let mut d = parse(serde_json::json!({"steps": [{"name": "b", "run": "make"}],
+            "downstream": [{"job": "deploy"}, {"job": "notify", "on": ["failure", "timed_out"],
+                "parameters": {"TARGET": "staging"}}]}))
+        .unwrap();
+        assert_eq!(d.downstream[0].on, vec![BuildStatus::Success]);
+        let own = JobName::parse("app").unwrap();
+        d.validate_as(&own).unwrap();
+        assert!(serde_json::to_string(&d).unwrap().contains(DOWNSTREAM_MARK));
+        let field = |d: &JobDefinition| d.validate_as(&own).unwrap_err().field;
+        let mut bad = d.clone();
+        bad.downstream[1].job = own.clone();
+        assert_eq!(field(&bad), "downstream[1].job");
+        bad.downstream[1].job = JobName::parse("deploy").unwrap();
+        assert_eq!(field(&bad), "downstream[1].job");
+        let mut bad = d.clone();
+        bad.downstream[1].on = vec![BuildStatus::Failure, BuildStatus::Running];
+        assert_eq!(field(&bad), "downstream[1].on[1]");
+        bad.downstream[1].on.clear();
+        assert_eq!(field(&bad), "downstream[1].on");
+        let mut bad = d.clone();
+        bad.downstream[1]
+            .parameters
+            .insert("KILN_X".into(), "y".into());
+        assert_eq!(field(&bad), "downstream[1].parameters.KILN_X");
+        assert!(
+            parse(serde_json::json!({"steps": [{"name": "b", "run": "make"}],
+            "downstream": [{"job": "a/b"}]}))
+            .is_err()
+        );
+        d.downstream.clear();
+        let json = serde_json::to_string(&d).unwrap();
+        assert!(!json.contains(DOWNSTREAM_MARK), "{json}");
+        // A value that spells the mark is escaped in JSON, so it cannot be mistaken for it.
+        d.steps[0].run = DOWNSTREAM_MARK.into();
+        assert!(!serde_json::to_string(&d).unwrap().contains(DOWNSTREAM_MARK));
     }
 
     #[test]

@@ -113,6 +113,26 @@ pub fn schedule_fired(job: &JobName, slot: i64) -> String {
     format!("kiln:schedule-fired:{job}:{slot}")
 }
 
+/// The consumer name of the api's downstream trigger: `kiln:finished:downstream` gets the
+/// key of every ended build whose job names downstream jobs, from the script that ended it
+/// (not through [`FINISHED_CONSUMERS`]: only those builds, and whether or not an api runs).
+pub const DOWNSTREAM_CONSUMER: &str = "downstream";
+
+/// `kiln:finished:<DOWNSTREAM_CONSUMER>`.
+pub fn downstream_finished() -> String {
+    format!("{}{DOWNSTREAM_CONSUMER}", prefix::FINISHED)
+}
+
+/// String with a one-week TTL: the downstream build of `target` that the end of `upstream`
+/// (queued at `queued_at_ms`, which tells apart builds of a job deleted and made again)
+/// queued (value: its build key), so an ended build handled twice queues it once.
+pub fn downstream_fired(upstream: &BuildRef, queued_at_ms: i64, target: &JobName) -> String {
+    format!(
+        "kiln:downstream-fired:{}:{}:{queued_at_ms}:{target}",
+        upstream.job, upstream.number
+    )
+}
+
 /// Set of the build keys holding one of the slots of a job with a `concurrency` limit:
 /// queued for a worker or running. Exists only while the job has a limit.
 pub fn job_slots(job: &JobName) -> String {

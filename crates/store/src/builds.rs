@@ -4,6 +4,7 @@ use std::collections::BTreeMap;
 
 use chrono::{SecondsFormat, Utc};
 use deadpool_redis::redis::{self, AsyncCommands};
+use kiln_model::job::DOWNSTREAM_MARK;
 use kiln_model::{
     keys, BuildDocument, BuildEvent, BuildEventKind, BuildNumber, BuildRef, BuildStatus, JobName,
     Trigger as BuildTrigger,
@@ -417,6 +418,7 @@ impl Store {
             .key(keys::job_slots(&build.job))
             .key(keys::job_waiting(&build.job))
             .key(keys::job(&build.job))
+            .key(keys::downstream_finished())
             .arg(now_rfc3339())
             .arg(keys::prefix::FINISHED)
             .arg(keys::EVENTS_CHANNEL)
@@ -424,6 +426,7 @@ impl Store {
             .arg(format!("cancelled by {by} before it started"))
             .arg(keys::prefix::QUEUE)
             .arg(keys::prefix::QUEUE_MARKER)
+            .arg(DOWNSTREAM_MARK)
             .invoke_async(&mut c)
             .await?;
         match r.as_str() {

@@ -1,13 +1,15 @@
 //! The durable hand-off of finished builds to their consumers (es-indexer, the GitHub
-//! status reporter): `kiln:finished:<consumer>` -> `kiln:processing:<consumer>` -> done, or
+//! status reporter, the api's downstream trigger): `kiln:finished:<consumer>` -> `kiln:processing:<consumer>` -> done, or
 //! `kiln:dead-letter:<consumer>`. Never pub/sub: a consumer that is down for an hour finds
 //! everything waiting when it comes back.
+
+use std::time::Duration;
 
 use deadpool_redis::redis::{self, AsyncCommands};
 use kiln_model::{keys, Name};
 use serde::{Deserialize, Serialize};
 
-use crate::connect::Store;
+use crate::connect::{BlockingStore, Store};
 use crate::error::StoreError;
 use crate::scripts;
 
@@ -129,5 +131,26 @@ impl Store {
         let mut c = self.conn().await?;
         let _: i64 = c.srem(keys::FINISHED_CONSUMERS, consumer.as_str()).await?;
         Ok(())
+    }
+}
+
+impl BlockingStore {
+    /// Waits up to `timeout` for an entry of the consumer's list and takes it into its
+    /// processing list, like [`Store::claim_finished`] with one entry, for a consumer that
+    /// should act as soon as a build ends rather than at its next poll.
+    pub async fn wait_finished(
+        &self,
+        consumer: &Name,
+        timeout: Duration,
+    ) -> Result<Option<String>, StoreError> {
+        let mut c = self.0.conn().await?;
+        Ok(redis::cmd("BLMOVE")
+            .arg(keys::finished(consumer))
+            .arg(keys::processing(consumer))
+            .arg("RIGHT")
+            .arg("LEFT")
+            .arg(timeout.as_secs_f64())
+            .query_async(&mut c)
+            .await?)
     }
 }

@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use deadpool_redis::redis::{self, AsyncCommands};
+use kiln_model::job::DOWNSTREAM_MARK;
 use kiln_model::{
     keys, BuildDocument, BuildEvent, BuildEventKind, BuildRef, BuildStatus, Name, NodeInfo,
     OutputMessage,
@@ -260,6 +261,7 @@ impl Store {
             .key(keys::job_slots(&lease.build.job))
             .key(keys::job_waiting(&lease.build.job))
             .key(keys::job(&lease.build.job))
+            .key(keys::downstream_finished())
             .arg(lease.owner())
             .arg(to_json(doc)?)
             .arg(keys::prefix::FINISHED)
@@ -279,6 +281,7 @@ impl Store {
             })
             .arg(keys::prefix::QUEUE)
             .arg(keys::prefix::QUEUE_MARKER)
+            .arg(DOWNSTREAM_MARK)
             .invoke_async(&mut c)
             .await
             .map_err(|e| fenced(e, lease))?;
@@ -354,6 +357,7 @@ impl Store {
             .key(keys::LEASES)
             .key(keys::LEASE_OWNERS)
             .key(keys::FINISHED_CONSUMERS)
+            .key(keys::downstream_finished())
             .arg(now_rfc3339())
             .arg(keys::prefix::JOB)
             .arg(keys::prefix::QUEUE)
@@ -365,6 +369,7 @@ impl Store {
             .arg(keys::prefix::RUNNING)
             .arg(keys::prefix::JOB_SLOTS)
             .arg(keys::prefix::JOB_WAITING)
+            .arg(DOWNSTREAM_MARK)
             .invoke_async(&mut c)
             .await?;
         Ok(ReapOutcome { requeued, lost })

@@ -181,6 +181,11 @@ impl Execution<'_> {
         if let Some(sha) = &doc.trigger.sha {
             env.insert("KILN_GIT_SHA".into(), sha.clone());
         }
+        if let Some(up) = &doc.trigger.upstream {
+            env.insert("KILN_UPSTREAM_JOB".into(), up.job.to_string());
+            env.insert("KILN_UPSTREAM_BUILD_NUMBER".into(), up.number.to_string());
+            env.insert("KILN_UPSTREAM_STATUS".into(), up.status.to_string());
+        }
         env
     }
 

@@ -173,18 +173,7 @@ impl Cluster {
             }
             None => tempfile::tempdir().unwrap().into(),
         };
-        let port = free_port();
-        let api = spawn(
-            "kiln-api",
-            port,
-            &[
-                ("KILN_REDIS__URL", url.clone()),
-                ("KILN_STORAGE__ROOT", storage.path().display().to_string()),
-                ("KILN_AUTH__TOKENS", format!("tests:admin:{TOKEN}")),
-                ("KILN_API__WORKERS", "1".into()),
-            ],
-            logs.path(),
-        );
+        let api = spawn_api(&url, storage.path(), logs.path());
         let c = Self {
             redis,
             redis_url: url,
@@ -194,8 +183,14 @@ impl Cluster {
             client: reqwest::Client::new(),
             logs,
         };
-        c.wait_healthy(port).await;
+        c.wait_healthy(c.api.port).await;
         c
+    }
+
+    /// Starts the api again (on another port) after a test killed it.
+    pub async fn restart_api(&mut self) {
+        self.api = spawn_api(&self.redis_url, self.storage.path(), self.logs.path());
+        self.wait_healthy(self.api.port).await;
     }
 
     async fn wait_healthy(&self, port: u16) {
@@ -428,6 +423,20 @@ impl Cluster {
             .join(job)
             .join(n.to_string())
     }
+}
+
+fn spawn_api(redis_url: &str, storage: &Path, logs: &Path) -> Proc {
+    spawn(
+        "kiln-api",
+        free_port(),
+        &[
+            ("KILN_REDIS__URL", redis_url.to_owned()),
+            ("KILN_STORAGE__ROOT", storage.display().to_string()),
+            ("KILN_AUTH__TOKENS", format!("tests:admin:{TOKEN}")),
+            ("KILN_API__WORKERS", "1".into()),
+        ],
+        logs,
+    )
 }
 
 fn spawn(bin_name: &str, port: u16, env: &[(&str, String)], logs: &Path) -> Proc {

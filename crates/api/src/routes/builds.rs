@@ -66,11 +66,9 @@ pub(crate) async fn trigger(
     let b: TriggerBody = body_or_default(&req, &body)?;
     check_revision(&b)?;
     let trigger = Trigger {
-        kind: TriggerKind::Api,
-        by: Some(who.0.name),
         sha: b.sha,
         git_ref: b.git_ref,
-        rebuild_of: None,
+        ..Trigger::new(TriggerKind::Api, Some(who.0.name))
     };
     queue(&state, name, b.parameters, trigger).await
 }
@@ -86,11 +84,10 @@ pub(crate) async fn rebuild(
     let r = build_ref(&path.0, &path.1)?;
     let old = require_build(&state, &r).await?;
     let trigger = Trigger {
-        kind: TriggerKind::Api,
-        by: Some(who.0.name),
         sha: old.trigger.sha,
         git_ref: old.trigger.git_ref,
         rebuild_of: Some(r.number),
+        ..Trigger::new(TriggerKind::Api, Some(who.0.name))
     };
     queue(&state, r.job, old.parameters, trigger).await
 }

@@ -47,7 +47,7 @@ pub(crate) async fn put(
 ) -> Result<HttpResponse, ApiError> {
     let name = job_name(&path)?;
     let def: JobDefinition = body_json(&req, &body)?;
-    def.validate()
+    def.validate_as(&name)
         .map_err(|e| ApiError::bad_request(e.field, e.message))?;
     if name.base().is_some() && state.store.get_job(&name).await?.is_none() {
         return Err(ApiError::bad_request(

@@ -4,11 +4,15 @@ local function now_ms()
   return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 end
 
--- Hands a finished build to every registered durable consumer (indexer, status reporter).
-local function push_finished(consumers_set, finished_prefix, key)
+-- Hands a finished build to every registered durable consumer (indexer, status reporter),
+-- and to the api's downstream consumer when its job's definition holds `mark` (it names
+-- downstream jobs; see `job::DOWNSTREAM_MARK`).
+local function push_finished(consumers_set, finished_prefix, key, job_key, downstream, mark)
   for _, c in ipairs(redis.call('SMEMBERS', consumers_set)) do
     redis.call('LPUSH', finished_prefix .. c, key)
   end
+  local def = redis.call('GET', job_key)
+  if def and string.find(def, mark, 1, true) then redis.call('LPUSH', downstream, key) end
 end
 
 local function event(kind, doc, at)

@@ -1,10 +1,10 @@
 -- Requeues, at the head of their queue, the builds whose lease expired (attempt + 1), or
 -- ends them as `lost` past the job's lost_retries. Idempotent: every worker runs it.
 -- A build that ends passes its job's concurrency slot on; a requeued one keeps it.
--- KEYS: leases, owners, consumers set
+-- KEYS: leases, owners, consumers set, downstream consumer's list
 -- ARGV: now (RFC 3339), job prefix, queue prefix, marker prefix, inflight prefix,
 --       finished prefix, events channel, batch limit, running prefix, job slots prefix,
---       job waiting prefix
+--       job waiting prefix, downstream mark
 local requeued, lost = 0, 0
 local expired = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', now_ms(), 'LIMIT', 0, tonumber(ARGV[8]))
 for _, key in ipairs(expired) do
@@ -49,7 +49,7 @@ for _, key in ipairs(expired) do
       if kind == 'finished' then
         doc.finished_at = ARGV[1]
         redis.call('SET', key, cjson.encode(doc))
-        push_finished(KEYS[3], ARGV[6], key)
+        push_finished(KEYS[3], ARGV[6], key, ARGV[2] .. doc.job, KEYS[4], ARGV[12])
         free_slot(key, ARGV[10] .. doc.job, ARGV[11] .. doc.job, ARGV[2] .. doc.job, ARGV[3],
           ARGV[4])
         lost = lost + 1

@@ -16,13 +16,7 @@ pub(crate) async fn queued(store: &Store, job: &JobName) -> String {
     let req = TriggerRequest {
         job: job.clone(),
         parameters: Default::default(),
-        trigger: Trigger {
-            kind: TriggerKind::Api,
-            by: None,
-            sha: None,
-            git_ref: None,
-            rebuild_of: None,
-        },
+        trigger: Trigger::new(TriggerKind::Api, None),
         dedup: None,
     };
     let t = store.trigger(&req).await.expect("trigger");
