@@ -65,7 +65,7 @@ async fn a_build_that_ends_queues_the_downstream_jobs_its_status_names() {
     let d = c.wait_status("deploy", 1, "success", T).await;
     assert_eq!(
         d["trigger"],
-        json!({"kind": "upstream", "sha": sha,
+        json!({"kind": "upstream", "by": "tests", "sha": sha,
             "upstream": {"job": "app", "number": one, "status": "success", "depth": 1}})
     );
     assert_eq!(d["parameters"], json!({"TARGET": "staging"}));

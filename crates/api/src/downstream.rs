@@ -118,7 +118,8 @@ impl DownstreamTrigger {
                     status: doc.status,
                     depth,
                 }),
-                ..Trigger::new(TriggerKind::Upstream, None)
+                // Whoever started the chain is who asked for this build too.
+                ..Trigger::new(TriggerKind::Upstream, doc.trigger.by.clone())
             },
             dedup: Some((
                 keys::downstream_fired(build, doc.queued_at.timestamp_millis(), &d.job),
