@@ -1159,3 +1159,91 @@ async fn a_step_allowed_to_fail_is_recorded_as_failed_and_the_build_goes_on() {
     let b = c.wait_status("slow-lint", n, "timed_out", T).await;
     assert_eq!(b["steps"].as_array().unwrap().len(), 1, "{b}");
 }
+
+#[tokio::test]
+async fn steps_that_run_on_failure_or_always_report_and_clean_up() {
+    let c = Cluster::start().await;
+    c.apply(
+        "app",
+        json!({"parameters": [{"name": "FAIL", "default": "0"}, {"name": "CLEAN", "default": "ok"}],
+            "steps": [
+            {"name": "build", "run": "echo built"},
+            {"name": "test", "run": "echo testing; [ \"$FAIL\" != 1 ] || exit 3"},
+            {"name": "package", "run": "echo packaged"},
+            {"name": "report", "run": "echo reported", "when": "failure"},
+            {"name": "cleanup", "run": "echo cleaned; [ \"$CLEAN\" = ok ] || exit 4", "when": "always"},
+        ]}),
+    )
+    .await;
+    let _w = c.worker(WorkerOpts::new("w")).await;
+    let names = |b: &serde_json::Value| -> Vec<(String, String)> {
+        b["steps"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|s| {
+                let f = |k: &str| s[k].as_str().unwrap().to_owned();
+                (f("name"), f("status"))
+            })
+            .collect()
+    };
+    let pairs = |v: &[(&str, &str)]| -> Vec<(String, String)> {
+        v.iter()
+            .map(|(a, b)| (a.to_string(), b.to_string()))
+            .collect()
+    };
+
+    // A failing step: the steps after it that run only while the build succeeds are
+    // skipped, the failure and always steps run, and the build reports the first failure.
+    let n = c
+        .trigger_with("app", json!({"parameters": {"FAIL": "1"}}))
+        .await;
+    let b = c.wait_status("app", n, "failure", T).await;
+    assert_eq!(
+        names(&b),
+        pairs(&[
+            ("build", "success"),
+            ("test", "failure"),
+            ("report", "success"),
+            ("cleanup", "success")
+        ])
+    );
+    assert_eq!(b["exit_code"], 3, "{b}");
+    assert_eq!(b["reason"], "step 'test' failed with exit code 3", "{b}");
+    let log = c.log("app", n).await;
+    assert!(log.contains("reported") && log.contains("cleaned"), "{log}");
+    assert!(!log.contains("packaged"), "{log}");
+
+    // A succeeding build skips the failure step; an always step runs last.
+    let n = c.trigger("app").await;
+    let b = c.wait_status("app", n, "success", T).await;
+    assert_eq!(
+        names(&b),
+        pairs(&[
+            ("build", "success"),
+            ("test", "success"),
+            ("package", "success"),
+            ("cleanup", "success")
+        ])
+    );
+    assert!(!c.log("app", n).await.contains("reported"));
+
+    // An always step that fails fails a build that was succeeding.
+    let n = c
+        .trigger_with("app", json!({"parameters": {"CLEAN": "broken"}}))
+        .await;
+    let b = c.wait_status("app", n, "failure", T).await;
+    assert_eq!(b["reason"], "step 'cleanup' failed with exit code 4", "{b}");
+
+    // A step that only runs after a failure cannot come first.
+    let r = c
+        .call(
+            Method::PUT,
+            "/api/v1/jobs/odd",
+            Some(json!({"steps": [{"name": "x", "run": "true", "when": "failure"}]})),
+        )
+        .await;
+    assert_eq!(r.status(), 400);
+    let e: serde_json::Value = r.json().await.unwrap();
+    assert_eq!(e["error"]["field"], "steps[0].when", "{e}");
+}

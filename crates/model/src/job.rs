@@ -131,6 +131,40 @@ pub struct Step {
     /// start still ends the build.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub allow_failure: bool,
+    /// Whether the step runs while the build is succeeding, only once a step has failed (a
+    /// report, a notification), or either way (a cleanup).
+    #[serde(default, skip_serializing_if = "StepWhen::is_default")]
+    pub when: StepWhen,
+}
+
+/// When a step runs, given whether an earlier step of the build failed (a failure that
+/// `allow_failure` let pass does not count). A step that times out, is cancelled or cannot
+/// start ends the build at once: no step runs after it, whatever its `when`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum StepWhen {
+    /// While no step has failed (the default).
+    #[default]
+    Success,
+    /// Only after a step failed.
+    Failure,
+    /// Whether or not a step failed.
+    Always,
+}
+
+impl StepWhen {
+    fn is_default(&self) -> bool {
+        *self == Self::Success
+    }
+
+    /// Whether a step with this `when` runs, given whether an earlier step failed.
+    pub fn runs(self, failed: bool) -> bool {
+        match self {
+            Self::Success => !failed,
+            Self::Failure => failed,
+            Self::Always => true,
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -225,6 +259,12 @@ impl JobDefinition {
                 return Err(InvalidField::new(
                     format!("steps[{i}].run"),
                     "must not be empty",
+                ));
+            }
+            if i == 0 && s.when == StepWhen::Failure {
+                return Err(InvalidField::new(
+                    "steps[0].when",
+                    "the first step has no step before it that could fail, so it would never run",
                 ));
             }
         }
@@ -495,6 +535,10 @@ mod tests {
         d.secrets = vec!["no-dash".into()];
         assert_eq!(d.validate().unwrap_err().field, "secrets[0]");
         d.secrets.clear();
+        d.steps[0].when = StepWhen::Failure;
+        assert_eq!(d.validate().unwrap_err().field, "steps[0].when");
+        d.steps[0].when = StepWhen::Always;
+        d.validate().unwrap();
         d.steps.clear();
         assert_eq!(d.validate().unwrap_err().field, "steps");
     }

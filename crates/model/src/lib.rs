@@ -17,7 +17,9 @@ pub mod storage;
 
 pub use build::{BuildDocument, BuildStatus, StepResult, Trigger, TriggerKind, Upstream};
 pub use events::{BuildEvent, BuildEventKind};
-pub use job::{Downstream, GithubSource, JobDefinition, Parameter, Repository, Retention, Step};
+pub use job::{
+    Downstream, GithubSource, JobDefinition, Parameter, Repository, Retention, Step, StepWhen,
+};
 pub use keys::{BuildRef, Entry};
 pub use names::{BuildNumber, JobName, Name, NameError};
 pub use node::NodeInfo;

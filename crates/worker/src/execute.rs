@@ -104,33 +104,56 @@ impl Execution<'_> {
             }
         }
         let mut last_code = None;
-        let steps = self.def.steps.len();
-        for (i, s) in self.def.steps.iter().enumerate() {
+        // The first step that failed and its exit code: they decide the build's result,
+        // whatever the `when: failure` or `always` steps after it do.
+        let mut failed: Option<(&str, Option<i32>)> = None;
+        let steps = &self.def.steps;
+        for (i, s) in steps.iter().enumerate() {
+            if !s.when.runs(failed.is_some()) {
+                continue;
+            }
             let step = self.run_step(&s.name, &s.run, ws, &env).await;
             let allowed = s.allow_failure && step.status == BuildStatus::Failure;
-            let ok = step.status == BuildStatus::Success || allowed;
             if allowed {
                 let note = format!("{} may fail (allow_failure): the build goes on", s.name);
                 self.sink.line(Stream::System, note).await;
             } else {
                 last_code = step.exit_code;
             }
-            self.record(doc, step, ok && i + 1 < steps).await;
-            if !ok {
+            if step.status == BuildStatus::Failure && !allowed && failed.is_none() {
+                failed = Some((&s.name, step.exit_code));
+            }
+            let ends_now = matches!(
+                step.status,
+                BuildStatus::TimedOut | BuildStatus::Cancelled | BuildStatus::Error
+            );
+            let more_follow =
+                !ends_now && steps[i + 1..].iter().any(|s| s.when.runs(failed.is_some()));
+            self.record(doc, step, more_follow).await;
+            if ends_now {
                 self.collect_artifacts(ws).await;
                 return self.ended(doc, last_code, false);
             }
         }
         self.collect_artifacts(ws).await;
-        Outcome {
-            status: BuildStatus::Success,
-            exit_code: last_code,
-            reason: None,
-            last_seq: 0,
+        match failed {
+            Some((name, code)) => Outcome {
+                status: BuildStatus::Failure,
+                exit_code: code,
+                reason: Some(failed_reason(name, code)),
+                last_seq: 0,
+            },
+            None => Outcome {
+                status: BuildStatus::Success,
+                exit_code: last_code,
+                reason: None,
+                last_seq: 0,
+            },
         }
     }
 
-    /// The outcome of a build whose last step did not succeed.
+    /// The outcome of a build whose checkout failed, or whose last step ended it (timed
+    /// out, was cancelled, could not start).
     fn ended(&self, doc: &BuildDocument, code: Option<i32>, checkout: bool) -> Outcome {
         let (last, name) = doc
             .steps
@@ -147,13 +170,7 @@ impl Execution<'_> {
             BuildStatus::Cancelled => (BuildStatus::Cancelled, "cancelled".to_owned()),
             _ if checkout => (BuildStatus::Error, "git checkout failed".to_owned()),
             BuildStatus::Error => (BuildStatus::Error, format!("step '{name}' could not start")),
-            _ => (
-                BuildStatus::Failure,
-                format!(
-                    "step '{name}' failed with exit code {}",
-                    code.map_or("?".into(), |c| c.to_string())
-                ),
-            ),
+            _ => (BuildStatus::Failure, failed_reason(name, code)),
         };
         Outcome {
             status,
@@ -408,4 +425,12 @@ async fn head_sha(ws: &Path) -> Option<String> {
     out.status
         .success()
         .then(|| String::from_utf8_lossy(&out.stdout).trim().to_owned())
+}
+
+/// A failed build's `reason`.
+fn failed_reason(step: &str, code: Option<i32>) -> String {
+    format!(
+        "step '{step}' failed with exit code {}",
+        code.map_or("?".into(), |c| c.to_string())
+    )
 }
