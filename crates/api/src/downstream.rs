@@ -36,12 +36,17 @@ pub(crate) struct DownstreamTrigger {
     consumer: Name,
 }
 
+/// The consumer name whose lists the downstream trigger reads.
+pub(crate) fn consumer() -> Name {
+    Name::parse(keys::DOWNSTREAM_CONSUMER).expect("a valid consumer name")
+}
+
 impl DownstreamTrigger {
     pub(crate) fn new(store: Store, blocking: BlockingStore) -> Self {
         Self {
             store,
             blocking,
-            consumer: Name::parse(keys::DOWNSTREAM_CONSUMER).expect("a valid consumer name"),
+            consumer: consumer(),
         }
     }
 

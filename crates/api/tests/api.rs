@@ -1169,6 +1169,7 @@ async fn health_readiness_and_metrics_answer() {
         .await
         .unwrap();
     assert!(m.contains("kiln_queue_depth{queue=\"default\"} 1"), "{m}");
+    assert!(m.contains("kiln_downstream_backlog 0"), "{m}");
 }
 
 #[tokio::test]

@@ -22,6 +22,7 @@ use kiln_service_kit::error::{self, parse_json, ApiError};
 use kiln_service_kit::health::{self, PrometheusHandle};
 
 use crate::app::AppState;
+use crate::downstream;
 use crate::openapi::{self, RouteDoc};
 
 macro_rules! routes {
@@ -111,6 +112,9 @@ pub(crate) async fn metrics(
     }
     if let Ok(n) = state.store.inflight_count().await {
         metrics::gauge!("kiln_builds_inflight").set(n as f64);
+    }
+    if let Ok(n) = state.store.backlog(&downstream::consumer()).await {
+        metrics::gauge!("kiln_downstream_backlog").set(n as f64);
     }
     kiln_service_kit::health::metrics_endpoint(handle).await
 }
