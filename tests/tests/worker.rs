@@ -1247,3 +1247,48 @@ async fn steps_that_run_on_failure_or_always_report_and_clean_up() {
     let e: serde_json::Value = r.json().await.unwrap();
     assert_eq!(e["error"]["field"], "steps[0].when", "{e}");
 }
+
+#[tokio::test]
+async fn a_flaky_step_runs_again_up_to_its_retries() {
+    let c = Cluster::start().await;
+    let counts = c.work.path().join("counts");
+    std::fs::create_dir_all(&counts).unwrap();
+    // The step fails until its third run in the build.
+    let flaky = format!(
+        "f={d}/$KILN_JOB-$KILN_BUILD_NUMBER; n=$(( $(cat $f 2>/dev/null || echo 0) + 1 )); echo $n > $f; echo run $n; [ $n -ge 3 ] || exit 7",
+        d = counts.display()
+    );
+    c.apply(
+        "enough",
+        json!({"steps": [{"name": "test", "run": flaky, "retries": 2}, {"name": "after", "run": "echo after"}]}),
+    )
+    .await;
+    c.apply(
+        "too-few",
+        json!({"steps": [{"name": "test", "run": flaky, "retries": 1}, {"name": "after", "run": "echo after"}]}),
+    )
+    .await;
+    let _w = c.worker(WorkerOpts::new("w")).await;
+
+    let n = c.trigger("enough").await;
+    let b = c.wait_status("enough", n, "success", T).await;
+    assert_eq!(b["steps"][0]["attempts"], 3, "{b}");
+    assert_eq!(b["steps"][0]["status"], "success", "{b}");
+    assert_eq!(
+        b["steps"][1].get("attempts"),
+        None,
+        "one run is not counted: {b}"
+    );
+    let log = c.log("enough", n).await;
+    assert!(
+        log.contains("test failed with exit code 7; running it again (attempt 3 of 3)"),
+        "{log}"
+    );
+    assert!(log.contains("run 3") && log.contains("after"), "{log}");
+
+    let n = c.trigger("too-few").await;
+    let b = c.wait_status("too-few", n, "failure", T).await;
+    assert_eq!(b["steps"][0]["attempts"], 2, "{b}");
+    assert_eq!(b["exit_code"], 7, "{b}");
+    assert_eq!(b["steps"].as_array().unwrap().len(), 1, "{b}");
+}

@@ -8,6 +8,29 @@ use serde_json::{json, Value};
 /// The index template installed at start-up: explicit types for everything reports filter,
 /// aggregate or sort on; parameters mapped as keywords whatever their names.
 pub(crate) fn template(index: &str) -> Value {
+    // Built apart: one `json!` of the whole template exceeds the macro's recursion limit.
+    let trigger = json!({"properties": {
+        "kind": {"type": "keyword"},
+        "by": {"type": "keyword"},
+        "sha": {"type": "keyword"},
+        "ref": {"type": "keyword"},
+        "rebuild_of": {"type": "long"},
+        "upstream": {"properties": {
+            "job": {"type": "keyword"},
+            "number": {"type": "long"},
+            "status": {"type": "keyword"},
+            "depth": {"type": "integer"}
+        }}
+    }});
+    let steps = json!({"properties": {
+        "name": {"type": "keyword"},
+        "status": {"type": "keyword"},
+        "exit_code": {"type": "integer"},
+        "duration_ms": {"type": "long"},
+        "started_at": {"type": "date"},
+        "finished_at": {"type": "date"},
+        "attempts": {"type": "integer"}
+    }});
     json!({
         "index_patterns": [format!("{index}*")],
         "priority": 100,
@@ -27,19 +50,7 @@ pub(crate) fn template(index: &str) -> Value {
                     "node": {"type": "keyword"},
                     "queue": {"type": "keyword"},
                     "attempt": {"type": "integer"},
-                    "trigger": {"properties": {
-                        "kind": {"type": "keyword"},
-                        "by": {"type": "keyword"},
-                        "sha": {"type": "keyword"},
-                        "ref": {"type": "keyword"},
-                        "rebuild_of": {"type": "long"},
-                        "upstream": {"properties": {
-                            "job": {"type": "keyword"},
-                            "number": {"type": "long"},
-                            "status": {"type": "keyword"},
-                            "depth": {"type": "integer"}
-                        }}
-                    }},
+                    "trigger": trigger,
                     "branch": {"type": "keyword"},
                     "sha": {"type": "keyword"},
                     "queued_at": {"type": "date"},
@@ -53,14 +64,7 @@ pub(crate) fn template(index: &str) -> Value {
                     "schema_version": {"type": "integer"},
                     "cancel_requested": {"type": "boolean"},
                     "parameters": {"type": "object"},
-                    "steps": {"properties": {
-                        "name": {"type": "keyword"},
-                        "status": {"type": "keyword"},
-                        "exit_code": {"type": "integer"},
-                        "duration_ms": {"type": "long"},
-                        "started_at": {"type": "date"},
-                        "finished_at": {"type": "date"}
-                    }}
+                    "steps": steps
                 }
             }
         }

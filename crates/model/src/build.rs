@@ -114,6 +114,18 @@ pub struct StepResult {
     pub started_at: DateTime<Utc>,
     pub finished_at: DateTime<Utc>,
     pub duration_ms: u64,
+    /// How many times the step ran (its `retries` ran it again after a failure); the
+    /// status and exit code are the last run's, the times span them all.
+    #[serde(default = "one", skip_serializing_if = "is_one")]
+    pub attempts: u32,
+}
+
+fn one() -> u32 {
+    1
+}
+
+fn is_one(n: &u32) -> bool {
+    *n == 1
 }
 
 /// A build document. Written whole by the store's atomic scripts; fields a Lua script

@@ -13,6 +13,8 @@ pub const MAX_TIMEOUT_SECS: u64 = 7 * 24 * 3600;
 pub const MAX_RETENTION: u32 = 10_000;
 /// Highest `concurrency` a job may name (a higher one would be no limit at all).
 pub const MAX_CONCURRENCY: u32 = 1_000;
+/// Most times a step's `retries` may run it again.
+pub const MAX_STEP_RETRIES: u32 = 10;
 /// Most jobs one job's `downstream` may name.
 pub const MAX_DOWNSTREAM: usize = 20;
 /// Longest chain of downstream builds (a build someone asked for is not counted): jobs that
@@ -92,6 +94,10 @@ pub struct Downstream {
     pub parameters: BTreeMap<String, String>,
 }
 
+fn is_zero(n: &u32) -> bool {
+    *n == 0
+}
+
 fn default_downstream_on() -> Vec<BuildStatus> {
     vec![BuildStatus::Success]
 }
@@ -131,6 +137,10 @@ pub struct Step {
     /// start still ends the build.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub allow_failure: bool,
+    /// How many times a step whose command fails runs again before its failure counts: for
+    /// a flaky test. A step that times out, is cancelled or cannot start is not run again.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub retries: u32,
     /// Whether the step runs while the build is succeeding, only once a step has failed (a
     /// report, a notification), or either way (a cleanup).
     #[serde(default, skip_serializing_if = "StepWhen::is_default")]
@@ -259,6 +269,12 @@ impl JobDefinition {
                 return Err(InvalidField::new(
                     format!("steps[{i}].run"),
                     "must not be empty",
+                ));
+            }
+            if s.retries > MAX_STEP_RETRIES {
+                return Err(InvalidField::new(
+                    format!("steps[{i}].retries"),
+                    format!("must be at most {MAX_STEP_RETRIES}"),
                 ));
             }
             if i == 0 && s.when == StepWhen::Failure {
@@ -538,6 +554,10 @@ mod tests {
         d.steps[0].when = StepWhen::Failure;
         assert_eq!(d.validate().unwrap_err().field, "steps[0].when");
         d.steps[0].when = StepWhen::Always;
+        d.validate().unwrap();
+        d.steps[0].retries = MAX_STEP_RETRIES + 1;
+        assert_eq!(d.validate().unwrap_err().field, "steps[0].retries");
+        d.steps[0].retries = MAX_STEP_RETRIES;
         d.validate().unwrap();
         d.steps.clear();
         assert_eq!(d.validate().unwrap_err().field, "steps");

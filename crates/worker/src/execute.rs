@@ -7,7 +7,9 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use chrono::Utc;
-use kiln_model::{output, BuildDocument, BuildStatus, JobDefinition, Masker, StepResult, Stream};
+use kiln_model::{
+    output, BuildDocument, BuildStatus, JobDefinition, Masker, Step, StepResult, Stream,
+};
 use kiln_store::StoreError;
 use tokio::sync::watch;
 use tokio::time::Instant;
@@ -112,7 +114,7 @@ impl Execution<'_> {
             if !s.when.runs(failed.is_some()) {
                 continue;
             }
-            let step = self.run_step(&s.name, &s.run, ws, &env).await;
+            let step = self.run_with_retries(s, ws, &env).await;
             let allowed = s.allow_failure && step.status == BuildStatus::Failure;
             if allowed {
                 let note = format!("{} may fail (allow_failure): the build goes on", s.name);
@@ -150,6 +152,34 @@ impl Execution<'_> {
                 last_seq: 0,
             },
         }
+    }
+
+    /// Runs a step, and again while its command fails, up to its `retries`.
+    async fn run_with_retries(
+        &self,
+        s: &Step,
+        ws: &Path,
+        env: &BTreeMap<String, String>,
+    ) -> StepResult {
+        let mut step = self.run_step(&s.name, &s.run, ws, env).await;
+        let started = step.started_at;
+        while step.status == BuildStatus::Failure && step.attempts <= s.retries {
+            let attempts = step.attempts + 1;
+            let note = format!(
+                "{} failed with exit code {}; running it again (attempt {attempts} of {})",
+                s.name,
+                step.exit_code.map_or("?".into(), |c| c.to_string()),
+                s.retries + 1
+            );
+            self.sink.line(Stream::System, note).await;
+            step = self.run_step(&s.name, &s.run, ws, env).await;
+            step.attempts = attempts;
+        }
+        if step.attempts > 1 {
+            step.started_at = started;
+            step.duration_ms = (step.finished_at - started).num_milliseconds().max(0) as u64;
+        }
+        step
     }
 
     /// The outcome of a build whose checkout failed, or whose last step ended it (timed
@@ -261,6 +291,7 @@ impl Execution<'_> {
             started_at: started,
             finished_at: Utc::now(),
             duration_ms: t0.elapsed().as_millis() as u64,
+            attempts: 1,
         };
         if self.active.stop.is_cancelled() {
             return result(BuildStatus::Cancelled, None);
