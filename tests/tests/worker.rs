@@ -1292,3 +1292,59 @@ async fn a_flaky_step_runs_again_up_to_its_retries() {
     assert_eq!(b["exit_code"], 7, "{b}");
     assert_eq!(b["steps"].as_array().unwrap().len(), 1, "{b}");
 }
+
+#[tokio::test]
+async fn a_build_that_cannot_start_within_its_queue_timeout_is_cancelled_saying_why() {
+    let c = Cluster::start().await;
+    // Nobody serves the queue.
+    let mut gpu = job(&["true"]);
+    gpu["queue"] = json!("gpu");
+    gpu["queue_timeout_secs"] = json!(1);
+    c.apply("train", gpu).await;
+    // One build at a time: the second waits for the first's slot.
+    let gates = c.work.path().join("gates");
+    let mut deploy = gated_job(&gates);
+    deploy["concurrency"] = json!(1);
+    deploy["queue_timeout_secs"] = json!(1);
+    c.apply("deploy", deploy).await;
+    let _w = c.worker(WorkerOpts::new("w")).await;
+
+    let t = c.trigger("train").await;
+    let one = c.trigger("deploy").await;
+    c.wait_status("deploy", one, "running", T).await;
+    let two = c.trigger("deploy").await;
+
+    let b = c.wait_status("train", t, "cancelled", T).await;
+    let reason = b["reason"].as_str().unwrap();
+    assert!(
+        reason.contains("not started within its job's queue timeout 1 s")
+            && reason.contains("no live worker serves queue 'gpu'"),
+        "{reason}"
+    );
+    assert_eq!(queue_depth(&c, "gpu").await, 0);
+    let b = c.wait_status("deploy", two, "cancelled", T).await;
+    assert!(
+        b["reason"].as_str().unwrap().contains("queue timeout"),
+        "{b}"
+    );
+
+    // The build that started in time runs on past its queue timeout.
+    let pool = c.redis.pool();
+    kiln_testkit::wait_for("every queue deadline handled", T, || async {
+        let mut conn = pool.get().await.ok()?;
+        let n: u64 = deadpool_redis::redis::cmd("ZCARD")
+            .arg("kiln:queue-deadlines")
+            .query_async(&mut conn)
+            .await
+            .ok()?;
+        (n == 0).then_some(())
+    })
+    .await;
+    assert_eq!(c.build("deploy", one).await["status"], "running");
+    open_gate(&gates, one);
+    c.wait_status("deploy", one, "success", T).await;
+    assert_eq!(started(&gates), [one]);
+    for key in ["kiln:job-slots:deploy", "kiln:job-waiting:deploy"] {
+        assert_eq!(redis_type(&c, key).await, "none", "{key} still exists");
+    }
+}

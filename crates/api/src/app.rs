@@ -32,6 +32,8 @@ pub struct Application {
     addr: SocketAddr,
     scheduler: Scheduler,
     downstream: DownstreamTrigger,
+    /// The store the queue-timeout loop uses.
+    expiry: Store,
 }
 
 impl Application {
@@ -42,6 +44,7 @@ impl Application {
         let store = Store::new(&opts)?;
         health::warn_about_redis(&store).await;
         let scheduler_store = store.clone();
+        let expiry_store = store.clone();
         let downstream = DownstreamTrigger::new(
             store.clone(),
             Store::blocking(&config.common.redis.url, downstream::BLOCK)?,
@@ -84,6 +87,7 @@ impl Application {
             addr,
             scheduler: Scheduler::new(scheduler_store),
             downstream,
+            expiry: expiry_store,
         })
     }
 
@@ -91,11 +95,13 @@ impl Application {
         self.addr
     }
 
-    /// Serves, and queues scheduled and downstream builds, until `shutdown` is cancelled,
-    /// then stops gracefully (in-flight requests finish, bounded by the shutdown timeout).
+    /// Serves, queues scheduled and downstream builds, and cancels builds past their queue
+    /// timeout, until `shutdown` is cancelled, then stops gracefully (in-flight requests
+    /// finish, bounded by the shutdown timeout).
     pub async fn run_until_stopped(self, shutdown: CancellationToken) -> std::io::Result<()> {
         tokio::spawn(self.scheduler.run(shutdown.clone()));
         tokio::spawn(self.downstream.run(shutdown.clone()));
+        tokio::spawn(crate::expiry::run(self.expiry, shutdown.clone()));
         let handle = self.server.handle();
         tokio::spawn(async move {
             shutdown.cancelled().await;

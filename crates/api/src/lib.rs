@@ -4,6 +4,7 @@
 mod app;
 mod config;
 mod downstream;
+mod expiry;
 mod openapi;
 mod routes;
 pub mod scheduler;

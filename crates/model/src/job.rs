@@ -50,6 +50,11 @@ pub struct JobDefinition {
     pub queue: Name,
     #[serde(default = "default_timeout")]
     pub timeout_secs: u64,
+    /// How long a build may wait to start (for a worker, or for a concurrency slot) before
+    /// it ends `cancelled`, so a build on a queue nobody serves does not wait for ever.
+    /// `None`: it waits as long as it takes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub queue_timeout_secs: Option<u64>,
     #[serde(default)]
     pub retention: Retention,
     #[serde(default)]
@@ -327,6 +332,12 @@ impl JobDefinition {
                 format!("must be between 1 and {MAX_TIMEOUT_SECS}"),
             ));
         }
+        if matches!(self.queue_timeout_secs, Some(t) if t == 0 || t > MAX_TIMEOUT_SECS) {
+            return Err(InvalidField::new(
+                "queue_timeout_secs",
+                format!("must be between 1 and {MAX_TIMEOUT_SECS} (leave it out to wait as long as it takes)"),
+            ));
+        }
         if self.retention.builds == 0 || self.retention.builds > MAX_RETENTION {
             return Err(InvalidField::new(
                 "retention.builds",
@@ -541,6 +552,12 @@ mod tests {
             assert_eq!(d.validate().unwrap_err().field, "concurrency");
         }
         d.concurrency = Some(1);
+        d.validate().unwrap();
+        for bad in [0, MAX_TIMEOUT_SECS + 1] {
+            d.queue_timeout_secs = Some(bad);
+            assert_eq!(d.validate().unwrap_err().field, "queue_timeout_secs");
+        }
+        d.queue_timeout_secs = Some(60);
         d.validate().unwrap();
         d.secrets = vec!["TOKEN".into(), "TOKEN".into()];
         assert_eq!(d.validate().unwrap_err().field, "secrets[1]");

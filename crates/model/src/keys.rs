@@ -133,6 +133,12 @@ pub fn downstream_fired(upstream: &BuildRef, queued_at_ms: i64, target: &JobName
     )
 }
 
+/// Sorted set build key -> when it stops waiting (ms since the epoch, Redis clock), for
+/// builds of jobs with a `queue_timeout_secs`, from their trigger. Members whose build
+/// started or ended go when their time comes: only a build still waiting for its first
+/// start is cancelled then.
+pub const QUEUE_DEADLINES: &str = "kiln:queue-deadlines";
+
 /// Set of the build keys holding one of the slots of a job with a `concurrency` limit:
 /// queued for a worker or running. Exists only while the job has a limit.
 pub fn job_slots(job: &JobName) -> String {

@@ -213,6 +213,7 @@ impl Store {
             .key(keys::queue_workers(&def.queue))
             .key(keys::job_slots(&req.job))
             .key(keys::job_waiting(&req.job))
+            .key(keys::QUEUE_DEADLINES)
             .arg(req.job.as_str())
             .arg(rest)
             .arg(&path)
@@ -231,6 +232,11 @@ impl Store {
                 def.concurrency
                     .map(|c| serde_json::Value::from(slot_wait_reason(&req.job, c, None)))
                     .map(|reason| reason.to_string())
+                    .unwrap_or_default(),
+            )
+            .arg(
+                def.queue_timeout_secs
+                    .map(|s| (s * 1000).to_string())
                     .unwrap_or_default(),
             )
             .invoke_async::<(u64, String)>(&mut c)
@@ -402,6 +408,29 @@ impl Store {
         Ok(pos
             .zip(limit)
             .map(|(ahead, limit)| SlotWait { limit, ahead }))
+    }
+
+    /// Cancels up to `limit` builds whose job's `queue_timeout_secs` ran out before they
+    /// first started (see `expire.lua`). Returns how many it cancelled and how many
+    /// deadlines it went through (`limit` means more may be due).
+    pub async fn expire_queued(&self, limit: usize) -> Result<(u64, usize), StoreError> {
+        let mut c = self.conn().await?;
+        Ok(scripts::EXPIRE
+            .key(keys::QUEUE_DEADLINES)
+            .key(keys::FINISHED_CONSUMERS)
+            .key(keys::downstream_finished())
+            .arg(now_rfc3339())
+            .arg(limit)
+            .arg(keys::prefix::JOB)
+            .arg(keys::prefix::QUEUE)
+            .arg(keys::prefix::QUEUE_MARKER)
+            .arg(keys::prefix::JOB_SLOTS)
+            .arg(keys::prefix::JOB_WAITING)
+            .arg(keys::prefix::FINISHED)
+            .arg(keys::EVENTS_CHANNEL)
+            .arg(DOWNSTREAM_MARK)
+            .invoke_async(&mut c)
+            .await?)
     }
 
     /// Cancels a queued build at once, or asks the worker running it to stop.

@@ -24,6 +24,7 @@ script!(RELEASE, "lua/release.lua");
 script!(HEARTBEAT, "lua/heartbeat.lua");
 script!(REAP, "lua/reap.lua");
 script!(CANCEL, "lua/cancel.lua");
+script!(EXPIRE, "lua/expire.lua");
 script!(PUT_JOB, "lua/put_job.lua");
 script!(DELETE_JOB, "lua/delete_job.lua");
 script!(CREATE_FOLDER, "lua/create_folder.lua");

@@ -6,13 +6,16 @@
 -- TRIM_MAX builds per trigger).
 -- A job with a `concurrency` limit whose slots are all taken gets the build in its waiting
 -- list instead of the queue (`admit_waiting` moves it on when a slot frees).
--- KEYS: job, recent, counters, queue, marker, queues set, queue workers, job slots, job waiting
+-- A job with a `queue_timeout_secs` gets the build's deadline to start in the queue
+-- deadlines (expire.lua cancels it then if it has not started).
+-- KEYS: job, recent, counters, queue, marker, queues set, queue workers, job slots, job
+--       waiting, queue deadlines
 -- ARGV: job name, document without its opening '{' and without number/storage_path/reason,
 --       storage prefix, retention, queue name, build key prefix, the queued event's JSON
 --       with number 0 (the number taken is put in here), liveness window ms, events channel, reason JSON
 --       when no worker is live ('' none), expected definition (the caller checked that it
 --       accepts builds), delivery key ('' none), delivery TTL seconds, concurrency limit
---       ('' none), reason JSON for a build that waits for a slot
+--       ('' none), reason JSON for a build that waits for a slot, queue timeout ms ('' none)
 -- Returns {n, document}, or {0, existing build key} when the delivery key shows this
 -- event was handled already. The storage folders of trimmed builds are the workers' to
 -- clear away (they reuse them).
@@ -22,6 +25,8 @@ local limit = tonumber(ARGV[14])
 local expected = {[2] = 'list', [3] = 'hash', [4] = 'list', [5] = 'zset', [6] = 'set',
   [7] = 'zset'}
 if limit then expected[8], expected[9] = 'set', 'list' end
+local queue_timeout = tonumber(ARGV[16])
+if queue_timeout then expected[10] = 'zset' end
 for i, t in pairs(expected) do
   local actual = redis.call('TYPE', KEYS[i]).ok
   if actual ~= 'none' and actual ~= t then
@@ -75,6 +80,7 @@ else
   redis.call('ZADD', KEYS[5], 0, '0')
 end
 redis.call('SADD', KEYS[6], ARGV[5])
+if queue_timeout then redis.call('ZADD', KEYS[10], now_ms() + queue_timeout, key) end
 -- Names hold no '"', so the event's only `"number":0` is its number.
 local s, e = string.find(ARGV[7], '"number":0', 1, true)
 if s then
