@@ -1348,3 +1348,37 @@ async fn a_build_that_cannot_start_within_its_queue_timeout_is_cancelled_saying_
         assert_eq!(redis_type(&c, key).await, "none", "{key} still exists");
     }
 }
+
+#[tokio::test]
+async fn a_log_past_the_workers_limit_is_cut_and_the_build_goes_on() {
+    let c = Cluster::start().await;
+    const LIMIT: u64 = 1 << 20;
+    c.apply(
+        "chatty",
+        job(&[
+            "yes 'a line of output that repeats' | head -n 100000",
+            "echo second step ran",
+        ]),
+    )
+    .await;
+    let mut opts = WorkerOpts::new("w");
+    opts.max_log_bytes = Some(LIMIT);
+    let _w = c.worker(opts).await;
+    let n = c.trigger("chatty").await;
+    let b = c.wait_status("chatty", n, "success", T).await;
+    assert_eq!(b["steps"].as_array().unwrap().len(), 2, "{b}");
+    let file = c.build_dir("chatty", n).join("log.jsonl");
+    let size = std::fs::metadata(&file).unwrap().len();
+    assert!(size <= LIMIT + 1024, "the log holds {size} bytes");
+    let log = std::fs::read_to_string(&file).unwrap();
+    let last: serde_json::Value = serde_json::from_str(log.lines().last().unwrap()).unwrap();
+    assert_eq!(last["stream"], "system", "{last}");
+    assert!(
+        last["line"]
+            .as_str()
+            .unwrap()
+            .starts_with("the log reached its limit of 1048576 bytes (worker.max_log_bytes)"),
+        "{last}"
+    );
+    assert!(!log.contains("second step ran"));
+}

@@ -45,7 +45,13 @@ pub struct WorkerSettings {
     /// alone (one write instead of two). A worker with nothing else to do writes a start at
     /// once. 0 writes every start at once.
     pub start_linger_ms: u64,
+    /// Most bytes of one build attempt's log: past it the rest of the output is dropped
+    /// (the build goes on), so a step that prints without end cannot fill the storage.
+    pub max_log_bytes: u64,
 }
+
+/// Smallest `worker.max_log_bytes`: one line of output may be 64 KiB.
+const MIN_LOG_BYTES: u64 = 1 << 20;
 
 impl Default for WorkerSettings {
     fn default() -> Self {
@@ -61,6 +67,7 @@ impl Default for WorkerSettings {
             shell: vec!["sh".into(), "-e".into(), "-c".into()],
             workspace_root: std::env::temp_dir().join("kiln-work"),
             start_linger_ms: 50,
+            max_log_bytes: 1 << 30,
         }
     }
 }
@@ -83,6 +90,7 @@ pub(crate) struct Settings {
     /// Whether the storage root is on a local filesystem (`crate::local_fs`): the build's
     /// folder and log are then made on the event loop, not in the blocking pool.
     pub(crate) storage_local: bool,
+    pub(crate) max_log_bytes: u64,
 }
 
 fn default_id() -> String {
@@ -145,6 +153,12 @@ impl WorkerConfig {
                 "must be at most 1000",
             ));
         }
+        if w.max_log_bytes < MIN_LOG_BYTES {
+            return Err(ConfigError::invalid(
+                "worker.max_log_bytes",
+                format!("must be at least {MIN_LOG_BYTES} (1 MiB)"),
+            ));
+        }
         let launcher = crate::process::Launcher::new(&w.shell)
             .map_err(|e| ConfigError::invalid("worker.shell", e))?;
         Ok(Settings {
@@ -161,6 +175,7 @@ impl WorkerConfig {
             workspace_root: w.workspace_root.clone(),
             storage_root: self.common.storage.root.clone(),
             storage_local: crate::local_fs::is_local(&self.common.storage.root),
+            max_log_bytes: w.max_log_bytes,
         })
     }
 }
@@ -185,5 +200,15 @@ mod tests {
         assert!(s.start_linger.is_zero());
         let s = settings(serde_json::json!({})).expect("defaults");
         assert_eq!(s.start_linger, Duration::from_millis(50));
+    }
+
+    #[test]
+    fn a_log_limit_below_a_mebibyte_is_refused_by_name() {
+        let e = settings(serde_json::json!({"max_log_bytes": 1000}))
+            .expect_err("refused")
+            .to_string();
+        assert!(e.contains("worker.max_log_bytes"), "{e}");
+        let s = settings(serde_json::json!({})).expect("defaults");
+        assert_eq!(s.max_log_bytes, 1 << 30);
     }
 }

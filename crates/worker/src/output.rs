@@ -24,6 +24,16 @@ const MAX_BATCH_BYTES: usize = 256 * 1024;
 /// Lines the log's channel holds.
 const CHANNEL: usize = 4096;
 
+/// Where and how much a build's log is written.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct LogOptions {
+    /// The storage is a local filesystem (see [`start`]).
+    pub(crate) local: bool,
+    /// Most bytes the log file gets (`worker.max_log_bytes`); the lines past it are dropped,
+    /// after one that says so.
+    pub(crate) max_bytes: u64,
+}
+
 /// Where the build's processes send their lines. Cloneable; the log closes when every
 /// clone is dropped.
 #[derive(Clone)]
@@ -91,14 +101,14 @@ pub(crate) fn start(
     attempt: u32,
     dir: PathBuf,
     spare: Option<crate::spares::Spare>,
-    local: bool,
+    opts: LogOptions,
     start: FirstBatch,
 ) -> (LogSink, JoinHandle<LogSummary>) {
     let (tx, mut rx) = mpsc::channel::<(Stream, String)>(CHANNEL);
     let progress = start.progress.clone();
     let handle = tokio::spawn(async move {
         let shown = dir.display().to_string();
-        let made = if local {
+        let made = if opts.local {
             create_log(&dir, attempt, spare)
         } else {
             tokio::task::spawn_blocking(move || create_log(&dir, attempt, spare))
@@ -119,6 +129,9 @@ pub(crate) fn start(
         let mut held = None;
         let mut batch: Vec<LogLine> = Vec::new();
         let mut bytes: Vec<u8> = Vec::new();
+        // Bytes in the file before this batch, and whether the limit was reached.
+        let mut kept = 0u64;
+        let mut capped = false;
         let mut start = Some(start);
         // Once the finish is to carry the start, every later batch waits for it too.
         let mut holding = false;
@@ -136,22 +149,36 @@ pub(crate) fn start(
             bytes.clear();
             let mut next = first;
             while let Some((stream, line)) = next.take() {
-                seq += 1;
-                let l = LogLine {
-                    seq,
-                    ts: Utc::now(),
-                    stream,
-                    attempt,
-                    line,
-                };
-                if serde_json::to_writer(&mut bytes, &l).is_ok() {
-                    bytes.push(b'\n');
+                // Past the limit lines are still read (the steps must not block on a full
+                // channel), and dropped.
+                if !capped {
+                    seq += 1;
+                    let mut l = LogLine {
+                        seq,
+                        ts: Utc::now(),
+                        stream,
+                        attempt,
+                        line,
+                    };
+                    let at = bytes.len();
+                    append(&mut bytes, &l);
+                    if kept + bytes.len() as u64 > opts.max_bytes {
+                        bytes.truncate(at);
+                        capped = true;
+                        l.stream = Stream::System;
+                        l.line = format!(
+                            "the log reached its limit of {} bytes (worker.max_log_bytes): the rest of this build's output is dropped; the build goes on",
+                            opts.max_bytes
+                        );
+                        append(&mut bytes, &l);
+                    }
+                    batch.push(l);
                 }
-                batch.push(l);
                 if batch.len() < MAX_BATCH && bytes.len() < MAX_BATCH_BYTES {
                     next = rx.try_recv().ok();
                 }
             }
+            kept += bytes.len() as u64;
             // The file first: a listener that joins late reads the file up to some seq and
             // continues from the channel, so nothing may be published before it is written.
             // The append is made right here, not in the blocking pool: it lands in the page
@@ -196,6 +223,13 @@ pub(crate) fn start(
         secrets: Arc::default(),
     };
     (sink, handle)
+}
+
+/// Appends a line to a batch's bytes, as one line of JSON.
+fn append(bytes: &mut Vec<u8>, line: &LogLine) {
+    if serde_json::to_writer(&mut *bytes, line).is_ok() {
+        bytes.push(b'\n');
+    }
 }
 
 /// How the log's first batch reaches the build's start: the start's script publishes it,

@@ -87,7 +87,10 @@ async fn run_claimed(w: &Arc<Worker>, claimed: Claimed, active: &Arc<Active>, sl
                 doc.attempt,
                 dir.clone(),
                 spare,
-                w.settings.storage_local,
+                crate::output::LogOptions {
+                    local: w.settings.storage_local,
+                    max_bytes: w.settings.max_log_bytes,
+                },
                 crate::output::FirstBatch {
                     to_start: first_tx,
                     started: started_rx.clone(),

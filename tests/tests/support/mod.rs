@@ -131,6 +131,8 @@ pub struct WorkerOpts {
     pub queue: String,
     /// `worker.start_linger_ms`; the worker's default when `None`.
     pub start_linger_ms: Option<u64>,
+    /// `worker.max_log_bytes`; the worker's default when `None`.
+    pub max_log_bytes: Option<u64>,
 }
 
 impl WorkerOpts {
@@ -142,6 +144,7 @@ impl WorkerOpts {
             grace_secs: 10,
             queue: "default".into(),
             start_linger_ms: None,
+            max_log_bytes: None,
         }
     }
 }
@@ -239,6 +242,9 @@ impl Cluster {
         ];
         if let Some(ms) = opts.start_linger_ms {
             env.push(("KILN_WORKER__START_LINGER_MS", ms.to_string()));
+        }
+        if let Some(n) = opts.max_log_bytes {
+            env.push(("KILN_WORKER__MAX_LOG_BYTES", n.to_string()));
         }
         let p = spawn("kiln-worker", port, &env, self.logs.path());
         self.wait_healthy(port).await;
