@@ -1382,3 +1382,33 @@ async fn a_log_past_the_workers_limit_is_cut_and_the_build_goes_on() {
     );
     assert!(!log.contains("second step ran"));
 }
+
+#[tokio::test]
+async fn a_step_past_its_own_timeout_ends_the_build_long_before_the_builds() {
+    let c = Cluster::start().await;
+    c.apply(
+        "hangs",
+        json!({"timeout_secs": 3600, "steps": [
+            {"name": "quick", "run": "echo quick", "timeout_secs": 60},
+            {"name": "hang", "run": "echo hanging; sleep 300", "timeout_secs": 1},
+            {"name": "cleanup", "run": "echo cleaned", "when": "always"},
+        ]}),
+    )
+    .await;
+    let _w = c.worker(WorkerOpts::new("w")).await;
+    let n = c.trigger("hangs").await;
+    let b = c.wait_status("hangs", n, "timed_out", T).await;
+    assert_eq!(
+        b["reason"],
+        "step 'hang' timed out after its timeout_secs of 1 s; its processes were killed",
+        "{b}"
+    );
+    let steps = b["steps"].as_array().unwrap();
+    assert_eq!(
+        steps.len(),
+        2,
+        "a timed-out step ends the build at once: {b}"
+    );
+    assert_eq!(steps[1]["status"], "timed_out", "{b}");
+    assert!(steps[1]["duration_ms"].as_u64().unwrap() < 10_000, "{b}");
+}

@@ -146,6 +146,10 @@ pub struct Step {
     /// a flaky test. A step that times out, is cancelled or cannot start is not run again.
     #[serde(default, skip_serializing_if = "is_zero")]
     pub retries: u32,
+    /// The step's own time limit, within the build's `timeout_secs`: a step that hangs
+    /// ends the build as `timed_out` without waiting for the whole build's deadline.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timeout_secs: Option<u64>,
     /// Whether the step runs while the build is succeeding, only once a step has failed (a
     /// report, a notification), or either way (a cleanup).
     #[serde(default, skip_serializing_if = "StepWhen::is_default")]
@@ -280,6 +284,12 @@ impl JobDefinition {
                 return Err(InvalidField::new(
                     format!("steps[{i}].retries"),
                     format!("must be at most {MAX_STEP_RETRIES}"),
+                ));
+            }
+            if matches!(s.timeout_secs, Some(t) if t == 0 || t > MAX_TIMEOUT_SECS) {
+                return Err(InvalidField::new(
+                    format!("steps[{i}].timeout_secs"),
+                    format!("must be between 1 and {MAX_TIMEOUT_SECS}"),
                 ));
             }
             if i == 0 && s.when == StepWhen::Failure {
@@ -575,6 +585,10 @@ mod tests {
         d.steps[0].retries = MAX_STEP_RETRIES + 1;
         assert_eq!(d.validate().unwrap_err().field, "steps[0].retries");
         d.steps[0].retries = MAX_STEP_RETRIES;
+        d.validate().unwrap();
+        d.steps[0].timeout_secs = Some(0);
+        assert_eq!(d.validate().unwrap_err().field, "steps[0].timeout_secs");
+        d.steps[0].timeout_secs = Some(1);
         d.validate().unwrap();
         d.steps.clear();
         assert_eq!(d.validate().unwrap_err().field, "steps");

@@ -94,7 +94,7 @@ impl Execution<'_> {
             if let Some(r) = doc.trigger.git_ref.as_ref().or(repo.git_ref.as_ref()) {
                 env.insert("KILN_GIT_REF".into(), r.clone());
             }
-            let step = self.run_step("checkout", CHECKOUT, ws, &env).await;
+            let step = self.run_step("checkout", CHECKOUT, None, ws, &env).await;
             let ok = step.status == BuildStatus::Success;
             let code = step.exit_code;
             self.record(doc, step, ok).await;
@@ -134,7 +134,17 @@ impl Execution<'_> {
             self.record(doc, step, more_follow).await;
             if ends_now {
                 self.collect_artifacts(ws).await;
-                return self.ended(doc, last_code, false);
+                let mut outcome = self.ended(doc, last_code, false);
+                // Its own timeout, not the build's: the build's deadline is still ahead.
+                if let (BuildStatus::TimedOut, Some(t)) = (outcome.status, s.timeout_secs) {
+                    if Instant::now() < self.deadline {
+                        outcome.reason = Some(format!(
+                            "step '{}' timed out after its timeout_secs of {t} s; its processes were killed",
+                            s.name
+                        ));
+                    }
+                }
+                return outcome;
             }
         }
         self.collect_artifacts(ws).await;
@@ -161,7 +171,8 @@ impl Execution<'_> {
         ws: &Path,
         env: &BTreeMap<String, String>,
     ) -> StepResult {
-        let mut step = self.run_step(&s.name, &s.run, ws, env).await;
+        let timeout = s.timeout_secs.map(Duration::from_secs);
+        let mut step = self.run_step(&s.name, &s.run, timeout, ws, env).await;
         let started = step.started_at;
         while step.status == BuildStatus::Failure && step.attempts <= s.retries {
             let attempts = step.attempts + 1;
@@ -172,7 +183,7 @@ impl Execution<'_> {
                 s.retries + 1
             );
             self.sink.line(Stream::System, note).await;
-            step = self.run_step(&s.name, &s.run, ws, env).await;
+            step = self.run_step(&s.name, &s.run, timeout, ws, env).await;
             step.attempts = attempts;
         }
         if step.attempts > 1 {
@@ -274,16 +285,20 @@ impl Execution<'_> {
         accepted
     }
 
+    /// Runs one step until it exits, the build's deadline (or the step's own `timeout`,
+    /// when sooner) passes, or the build is stopped.
     async fn run_step(
         &self,
         name: &str,
         script: &str,
+        timeout: Option<Duration>,
         ws: &Path,
         env: &BTreeMap<String, String>,
     ) -> StepResult {
         self.sink.line(Stream::System, format!("▶ {name}")).await;
         let started = Utc::now();
         let t0 = Instant::now();
+        let deadline = timeout.map_or(self.deadline, |t| self.deadline.min(t0 + t));
         let result = |status, exit_code| StepResult {
             name: name.to_owned(),
             status,
@@ -334,7 +349,7 @@ impl Execution<'_> {
         let ended = loop {
             tokio::select! {
                 s = p.wait() => break Some(s),
-                _ = tokio::time::sleep_until(self.deadline) => break None,
+                _ = tokio::time::sleep_until(deadline) => break None,
                 _ = self.active.stop.cancelled() => break None,
                 _ = &mut pumping, if !pumped => pumped = true,
             }
