@@ -527,8 +527,12 @@ async fn tokens_and_roles_gate_every_route() {
 #[tokio::test]
 async fn bad_input_gets_a_named_4xx_and_changes_nothing() {
     let app = TestApp::spawn().await;
-    app.put_job("app", job(json!({"parameters": [{"name": "T"}]})))
-        .await;
+    app.put_job(
+        "app",
+        job(json!({"parameters": [{"name": "T"},
+            {"name": "ENV", "default": "staging", "choices": ["staging", "production"]}]})),
+    )
+    .await;
     let before = app.snapshot().await;
     let send_raw = |method: Method, path: &'static str, body: &'static str, ct: &'static str| {
         app.request(method, path, Some(ADMIN))
@@ -613,6 +617,54 @@ async fn bad_input_gets_a_named_4xx_and_changes_nothing() {
             send_raw(
                 Method::PUT,
                 "/api/v1/jobs/app",
+                r#"{"steps": [{"name":"a","run":"b"}], "parameters": [{"name": "E", "choices": ["x"]}]}"#,
+                "application/json",
+            )
+            .await
+            .unwrap(),
+            400,
+            Some("parameters[0].default"),
+        ),
+        (
+            send_raw(
+                Method::PUT,
+                "/api/v1/jobs/app",
+                r#"{"steps": [{"name":"a","run":"b","when":"failure"}]}"#,
+                "application/json",
+            )
+            .await
+            .unwrap(),
+            400,
+            Some("steps[0].when"),
+        ),
+        (
+            send_raw(
+                Method::PUT,
+                "/api/v1/jobs/app",
+                r#"{"steps": [{"name":"a","run":"b"}], "downstream": [{"job": "app"}]}"#,
+                "application/json",
+            )
+            .await
+            .unwrap(),
+            400,
+            Some("downstream[0].job"),
+        ),
+        (
+            send_raw(
+                Method::PUT,
+                "/api/v1/jobs/app",
+                r#"{"steps": [{"name":"a","run":"b"}], "downstream": [{"job": "x", "on": ["queued"]}]}"#,
+                "application/json",
+            )
+            .await
+            .unwrap(),
+            400,
+            Some("downstream[0].on[0]"),
+        ),
+        (
+            send_raw(
+                Method::PUT,
+                "/api/v1/jobs/app",
                 r#"{"steps": [{"name":"a","run":"b"}], "artifacts": ["../../x"]}"#,
                 "application/json",
             )
@@ -644,6 +696,18 @@ async fn bad_input_gets_a_named_4xx_and_changes_nothing() {
             .unwrap(),
             422,
             Some("parameters.NOPE"),
+        ),
+        (
+            send_raw(
+                Method::POST,
+                "/api/v1/jobs/app/builds",
+                r#"{"parameters": {"ENV": "prod"}}"#,
+                "application/json",
+            )
+            .await
+            .unwrap(),
+            422,
+            Some("parameters.ENV"),
         ),
         (
             send_raw(

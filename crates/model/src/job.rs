@@ -13,6 +13,8 @@ pub const MAX_TIMEOUT_SECS: u64 = 7 * 24 * 3600;
 pub const MAX_RETENTION: u32 = 10_000;
 /// Highest `concurrency` a job may name (a higher one would be no limit at all).
 pub const MAX_CONCURRENCY: u32 = 1_000;
+/// Most `choices` a parameter may list.
+pub const MAX_CHOICES: usize = 100;
 /// Most times a step's `retries` may run it again.
 pub const MAX_STEP_RETRIES: u32 = 10;
 /// Most jobs one job's `downstream` may name.
@@ -194,6 +196,26 @@ pub struct Parameter {
     pub default: String,
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub description: String,
+    /// The only values a build may give it (its default among them), so a typo in a
+    /// target environment is refused at the trigger rather than found by a failing step.
+    /// Empty: any value.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub choices: Vec<String>,
+}
+
+impl Parameter {
+    /// Whether a build may give the parameter this value.
+    pub fn accepts(&self, value: &str) -> bool {
+        self.choices.is_empty() || self.choices.iter().any(|c| c == value)
+    }
+
+    fn choices_text(&self) -> String {
+        self.choices
+            .iter()
+            .map(|c| format!("'{c}'"))
+            .collect::<Vec<_>>()
+            .join(", ")
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
@@ -335,6 +357,25 @@ impl JobDefinition {
                     "is declared twice",
                 ));
             }
+            if p.choices.len() > MAX_CHOICES {
+                return Err(InvalidField::new(
+                    format!("parameters[{i}].choices"),
+                    format!("may list at most {MAX_CHOICES} values"),
+                ));
+            }
+            if let Some(j) = (0..p.choices.len()).find(|&j| p.choices[..j].contains(&p.choices[j]))
+            {
+                return Err(InvalidField::new(
+                    format!("parameters[{i}].choices[{j}]"),
+                    "is listed twice",
+                ));
+            }
+            if !p.accepts(&p.default) {
+                return Err(InvalidField::new(
+                    format!("parameters[{i}].default"),
+                    format!("must be one of the choices: {}", p.choices_text()),
+                ));
+            }
         }
         if self.timeout_secs == 0 || self.timeout_secs > MAX_TIMEOUT_SECS {
             return Err(InvalidField::new(
@@ -460,14 +501,19 @@ impl JobDefinition {
                 "is not a parameter of this job",
             ));
         }
-        Ok(self
-            .parameters
+        self.parameters
             .iter()
             .map(|p| {
                 let v = given.get(&p.name).unwrap_or(&p.default);
-                (p.name.clone(), v.clone())
+                if !p.accepts(v) {
+                    return Err(InvalidField::new(
+                        format!("parameters.{}", p.name),
+                        format!("must be one of {}", p.choices_text()),
+                    ));
+                }
+                Ok((p.name.clone(), v.clone()))
             })
-            .collect())
+            .collect()
     }
 }
 
@@ -608,5 +654,25 @@ mod tests {
             d.resolve_parameters(&bad).unwrap_err().field,
             "parameters.V"
         );
+    }
+
+    #[test]
+    fn a_parameter_with_choices_takes_only_those() {
+        let mut d = parse(serde_json::json!({"steps": [{"name": "b", "run": "make"}],
+            "parameters": [{"name": "ENV", "default": "staging", "choices": ["staging", "production"]}]}))
+        .unwrap();
+        d.validate().unwrap();
+        let given = |v: &str| BTreeMap::from([("ENV".to_string(), v.to_string())]);
+        assert_eq!(
+            d.resolve_parameters(&given("production")).unwrap()["ENV"],
+            "production"
+        );
+        let e = d.resolve_parameters(&given("prod")).unwrap_err();
+        assert_eq!(e.field, "parameters.ENV");
+        assert_eq!(e.message, "must be one of 'staging', 'production'");
+        d.parameters[0].default = "qa".into();
+        assert_eq!(d.validate().unwrap_err().field, "parameters[0].default");
+        d.parameters[0].choices = vec!["qa".into(), "qa".into()];
+        assert_eq!(d.validate().unwrap_err().field, "parameters[0].choices[1]");
     }
 }
