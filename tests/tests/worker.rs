@@ -1412,3 +1412,58 @@ async fn a_step_past_its_own_timeout_ends_the_build_long_before_the_builds() {
     assert_eq!(steps[1]["status"], "timed_out", "{b}");
     assert!(steps[1]["duration_ms"].as_u64().unwrap() < 10_000, "{b}");
 }
+
+#[tokio::test]
+async fn jobs_of_a_concurrency_group_share_its_slots_in_trigger_order() {
+    let c = Cluster::start().await;
+    let (api_gates, web_gates) = (c.work.path().join("api"), c.work.path().join("web"));
+    for (name, gates) in [("deploy-api", &api_gates), ("deploy-web", &web_gates)] {
+        let mut def = gated_job(gates);
+        def["concurrency"] = json!(1);
+        def["concurrency_group"] = json!("prod");
+        c.apply(name, def).await;
+    }
+    let mut opts = WorkerOpts::new("w");
+    opts.concurrency = 4;
+    let _w = c.worker(opts).await;
+
+    let api1 = c.trigger("deploy-api").await;
+    c.wait_status("deploy-api", api1, "running", T).await;
+    let web1 = c.trigger("deploy-web").await;
+    let api2 = c.trigger("deploy-api").await;
+    let b = c.build("deploy-web", web1).await;
+    let reason = b["reason"].as_str().unwrap_or_default();
+    assert!(
+        reason.contains("the jobs of group 'prod' run at most 1 build at once")
+            && reason.contains("0 of the group's builds wait before this one"),
+        "{b}"
+    );
+    assert!(c.build("deploy-api", api2).await["reason"]
+        .as_str()
+        .unwrap()
+        .contains("1 of the group's builds wait before this one"));
+    assert_eq!(queue_depth(&c, "default").await, 0);
+
+    // The slot passes to the other job's build, which was triggered first.
+    open_gate(&api_gates, api1);
+    c.wait_status("deploy-api", api1, "success", T).await;
+    c.wait_status("deploy-web", web1, "running", T).await;
+    assert_eq!(c.build("deploy-api", api2).await["status"], "queued");
+    let r = c.cancel("deploy-api", api2).await;
+    let v: serde_json::Value = r.json().await.unwrap();
+    assert_eq!(v["outcome"], "cancelled", "{v}");
+    let api3 = c.trigger("deploy-api").await;
+
+    // Deleting a job frees the slots its builds held in the group.
+    let r = c
+        .call(Method::DELETE, "/api/v1/jobs/deploy-web", None)
+        .await;
+    assert_eq!(r.status(), 204);
+    c.wait_status("deploy-api", api3, "running", T).await;
+    open_gate(&api_gates, api3);
+    c.wait_status("deploy-api", api3, "success", T).await;
+    assert_eq!(started(&api_gates), [api1, api3]);
+    for key in ["kiln:group-slots:prod", "kiln:group-waiting:prod"] {
+        assert_eq!(redis_type(&c, key).await, "none", "{key} still exists");
+    }
+}

@@ -168,6 +168,11 @@ pub struct BuildDocument {
     pub reason: Option<String>,
     #[serde(default)]
     pub cancel_requested: bool,
+    /// The `concurrency_group` whose slots it takes, as its job named when it was
+    /// triggered: the scripts that end it free the slot there even if the job has moved
+    /// to another group since. `None`: its job's own slots, if it has a limit.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub concurrency_group: Option<Name>,
 }
 
 /// Lua's cjson writes an empty array as `{}`; accept both so a script's round trip of a

@@ -78,6 +78,11 @@ pub struct JobDefinition {
     /// `None`: no limit.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub concurrency: Option<u32>,
+    /// Jobs naming the same group share their slots: at most `concurrency` builds of all
+    /// of them at once (each build waits for its own job's limit, so the jobs of a group
+    /// should name the same one), the others waiting in trigger order across the jobs.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub concurrency_group: Option<Name>,
     /// Jobs to build when a build of this one ends with one of the statuses each names.
     /// Left out of the stored JSON when empty (see [`DOWNSTREAM_MARK`]).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
@@ -434,6 +439,12 @@ impl JobDefinition {
                 ));
             }
         }
+        if self.concurrency_group.is_some() && self.concurrency.is_none() {
+            return Err(InvalidField::new(
+                "concurrency_group",
+                "needs a concurrency limit: how many builds of the group's jobs run at once",
+            ));
+        }
         self.validate_downstream()
     }
 
@@ -607,6 +618,9 @@ mod tests {
             d.concurrency = Some(bad);
             assert_eq!(d.validate().unwrap_err().field, "concurrency");
         }
+        d.concurrency = None;
+        d.concurrency_group = Some(Name::parse("prod").unwrap());
+        assert_eq!(d.validate().unwrap_err().field, "concurrency_group");
         d.concurrency = Some(1);
         d.validate().unwrap();
         for bad in [0, MAX_TIMEOUT_SECS + 1] {

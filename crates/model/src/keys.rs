@@ -34,6 +34,8 @@ pub mod prefix {
     pub const DEAD_LETTER: &str = "kiln:dead-letter:";
     pub const JOB_SLOTS: &str = "kiln:job-slots:";
     pub const JOB_WAITING: &str = "kiln:job-waiting:";
+    pub const GROUP_SLOTS: &str = "kiln:group-slots:";
+    pub const GROUP_WAITING: &str = "kiln:group-waiting:";
 }
 
 /// `folder_<name>`: list of the folder's entries.
@@ -149,6 +151,19 @@ pub fn job_slots(job: &JobName) -> String {
 /// first: they are in no queue until one is free.
 pub fn job_waiting(job: &JobName) -> String {
     format!("{}{job}", prefix::JOB_WAITING)
+}
+
+/// The slot set and waiting list a build of `job` uses: its `concurrency_group`'s when it
+/// has one (`kiln:group-slots:<group>`, `kiln:group-waiting:<group>`, the same two kinds
+/// of key as [`job_slots`] and [`job_waiting`], shared by the group's jobs), else its job's.
+pub fn slot_keys(job: &JobName, group: Option<&Name>) -> (String, String) {
+    match group {
+        Some(g) => (
+            format!("{}{g}", prefix::GROUP_SLOTS),
+            format!("{}{g}", prefix::GROUP_WAITING),
+        ),
+        None => (job_slots(job), job_waiting(job)),
+    }
 }
 
 /// Hash secret name -> [`crate::StoredSecret`] JSON. Only the api writes it and only workers

@@ -7,7 +7,7 @@ use deadpool_redis::redis::{self, AsyncCommands};
 use kiln_model::job::DOWNSTREAM_MARK;
 use kiln_model::{
     keys, BuildDocument, BuildEvent, BuildEventKind, BuildNumber, BuildRef, BuildStatus, JobName,
-    Trigger as BuildTrigger,
+    Name, Trigger as BuildTrigger,
 };
 
 use crate::connect::Store;
@@ -47,32 +47,49 @@ pub enum CancelOutcome {
     Requested,
 }
 
-/// Why a build of a job with a `concurrency` limit waits: every slot is taken (and, when
-/// known, how many of the job's builds wait before it).
-fn slot_wait_reason(job: &JobName, limit: u32, ahead: Option<usize>) -> String {
+/// Why a build of a job with a `concurrency` limit waits: every slot of its job, or of its
+/// concurrency group, is taken (and, when known, how many builds wait before it).
+fn slot_wait_reason(
+    job: &JobName,
+    group: Option<&Name>,
+    limit: u32,
+    ahead: Option<usize>,
+) -> String {
     let s = if limit == 1 { "" } else { "s" };
-    let mut r = format!(
-        "waiting for a slot: job '{job}' runs at most {limit} build{s} at once (concurrency)"
-    );
+    let mut r = match group {
+        Some(g) => format!(
+            "waiting for a slot: the jobs of group '{g}' run at most {limit} build{s} at once (concurrency_group, job '{job}')"
+        ),
+        None => format!(
+            "waiting for a slot: job '{job}' runs at most {limit} build{s} at once (concurrency)"
+        ),
+    };
     if let Some(a) = ahead {
-        r.push_str(&format!("; {a} of its builds wait before this one"));
+        let whose = if group.is_some() {
+            "the group's"
+        } else {
+            "its"
+        };
+        r.push_str(&format!("; {a} of {whose} builds wait before this one"));
     }
     r
 }
 
-/// Where a build waiting for one of its job's concurrency slots stands.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// Where a build waiting for a concurrency slot (its job's or its group's) stands.
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SlotWait {
-    /// The job's limit now.
+    /// Its job's limit now.
     pub limit: u32,
-    /// How many of the job's builds wait before it.
+    /// How many builds wait before it.
     pub ahead: usize,
+    /// The concurrency group it waits in, if any.
+    pub group: Option<Name>,
 }
 
 impl SlotWait {
     /// What a queued build's `reason` says while it waits.
     pub fn reason(&self, job: &JobName) -> String {
-        slot_wait_reason(job, self.limit, Some(self.ahead))
+        slot_wait_reason(job, self.group.as_ref(), self.limit, Some(self.ahead))
     }
 }
 
@@ -131,6 +148,11 @@ impl Store {
         what: &str,
     ) -> Result<Attempt, StoreError> {
         let (raw_def, def) = (job.raw.as_str(), &job.def);
+        // A group's slots are taken only under a limit (the definition was validated so).
+        let group = def
+            .concurrency_group
+            .as_ref()
+            .filter(|_| def.concurrency.is_some());
         if def.disabled {
             return Ok(Attempt::Refused(StoreError::Conflict(format!(
                 "{what} is disabled and accepts no new builds"
@@ -177,6 +199,7 @@ impl Store {
             storage_path: String::new(),
             reason: None,
             cancel_requested: false,
+            concurrency_group: group.cloned(),
         };
         let mut v = serde_json::to_value(&template).map_err(|e| StoreError::corrupt("build", e))?;
         if let Some(o) = v.as_object_mut() {
@@ -202,6 +225,7 @@ impl Store {
         ))
         .to_string();
 
+        let (slots, waiting) = keys::slot_keys(&req.job, group);
         let mut c = self.conn().await?;
         let r = scripts::TRIGGER
             .key(keys::job(&req.job))
@@ -211,8 +235,8 @@ impl Store {
             .key(keys::queue_marker(&def.queue))
             .key(keys::QUEUES)
             .key(keys::queue_workers(&def.queue))
-            .key(keys::job_slots(&req.job))
-            .key(keys::job_waiting(&req.job))
+            .key(slots)
+            .key(waiting)
             .key(keys::QUEUE_DEADLINES)
             .arg(req.job.as_str())
             .arg(rest)
@@ -230,7 +254,7 @@ impl Store {
             .arg(def.concurrency.map(|c| c.to_string()).unwrap_or_default())
             .arg(
                 def.concurrency
-                    .map(|c| serde_json::Value::from(slot_wait_reason(&req.job, c, None)))
+                    .map(|c| serde_json::Value::from(slot_wait_reason(&req.job, group, c, None)))
                     .map(|reason| reason.to_string())
                     .unwrap_or_default(),
             )
@@ -390,13 +414,18 @@ impl Store {
         Ok(set.is_some())
     }
 
-    /// Whether a queued build waits for one of its job's concurrency slots (it is then in
-    /// no queue), and behind how many others.
-    pub async fn slot_wait(&self, build: &BuildRef) -> Result<Option<SlotWait>, StoreError> {
+    /// Whether a queued build (of `group`, as its document says) waits for a concurrency
+    /// slot (it is then in no queue), and behind how many others.
+    pub async fn slot_wait(
+        &self,
+        build: &BuildRef,
+        group: Option<&Name>,
+    ) -> Result<Option<SlotWait>, StoreError> {
+        let (_, waiting) = keys::slot_keys(&build.job, group);
         let mut c = self.conn().await?;
         let (pos, def): (Option<usize>, Option<String>) = redis::pipe()
             .cmd("LPOS")
-            .arg(keys::job_waiting(&build.job))
+            .arg(waiting)
             .arg(build.key())
             .get(keys::job(&build.job))
             .query_async(&mut c)
@@ -405,9 +434,11 @@ impl Store {
             .and_then(|d| serde_json::from_str::<serde_json::Value>(&d).ok())
             .and_then(|d| d.get("concurrency")?.as_u64())
             .and_then(|l| u32::try_from(l).ok());
-        Ok(pos
-            .zip(limit)
-            .map(|(ahead, limit)| SlotWait { limit, ahead }))
+        Ok(pos.zip(limit).map(|(ahead, limit)| SlotWait {
+            limit,
+            ahead,
+            group: group.cloned(),
+        }))
     }
 
     /// Cancels up to `limit` builds whose job's `queue_timeout_secs` ran out before they
@@ -429,6 +460,8 @@ impl Store {
             .arg(keys::prefix::FINISHED)
             .arg(keys::EVENTS_CHANNEL)
             .arg(DOWNSTREAM_MARK)
+            .arg(keys::prefix::GROUP_SLOTS)
+            .arg(keys::prefix::GROUP_WAITING)
             .invoke_async(&mut c)
             .await?)
     }
@@ -439,13 +472,14 @@ impl Store {
             .get_build(build)
             .await?
             .ok_or_else(|| StoreError::NotFound(format!("build {build}")))?;
+        let (slots, waiting) = keys::slot_keys(&build.job, doc.concurrency_group.as_ref());
         let mut c = self.conn().await?;
         let r: String = scripts::CANCEL
             .key(build.key())
             .key(keys::queue(&doc.queue))
             .key(keys::FINISHED_CONSUMERS)
-            .key(keys::job_slots(&build.job))
-            .key(keys::job_waiting(&build.job))
+            .key(slots)
+            .key(waiting)
             .key(keys::job(&build.job))
             .key(keys::downstream_finished())
             .arg(now_rfc3339())
@@ -456,6 +490,7 @@ impl Store {
             .arg(keys::prefix::QUEUE)
             .arg(keys::prefix::QUEUE_MARKER)
             .arg(DOWNSTREAM_MARK)
+            .arg(keys::prefix::JOB)
             .invoke_async(&mut c)
             .await?;
         match r.as_str() {

@@ -247,6 +247,7 @@ impl Store {
         let last_lines = crate::pubsub::encode_optional(last_lines)?;
         let end = crate::pubsub::encode_output(end)?;
         let next = claim_next.map(|_| NextLease::new(&lease.queue, &lease.worker));
+        let (slots, waiting) = keys::slot_keys(&lease.build.job, doc.concurrency_group.as_ref());
         let mut c = self.conn().await?;
         let (oldest, key, raw, def): FinishReply = scripts::FINISH
             .key(lease.build.key())
@@ -258,8 +259,8 @@ impl Store {
             .key(keys::job_recent(&lease.build.job))
             .key(keys::queue(&lease.queue))
             .key(keys::queue_marker(&lease.queue))
-            .key(keys::job_slots(&lease.build.job))
-            .key(keys::job_waiting(&lease.build.job))
+            .key(slots)
+            .key(waiting)
             .key(keys::job(&lease.build.job))
             .key(keys::downstream_finished())
             .arg(lease.owner())
@@ -370,6 +371,8 @@ impl Store {
             .arg(keys::prefix::JOB_SLOTS)
             .arg(keys::prefix::JOB_WAITING)
             .arg(DOWNSTREAM_MARK)
+            .arg(keys::prefix::GROUP_SLOTS)
+            .arg(keys::prefix::GROUP_WAITING)
             .invoke_async(&mut c)
             .await?;
         Ok(ReapOutcome { requeued, lost })

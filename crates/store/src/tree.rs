@@ -196,6 +196,11 @@ impl Store {
                 (Some(new), Some(old)) if new == old => "keep",
                 (Some(_), _) => "set",
             };
+            let group = def
+                .concurrency_group
+                .as_ref()
+                .filter(|_| def.concurrency.is_some());
+            let (group_slots, group_waiting) = keys::slot_keys(name, group);
             let mut c = self.conn().await?;
             let r = scripts::PUT_JOB
                 .key(keys::job(name))
@@ -206,6 +211,8 @@ impl Store {
                 .key(keys::job_slots(name))
                 .key(keys::job_waiting(name))
                 .key(keys::job_recent(name))
+                .key(group_slots)
+                .key(group_waiting)
                 .arg(&json)
                 .arg(&entry)
                 .arg(name.as_str())
@@ -217,6 +224,8 @@ impl Store {
                 .arg(keys::build_prefix(name))
                 .arg(keys::prefix::QUEUE)
                 .arg(keys::prefix::QUEUE_MARKER)
+                .arg(group.map_or("", Name::as_str))
+                .arg(keys::prefix::JOB)
                 .invoke_async::<i64>(&mut c)
                 .await;
             match r {
@@ -317,6 +326,11 @@ impl Store {
                 .arg(name.as_str())
                 .arg(keys::build_prefix(name))
                 .arg(keys::CANCEL_CHANNEL)
+                .arg(keys::prefix::GROUP_SLOTS)
+                .arg(keys::prefix::GROUP_WAITING)
+                .arg(keys::prefix::JOB)
+                .arg(keys::prefix::QUEUE)
+                .arg(keys::prefix::QUEUE_MARKER)
                 .invoke_async::<Vec<String>>(&mut c)
                 .await;
             match r {

@@ -205,7 +205,11 @@ pub(crate) async fn get(
             serde_json::from_str(&raw).map_err(|e| ApiError::Unexpected(format!("{r}: {e}")))?;
         if doc.status == BuildStatus::Queued {
             // A build waiting for a concurrency slot is in no queue: workers do not matter yet.
-            match state.store.slot_wait(&r).await? {
+            match state
+                .store
+                .slot_wait(&r, doc.concurrency_group.as_ref())
+                .await?
+            {
                 Some(wait) => doc.reason = Some(wait.reason(&r.job)),
                 None => explain_wait(&state, &mut doc).await?,
             }

@@ -2,9 +2,10 @@
 -- one is flagged and its worker told over pub/sub (the flag, seen at the next renew, is
 -- the guarantee). A queued build may also be waiting for one of its job's concurrency
 -- slots; one that held a slot passes it on.
--- KEYS: build, queue, consumers set, job slots, job waiting, job, downstream consumer's list
+-- KEYS: build, queue, consumers set, slot set, waiting list (the job's, or its concurrency
+--       group's), job, downstream consumer's list
 -- ARGV: now, finished prefix, events channel, cancel channel, reason, queue prefix,
---       queue marker prefix, downstream mark
+--       queue marker prefix, downstream mark, job prefix
 local raw = redis.call('GET', KEYS[1])
 if not raw then return 'missing' end
 local doc = cjson.decode(raw)
@@ -15,7 +16,7 @@ if doc.status == 'queued' and (redis.call('LREM', KEYS[2], 0, KEYS[1]) > 0
   doc.finished_at = ARGV[1]
   doc.reason = ARGV[5]
   redis.call('SET', KEYS[1], cjson.encode(doc))
-  free_slot(KEYS[1], KEYS[4], KEYS[5], KEYS[6], ARGV[6], ARGV[7])
+  free_slot(KEYS[1], KEYS[4], KEYS[5], ARGV[9], ARGV[6], ARGV[7])
   push_finished(KEYS[3], ARGV[2], KEYS[1], KEYS[6], KEYS[7], ARGV[8])
   redis.call('PUBLISH', ARGV[3], event('finished', doc, ARGV[1]))
   return 'cancelled'

@@ -4,7 +4,8 @@
 -- dropped from the deadlines. Idempotent: every api replica runs it.
 -- KEYS: queue deadlines, consumers set, downstream consumer's list
 -- ARGV: now (RFC 3339), batch limit, job prefix, queue prefix, queue marker prefix, job slots
---       prefix, job waiting prefix, finished prefix, events channel, downstream mark
+--       prefix, job waiting prefix, finished prefix, events channel, downstream mark, group
+--       slots prefix, group waiting prefix
 -- Returns how many builds it cancelled and how many deadlines it went through.
 local due = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', now_ms(), 'LIMIT', 0, tonumber(ARGV[2]))
 local cancelled = 0
@@ -13,7 +14,7 @@ for _, key in ipairs(due) do
   local ok, doc = pcall(cjson.decode, redis.call('GET', key) or '')
   if ok and type(doc) == 'table' and doc.status == 'queued' and doc.attempt == 1 then
     local job_key = ARGV[3] .. doc.job
-    local slots, waiting = ARGV[6] .. doc.job, ARGV[7] .. doc.job
+    local slots, waiting = slot_keys_of(doc, ARGV[6], ARGV[7], ARGV[11], ARGV[12])
     if redis.call('LREM', ARGV[4] .. doc.queue, 0, key) > 0
         or redis.call('LREM', waiting, 0, key) > 0 then
       local limit = ''
@@ -27,7 +28,7 @@ for _, key in ipairs(due) do
       doc.finished_at = ARGV[1]
       doc.reason = why
       redis.call('SET', key, cjson.encode(doc))
-      free_slot(key, slots, waiting, job_key, ARGV[4], ARGV[5])
+      free_slot(key, slots, waiting, ARGV[3], ARGV[4], ARGV[5])
       push_finished(KEYS[2], ARGV[8], key, job_key, KEYS[3], ARGV[10])
       redis.call('PUBLISH', ARGV[9], event('finished', doc, ARGV[1]))
       cancelled = cancelled + 1

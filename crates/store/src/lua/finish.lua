@@ -7,7 +7,8 @@
 -- build is then claimed in the same step (`claim_next`), one round trip per build fewer.
 -- The build's concurrency slot, if its job has a limit, passes to the next waiting build.
 -- KEYS: build, owners, leases, inflight, consumers set, running list, job's recent list,
---       queue, queue marker, job slots, job waiting, job, downstream consumer's list
+--       queue, queue marker, slot set, waiting list (the job's, or its concurrency
+--       group's), job, downstream consumer's list
 -- ARGV: owner, document, finished prefix, events channel, event JSON, output channel,
 --       end message JSON, last lines message JSON ('' none), next owner ('' claim nothing),
 --       lease ms, job key prefix, started event JSON ('' none: the start was written
@@ -23,7 +24,7 @@ redis.call('HDEL', KEYS[2], KEYS[1])
 redis.call('LREM', KEYS[4], 0, KEYS[1])
 redis.call('LREM', KEYS[6], 0, KEYS[1])
 push_finished(KEYS[5], ARGV[3], KEYS[1], KEYS[12], KEYS[13], ARGV[15])
-free_slot(KEYS[1], KEYS[10], KEYS[11], KEYS[12], ARGV[13], ARGV[14])
+free_slot(KEYS[1], KEYS[10], KEYS[11], ARGV[11], ARGV[13], ARGV[14])
 if ARGV[12] ~= '' then redis.call('PUBLISH', ARGV[4], ARGV[12]) end
 redis.call('PUBLISH', ARGV[4], ARGV[5])
 if ARGV[8] ~= '' then redis.call('PUBLISH', ARGV[6], ARGV[8]) end

@@ -76,28 +76,39 @@ local function concurrency_of(def)
   return nil
 end
 
--- Moves a job's waiting builds (oldest first) to the claim end of their queue while it has
--- free slots; with no limit (nil) all of them, and the slot set goes. A waiting build has
--- waited its turn already, so it is the next one claimed rather than the last.
--- Entries whose build is gone or no longer queued (cancelled) are dropped.
-local function admit_waiting(slots, waiting, limit, queue_prefix, marker_prefix)
-  while not limit or redis.call('SCARD', slots) < limit do
-    local key = redis.call('LPOP', waiting)
+-- The slot set and waiting list of a decoded build document: its concurrency group's when
+-- it names one (`keys::slot_keys`), else its job's.
+local function slot_keys_of(doc, job_slots, job_waiting, group_slots, group_waiting)
+  if type(doc.concurrency_group) == 'string' then
+    return group_slots .. doc.concurrency_group, group_waiting .. doc.concurrency_group
+  end
+  return job_slots .. doc.job, job_waiting .. doc.job
+end
+
+-- Moves waiting builds (oldest first) to the claim end of their queue while the slot set
+-- has room for them: each waits for its own job's limit (a job without one any more takes
+-- no slot). A waiting build has waited its turn already, so it is the next one claimed
+-- rather than the last. Entries whose build is gone or no longer queued (cancelled) are
+-- dropped.
+local function admit_waiting(slots, waiting, job_prefix, queue_prefix, marker_prefix)
+  while true do
+    local key = redis.call('LINDEX', waiting, 0)
     if not key then break end
     local ok, d = pcall(cjson.decode, redis.call('GET', key) or '')
     if ok and type(d) == 'table' and d.status == 'queued' and type(d.queue) == 'string' then
+      local limit = concurrency_of(redis.call('GET', job_prefix .. d.job))
+      if limit and redis.call('SCARD', slots) >= limit then break end
       if limit then redis.call('SADD', slots, key) end
       redis.call('RPUSH', queue_prefix .. d.queue, key)
       redis.call('ZADD', marker_prefix .. d.queue, 0, '0')
     end
+    redis.call('LPOP', waiting)
   end
-  if not limit then redis.call('DEL', slots) end
 end
 
--- A build of the job left its slot (it ended): the next waiting ones may take it.
-local function free_slot(key, slots, waiting, job_key, queue_prefix, marker_prefix)
+-- A build left its slot (it ended): the next waiting ones may take it.
+local function free_slot(key, slots, waiting, job_prefix, queue_prefix, marker_prefix)
   if redis.call('SREM', slots, key) == 1 then
-    admit_waiting(slots, waiting, concurrency_of(redis.call('GET', job_key)), queue_prefix,
-      marker_prefix)
+    admit_waiting(slots, waiting, job_prefix, queue_prefix, marker_prefix)
   end
 end

@@ -4,7 +4,7 @@
 -- KEYS: leases, owners, consumers set, downstream consumer's list
 -- ARGV: now (RFC 3339), job prefix, queue prefix, marker prefix, inflight prefix,
 --       finished prefix, events channel, batch limit, running prefix, job slots prefix,
---       job waiting prefix, downstream mark
+--       job waiting prefix, downstream mark, group slots prefix, group waiting prefix
 local requeued, lost = 0, 0
 local expired = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', now_ms(), 'LIMIT', 0, tonumber(ARGV[8]))
 for _, key in ipairs(expired) do
@@ -50,8 +50,8 @@ for _, key in ipairs(expired) do
         doc.finished_at = ARGV[1]
         redis.call('SET', key, cjson.encode(doc))
         push_finished(KEYS[3], ARGV[6], key, ARGV[2] .. doc.job, KEYS[4], ARGV[12])
-        free_slot(key, ARGV[10] .. doc.job, ARGV[11] .. doc.job, ARGV[2] .. doc.job, ARGV[3],
-          ARGV[4])
+        local slots, waiting = slot_keys_of(doc, ARGV[10], ARGV[11], ARGV[13], ARGV[14])
+        free_slot(key, slots, waiting, ARGV[2], ARGV[3], ARGV[4])
         lost = lost + 1
       else
         redis.call('SET', key, cjson.encode(doc))

@@ -5,7 +5,8 @@
 -- trimming of newer ones until it has ended (the next trigger after that catches up, at most
 -- TRIM_MAX builds per trigger).
 -- A job with a `concurrency` limit whose slots are all taken gets the build in its waiting
--- list instead of the queue (`admit_waiting` moves it on when a slot frees).
+-- list instead of the queue (`admit_waiting` moves it on when a slot frees); the slot set
+-- and waiting list (KEYS 8, 9) are its concurrency group's when it names one.
 -- A job with a `queue_timeout_secs` gets the build's deadline to start in the queue
 -- deadlines (expire.lua cancels it then if it has not started).
 -- KEYS: job, recent, counters, queue, marker, queues set, queue workers, job slots, job
@@ -70,7 +71,9 @@ for _ = 1, math.min(redis.call('LLEN', KEYS[2]) - keep, TRIM_MAX) do
   redis.call('RPOP', KEYS[2])
 end
 
-if limit and redis.call('SCARD', KEYS[8]) >= limit then
+-- Builds already waiting go first (in a group they may wait for a lower limit than this
+-- job's).
+if limit and (redis.call('SCARD', KEYS[8]) >= limit or redis.call('LLEN', KEYS[9]) > 0) then
   redis.call('RPUSH', KEYS[9], key)
   -- Said in the reply, not stored: the api works out why a stored build waits when asked.
   doc = document(ARGV[15])
