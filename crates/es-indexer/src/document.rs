@@ -49,6 +49,7 @@ pub(crate) fn template(index: &str) -> Value {
                     "status": {"type": "keyword"},
                     "node": {"type": "keyword"},
                     "queue": {"type": "keyword"},
+                    "concurrency_group": {"type": "keyword"},
                     "attempt": {"type": "integer"},
                     "trigger": trigger,
                     "branch": {"type": "keyword"},
