@@ -145,7 +145,13 @@ impl DownstreamTrigger {
     async fn settle(&self, entry: &str, stop: &CancellationToken) -> bool {
         let mut backoff = Duration::from_millis(250);
         loop {
-            let done = match self.handle(entry).await {
+            // An unreadable document or definition will not read better later: it is a
+            // dead letter rather than an entry that holds up the ones behind it.
+            let handled = match self.handle(entry).await {
+                Err(e) if !e.is_unavailable() => Ok(vec![e.to_string()]),
+                handled => handled,
+            };
+            let done = match handled {
                 Ok(refused) if refused.is_empty() => {
                     self.store
                         .ack_finished(&self.consumer, &[entry.to_owned()])
