@@ -559,6 +559,21 @@ mod tests {
         assert_eq!(d.repository.unwrap().git_ref.as_deref(), Some("main"));
     }
 
+    /// The README's example definition, which names every field, is one Kiln accepts.
+    #[test]
+    fn the_readme_example_is_valid() {
+        let readme = include_str!("../../../README.md");
+        let example = readme
+            .split("### Job definition")
+            .nth(1)
+            .and_then(|s| s.split("```json").nth(1))
+            .and_then(|s| s.split("```").next())
+            .expect("a json block under 'Job definition'");
+        let d: JobDefinition = serde_json::from_str(example).unwrap();
+        d.validate_as(&JobName::parse("app").unwrap()).unwrap();
+        assert!(!d.downstream.is_empty() && d.concurrency_group.is_some());
+    }
+
     #[test]
     fn unknown_fields_and_bad_names_are_refused() {
         assert!(parse(serde_json::json!({"steps": [], "step": 1})).is_err());
