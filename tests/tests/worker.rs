@@ -1467,3 +1467,48 @@ async fn jobs_of_a_concurrency_group_share_its_slots_in_trigger_order() {
         assert_eq!(redis_type(&c, key).await, "none", "{key} still exists");
     }
 }
+
+/// A build frees the slot of the group it was triggered in, even after its job moved to
+/// another group: no slot is stranded, and the new group counts only new builds.
+#[tokio::test]
+async fn a_job_that_changes_group_frees_its_running_builds_slot_in_the_old_one() {
+    let c = Cluster::start().await;
+    let (a_gates, b_gates) = (c.work.path().join("a"), c.work.path().join("b"));
+    let grouped = |gates: &std::path::Path, group: &str| {
+        let mut def = gated_job(gates);
+        def["concurrency"] = json!(1);
+        def["concurrency_group"] = json!(group);
+        def
+    };
+    c.apply("a", grouped(&a_gates, "one")).await;
+    c.apply("b", grouped(&b_gates, "one")).await;
+    let mut opts = WorkerOpts::new("w");
+    opts.concurrency = 4;
+    let _w = c.worker(opts).await;
+
+    let a1 = c.trigger("a").await;
+    c.wait_status("a", a1, "running", T).await;
+    c.apply("a", grouped(&a_gates, "two")).await;
+    let b1 = c.trigger("b").await;
+    let a2 = c.trigger("a").await;
+    // a's new build takes group two's free slot; b's waits for the one a's first build
+    // still holds in group one.
+    c.wait_status("a", a2, "running", T).await;
+    assert_eq!(c.build("b", b1).await["status"], "queued");
+    open_gate(&a_gates, a1);
+    c.wait_status("a", a1, "success", T).await;
+    c.wait_status("b", b1, "running", T).await;
+    open_gate(&a_gates, a2);
+    open_gate(&b_gates, b1);
+    c.wait_status("a", a2, "success", T).await;
+    c.wait_status("b", b1, "success", T).await;
+    for key in [
+        "kiln:group-slots:one",
+        "kiln:group-waiting:one",
+        "kiln:group-slots:two",
+        "kiln:group-waiting:two",
+        "kiln:job-slots:a",
+    ] {
+        assert_eq!(redis_type(&c, key).await, "none", "{key} still exists");
+    }
+}
