@@ -17,6 +17,7 @@ use kiln_model::job::MAX_DOWNSTREAM_DEPTH;
 use kiln_model::{
     keys, BuildDocument, BuildRef, Downstream, JobDefinition, Name, Trigger, TriggerKind, Upstream,
 };
+use kiln_service_kit::shutdown::retry_until_ok;
 use kiln_store::{BlockingStore, Store, StoreError, TriggerRequest};
 use tokio_util::sync::CancellationToken;
 
@@ -179,18 +180,13 @@ impl DownstreamTrigger {
     /// Handles what an earlier run left in progress, then every ended build as it comes,
     /// until `stop`.
     pub(crate) async fn run(self, stop: CancellationToken) {
-        let mut batch = loop {
-            match self.store.unfinished(&self.consumer).await {
-                Ok(v) => break v,
-                Err(e) => {
-                    tracing::warn!(error = %e, "downstream trigger cannot read Redis yet");
-                    tokio::select! {
-                        _ = tokio::time::sleep(Duration::from_secs(1)) => {}
-                        _ = stop.cancelled() => return,
-                    }
-                }
-            }
-        };
+        let read = retry_until_ok(
+            "downstream trigger cannot read Redis yet",
+            Duration::from_secs(1),
+            &stop,
+            || self.store.unfinished(&self.consumer),
+        );
+        let Some(mut batch) = read.await else { return };
         loop {
             for entry in std::mem::take(&mut batch) {
                 if !self.settle(&entry, &stop).await {

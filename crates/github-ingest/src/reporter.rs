@@ -5,6 +5,7 @@
 use std::time::Duration;
 
 use kiln_model::{BuildRef, BuildStatus, Name};
+use kiln_service_kit::shutdown::retry_until_ok;
 use kiln_store::Store;
 use octocrab::models::StatusState;
 use octocrab::Octocrab;
@@ -63,17 +64,14 @@ impl Reporter {
     }
 
     pub(crate) async fn run(self, stop: CancellationToken) {
-        let mut leftovers = loop {
-            match self.store.unfinished(&self.consumer).await {
-                Ok(v) => break v,
-                Err(e) => {
-                    tracing::warn!(error = %e, "status reporter cannot read Redis yet");
-                    tokio::select! {
-                        _ = tokio::time::sleep(Duration::from_secs(1)) => {}
-                        _ = stop.cancelled() => return,
-                    }
-                }
-            }
+        let read = retry_until_ok(
+            "status reporter cannot read Redis yet",
+            Duration::from_secs(1),
+            &stop,
+            || self.store.unfinished(&self.consumer),
+        );
+        let Some(mut leftovers) = read.await else {
+            return;
         };
         loop {
             let batch = if leftovers.is_empty() {
