@@ -59,7 +59,20 @@ async fn follow_prints_the_output_and_exits_with_the_build_result() {
         assert!(String::from_utf8_lossy(&out.stdout).contains("failing"));
     }
     let out = kiln(&c, None, &["build", "list", "ok"]);
-    assert_eq!(String::from_utf8_lossy(&out.stdout).lines().count(), 2);
+    let listing = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(listing.lines().count(), 2);
+    assert!(
+        listing.lines().all(|l| l.ends_with("api by tests")),
+        "{listing}"
+    );
+    let out = kiln(&c, None, &["build", "show", "bad", "1"]);
+    let shown = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        shown.starts_with("bad #1  failure\n")
+            && shown.contains("reason:    step 's' failed with exit code 4")
+            && shown.contains("trigger:   api by tests"),
+        "{shown}"
+    );
     let out = kiln(&c, None, &["build", "rebuild", "bad", "1", "--follow"]);
     assert_eq!(
         out.status.code(),

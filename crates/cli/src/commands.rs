@@ -88,6 +88,8 @@ enum BuildCommand {
         #[arg(long)]
         follow: bool,
     },
+    /// Show one build: its status and why, what started it, and its steps.
+    Show { job: String, number: u64 },
     /// List recent builds, newest first.
     List {
         job: String,
@@ -238,16 +240,26 @@ pub(crate) fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             )?;
             for b in v["builds"].as_array().into_iter().flatten() {
                 println!(
-                    "#{:<6} {:<10} {:<26} {}",
+                    "#{:<6} {:<10} {:<26} {:<10} {}",
                     b["number"],
                     b["status"].as_str().unwrap_or_default(),
                     b["queued_at"].as_str().unwrap_or_default(),
                     b["duration_ms"]
                         .as_u64()
                         .map(|d| format!("{d} ms"))
-                        .unwrap_or_default()
+                        .unwrap_or_default(),
+                    trigger_text(&b["trigger"])
                 );
             }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Build(BuildCommand::Show { job, number }) => {
+            let b = api.json(
+                Method::GET,
+                &format!("/api/v1/jobs/{job}/builds/{number}"),
+                None,
+            )?;
+            print!("{}", show_build(&b));
             Ok(ExitCode::SUCCESS)
         }
         Command::Build(BuildCommand::Log {
@@ -428,6 +440,75 @@ impl Follow {
     }
 }
 
+/// What started a build, in a few words: `api by alice`, `schedule`, `after app #3 (success)`.
+fn trigger_text(t: &Value) -> String {
+    let kind = t["kind"].as_str().unwrap_or_default();
+    let mut text = match (kind, &t["upstream"]) {
+        ("upstream", u) => format!(
+            "after {} #{} ({})",
+            u["job"].as_str().unwrap_or("?"),
+            u["number"],
+            u["status"].as_str().unwrap_or("?")
+        ),
+        _ => kind.replace('_', " "),
+    };
+    if let Some(by) = t["by"].as_str() {
+        text.push_str(&format!(" by {by}"));
+    }
+    if let Some(n) = t["rebuild_of"].as_u64() {
+        text.push_str(&format!(", rebuild of #{n}"));
+    }
+    text
+}
+
+/// A build document as `kiln build show` prints it.
+fn show_build(b: &Value) -> String {
+    let text = |k: &str| b[k].as_str().unwrap_or("-").to_owned();
+    let mut out = format!("{} #{}  {}\n", text("job"), b["number"], text("status"));
+    if let Some(r) = b["reason"].as_str() {
+        out.push_str(&format!("reason:    {r}\n"));
+    }
+    out.push_str(&format!("trigger:   {}\n", trigger_text(&b["trigger"])));
+    for (label, key) in [("sha", "sha"), ("ref", "ref")] {
+        if let Some(v) = b["trigger"][key].as_str() {
+            out.push_str(&format!("{label:<10} {v}\n"));
+        }
+    }
+    if let Some(p) = b["parameters"].as_object().filter(|p| !p.is_empty()) {
+        let list: Vec<String> = p
+            .iter()
+            .map(|(k, v)| format!("{k}={}", v.as_str().unwrap_or_default()))
+            .collect();
+        out.push_str(&format!("params:    {}\n", list.join(" ")));
+    }
+    out.push_str(&format!(
+        "queued:    {}\nstarted:   {}\nfinished:  {}\n",
+        text("queued_at"),
+        text("started_at"),
+        text("finished_at")
+    ));
+    if let Some(node) = b["node"].as_str() {
+        out.push_str(&format!("node:      {node} (attempt {})\n", b["attempt"]));
+    }
+    for s in b["steps"].as_array().into_iter().flatten() {
+        let mut line = format!(
+            "  {:<24} {:<10} {:>8} ms",
+            s["name"].as_str().unwrap_or_default(),
+            s["status"].as_str().unwrap_or_default(),
+            s["duration_ms"]
+        );
+        if let Some(c) = s["exit_code"].as_i64().filter(|c| *c != 0) {
+            line.push_str(&format!("  exit {c}"));
+        }
+        if let Some(a) = s["attempts"].as_u64() {
+            line.push_str(&format!("  {a} attempts"));
+        }
+        out.push_str(&line);
+        out.push('\n');
+    }
+    out
+}
+
 fn exit_for(status: &str, job: &str, n: u64) -> ExitCode {
     eprintln!("{job} #{n}: {status}");
     if status == "success" {
@@ -468,4 +549,41 @@ fn follow_log(api: &Api, job: &str, n: u64) -> anyhow::Result<ExitCode> {
     }
     let b = api.json(Method::GET, &format!("/api/v1/jobs/{job}/builds/{n}"), None)?;
     Ok(exit_for(b["status"].as_str().unwrap_or("unknown"), job, n))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_build_shows_what_started_it_and_each_step() {
+        let b = json!({"job": "deploy", "number": 4, "status": "failure",
+            "reason": "step 'push' failed with exit code 2",
+            "trigger": {"kind": "upstream", "by": "alice", "sha": "0123abc",
+                "upstream": {"job": "app", "number": 9, "status": "success", "depth": 1}},
+            "parameters": {"ENV": "staging"}, "queued_at": "2026-12-01T10:00:00Z",
+            "started_at": "2026-12-01T10:00:01Z", "finished_at": "2026-12-01T10:00:05Z",
+            "node": "w1", "attempt": 1,
+            "steps": [{"name": "build", "status": "success", "exit_code": 0, "duration_ms": 1200},
+                {"name": "push", "status": "failure", "exit_code": 2, "duration_ms": 300, "attempts": 3}]});
+        let out = show_build(&b);
+        assert!(out.starts_with("deploy #4  failure\n"), "{out}");
+        assert!(
+            out.contains("trigger:   after app #9 (success) by alice\n"),
+            "{out}"
+        );
+        assert!(
+            out.contains("sha        0123abc\n") && out.contains("params:    ENV=staging\n"),
+            "{out}"
+        );
+        assert!(out.contains("exit 2  3 attempts\n"), "{out}");
+        assert_eq!(
+            trigger_text(&json!({"kind": "github_push", "by": "octocat"})),
+            "github push by octocat"
+        );
+        assert_eq!(
+            trigger_text(&json!({"kind": "api", "by": "bob", "rebuild_of": 2})),
+            "api by bob, rebuild of #2"
+        );
+    }
 }
