@@ -1512,3 +1512,45 @@ async fn a_job_that_changes_group_frees_its_running_builds_slot_in_the_old_one()
         assert_eq!(redis_type(&c, key).await, "none", "{key} still exists");
     }
 }
+
+#[tokio::test]
+async fn a_build_triggered_next_runs_before_those_already_waiting() {
+    let c = Cluster::start().await;
+    // Queued while no worker runs: the hotfix goes first once one starts.
+    let order = c.work.path().join("order");
+    c.apply(
+        "app",
+        job(&[&format!("echo $KILN_BUILD_NUMBER >> {}", order.display())]),
+    )
+    .await;
+    for _ in 0..3 {
+        c.trigger("app").await;
+    }
+    let hotfix = c.trigger_with("app", json!({"next": true})).await;
+    // Waiting for a concurrency slot: the hotfix waits at the head of the line.
+    let gates = c.work.path().join("gates");
+    let mut serial = gated_job(&gates);
+    serial["concurrency"] = json!(1);
+    c.apply("serial", serial).await;
+    let _w = c.worker(WorkerOpts::new("w")).await;
+    for n in 1..=4 {
+        c.wait_status("app", n, "success", T).await;
+    }
+    let ran: Vec<u64> = std::fs::read_to_string(&order)
+        .unwrap()
+        .lines()
+        .map(|l| l.parse().unwrap())
+        .collect();
+    assert_eq!(ran, [hotfix, 1, 2, 3]);
+
+    let one = c.trigger("serial").await;
+    c.wait_status("serial", one, "running", T).await;
+    let (two, three) = (c.trigger("serial").await, c.trigger("serial").await);
+    let fix = c.trigger_with("serial", json!({"next": true})).await;
+    for n in [one, fix, two, three] {
+        c.wait_status("serial", n, "running", T).await;
+        open_gate(&gates, n);
+        c.wait_status("serial", n, "success", T).await;
+    }
+    assert_eq!(started(&gates), [one, fix, two, three]);
+}

@@ -131,6 +131,7 @@ impl DownstreamTrigger {
                 keys::downstream_fired(build, doc.queued_at.timestamp_millis(), &d.job),
                 FIRED_TTL_SECS,
             )),
+            next: false,
         };
         let t = self.store.trigger(&request).await?;
         if !t.deduplicated {

@@ -66,6 +66,7 @@ impl Scheduler {
                 parameters: Default::default(),
                 trigger: Trigger::new(TriggerKind::Schedule, None),
                 dedup: Some((keys::schedule_fired(&job, slot.timestamp()), FIRED_TTL_SECS)),
+                next: false,
             };
             match self.store.trigger(&request).await {
                 Ok(t) => {

@@ -87,6 +87,9 @@ enum BuildCommand {
         /// Print the output as it comes and exit with the build's result.
         #[arg(long)]
         follow: bool,
+        /// Run it before the builds already queued (a hotfix).
+        #[arg(long)]
+        next: bool,
     },
     /// Show one build: its status and why, what started it, and its steps.
     Show { job: String, number: u64 },
@@ -205,6 +208,7 @@ pub(crate) fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             job,
             params,
             follow: follow_output,
+            next,
         }) => {
             let mut parameters = BTreeMap::new();
             for p in params {
@@ -216,7 +220,7 @@ pub(crate) fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             let b = api.json(
                 Method::POST,
                 &format!("/api/v1/jobs/{job}/builds"),
-                Some(&json!({ "parameters": parameters })),
+                Some(&json!({ "parameters": parameters, "next": next })),
             )?;
             started(&api, &follow, &job, &b, follow_output)
         }

@@ -135,6 +135,7 @@ impl Ctx<'_> {
                     ..Trigger::new(head.kind, author)
                 },
                 dedup: Some((dedup, DELIVERY_TTL_SECS)),
+                next: false,
             })
             .await?;
         if t.deduplicated {

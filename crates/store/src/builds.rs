@@ -28,6 +28,9 @@ pub struct Trigger {
     /// A delivery key (`keys::github_delivery`) and its TTL: when the key exists the event
     /// was handled already and no build is queued; otherwise it is set in the same step.
     pub dedup: Option<(String, u64)>,
+    /// Ahead of every build already queued (a hotfix): it goes to the claim end of its
+    /// queue, or to the head of its concurrency slots' waiting list.
+    pub next: bool,
 }
 
 /// What a trigger wrote. The storage folders of builds that fell out of retention are left
@@ -263,6 +266,7 @@ impl Store {
                     .map(|s| (s * 1000).to_string())
                     .unwrap_or_default(),
             )
+            .arg(if req.next { "1" } else { "" })
             .invoke_async::<(u64, String)>(&mut c)
             .await;
         match r {

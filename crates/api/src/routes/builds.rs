@@ -31,6 +31,9 @@ struct TriggerBody {
     /// Build this branch or tag instead of the job's `repository.ref`.
     #[serde(default, rename = "ref")]
     git_ref: Option<String>,
+    /// Run it before the builds already queued (a hotfix).
+    #[serde(default)]
+    next: bool,
 }
 
 fn check_revision(b: &TriggerBody) -> Result<(), ApiError> {
@@ -70,7 +73,7 @@ pub(crate) async fn trigger(
         git_ref: b.git_ref,
         ..Trigger::new(TriggerKind::Api, Some(who.0.name))
     };
-    queue(&state, name, b.parameters, trigger).await
+    queue(&state, name, b.parameters, trigger, b.next).await
 }
 
 /// Runs a build again: a new build of the job with the old one's parameters and revision
@@ -89,7 +92,7 @@ pub(crate) async fn rebuild(
         rebuild_of: Some(r.number),
         ..Trigger::new(TriggerKind::Api, Some(who.0.name))
     };
-    queue(&state, r.job, old.parameters, trigger).await
+    queue(&state, r.job, old.parameters, trigger, false).await
 }
 
 /// Queues a build: 201 with its document and `Location`.
@@ -98,6 +101,7 @@ async fn queue(
     name: JobName,
     parameters: BTreeMap<String, String>,
     trigger: Trigger,
+    next: bool,
 ) -> Result<HttpResponse, ApiError> {
     let t = state
         .store
@@ -106,6 +110,7 @@ async fn queue(
             parameters,
             trigger,
             dedup: None,
+            next,
         })
         .await?;
     metrics::counter!("kiln_builds_triggered_total").increment(1);

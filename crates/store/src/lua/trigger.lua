@@ -16,7 +16,8 @@
 --       with number 0 (the number taken is put in here), liveness window ms, events channel, reason JSON
 --       when no worker is live ('' none), expected definition (the caller checked that it
 --       accepts builds), delivery key ('' none), delivery TTL seconds, concurrency limit
---       ('' none), reason JSON for a build that waits for a slot, queue timeout ms ('' none)
+--       ('' none), reason JSON for a build that waits for a slot, queue timeout ms ('' none),
+--       '1' to go ahead of the builds already queued or waiting ('' in turn)
 -- Returns {n, document}, or {0, existing build key} when the delivery key shows this
 -- event was handled already. The storage folders of trimmed builds are the workers' to
 -- clear away (they reuse them).
@@ -72,14 +73,16 @@ for _ = 1, math.min(redis.call('LLEN', KEYS[2]) - keep, TRIM_MAX) do
 end
 
 -- Builds already waiting go first (in a group they may wait for a lower limit than this
--- job's).
-if limit and (redis.call('SCARD', KEYS[8]) >= limit or redis.call('LLEN', KEYS[9]) > 0) then
-  redis.call('RPUSH', KEYS[9], key)
+-- job's), unless this one is to go next. The claim end of a queue is its right.
+local go_next = ARGV[17] == '1'
+if limit and (redis.call('SCARD', KEYS[8]) >= limit
+    or (not go_next and redis.call('LLEN', KEYS[9]) > 0)) then
+  if go_next then redis.call('LPUSH', KEYS[9], key) else redis.call('RPUSH', KEYS[9], key) end
   -- Said in the reply, not stored: the api works out why a stored build waits when asked.
   doc = document(ARGV[15])
 else
   if limit then redis.call('SADD', KEYS[8], key) end
-  redis.call('LPUSH', KEYS[4], key)
+  if go_next then redis.call('RPUSH', KEYS[4], key) else redis.call('LPUSH', KEYS[4], key) end
   redis.call('ZADD', KEYS[5], 0, '0')
 end
 redis.call('SADD', KEYS[6], ARGV[5])

@@ -18,6 +18,7 @@ pub(crate) async fn queued(store: &Store, job: &JobName) -> String {
         parameters: Default::default(),
         trigger: Trigger::new(TriggerKind::Api, None),
         dedup: None,
+        next: false,
     };
     let t = store.trigger(&req).await.expect("trigger");
     t.build.build_ref().key()
