@@ -1554,3 +1554,55 @@ async fn a_build_triggered_next_runs_before_those_already_waiting() {
     }
     assert_eq!(started(&gates), [one, fix, two, three]);
 }
+
+#[tokio::test]
+async fn secrets_are_sealed_at_rest_when_the_api_and_the_workers_share_a_key() {
+    const KEY: &str = "8f2d4c6e0a1b3c5d7e9f1a2b3c4d5e6f708192a3b4c5d6e7f8091a2b3c4d5e6f";
+    const VALUE: &str = "s3cret-value-42";
+    let mut c = Cluster::start().await;
+    c.restart_api_with(&[("KILN_SECRETS__KEY", KEY.to_owned())])
+        .await;
+    let r = c
+        .call(
+            Method::PUT,
+            "/api/v1/secrets/DEPLOY_TOKEN",
+            Some(json!({ "value": VALUE })),
+        )
+        .await;
+    assert_eq!(r.status(), 201);
+    // What Redis holds (a dump, a replica, MONITOR) does not give the value away.
+    let mut conn = c.redis.pool().get().await.unwrap();
+    let stored: String = deadpool_redis::redis::cmd("HGET")
+        .arg("kiln:secrets")
+        .arg("DEPLOY_TOKEN")
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    assert!(
+        !stored.contains(VALUE) && stored.contains("\"sealed\""),
+        "{stored}"
+    );
+
+    let mut def = job(&[&format!(
+        "[ \"$DEPLOY_TOKEN\" = {VALUE} ] && echo token=$DEPLOY_TOKEN"
+    )]);
+    def["secrets"] = json!(["DEPLOY_TOKEN"]);
+    c.apply("deploy", def).await;
+    let mut opts = WorkerOpts::new("keyed");
+    opts.env.push(("KILN_SECRETS__KEY", KEY.to_owned()));
+    let mut keyed = c.worker(opts).await;
+    let n = c.trigger("deploy").await;
+    c.wait_status("deploy", n, "success", T).await;
+    assert!(c.log("deploy", n).await.contains("token=***"));
+    keyed.kill();
+
+    // A worker without the key cannot open it, and says so.
+    let _plain = c.worker(WorkerOpts::new("plain")).await;
+    let n = c.trigger("deploy").await;
+    let b = c.wait_status("deploy", n, "error", T).await;
+    let reason = b["reason"].as_str().unwrap();
+    assert!(
+        reason.contains("secret 'DEPLOY_TOKEN' is sealed") && reason.contains("secrets.key"),
+        "{reason}"
+    );
+}

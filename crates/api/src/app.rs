@@ -3,13 +3,14 @@
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::sync::Arc;
 
 use actix_web::{dev::Server, middleware, web, App, HttpServer};
 use kiln_service_kit::auth::Authenticator;
 use kiln_service_kit::body::BodyLimit;
 use kiln_service_kit::error::ApiError;
 use kiln_service_kit::health;
-use kiln_store::{Store, StoreOptions};
+use kiln_store::{SealKey, Store, StoreOptions};
 use tokio_util::sync::CancellationToken;
 
 use crate::config::ApiConfig;
@@ -25,6 +26,8 @@ pub type BuildError = kiln_service_kit::StartError;
 pub(crate) struct AppState {
     pub(crate) store: Store,
     pub(crate) storage_root: PathBuf,
+    /// Seals secret values before they are stored (`secrets.key`).
+    pub(crate) seal_key: Option<Arc<SealKey>>,
 }
 
 pub struct Application {
@@ -50,6 +53,7 @@ impl Application {
             Store::blocking(&config.common.redis.url, downstream::BLOCK)?,
         );
         let storage_root = config.common.storage.root.clone();
+        let seal_key = config.common.seal_key()?.map(Arc::new);
         let (listener, addr) = kiln_service_kit::server::bind(&config.common.http)?;
         let auth = Authenticator::new(&config.common.auth);
         let max_body = config.common.http.max_body_bytes;
@@ -58,6 +62,7 @@ impl Application {
             let state = AppState {
                 store: store.for_this_thread(),
                 storage_root: storage_root.clone(),
+                seal_key: seal_key.clone(),
             };
             App::new()
                 .app_data(web::Data::new(state))

@@ -18,10 +18,14 @@ pub const MAX_NAME_LEN: usize = 128;
 /// What a log line shows instead of a secret's value.
 pub const MASK: &str = "***";
 
-/// A secret as stored: its value, and who set it when (what listings show instead).
+/// A secret as stored: its value — as it is, or sealed (AES-256-GCM, hex) when the api has
+/// a `secrets.key` — and who set it when (what listings show instead).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct StoredSecret {
-    pub value: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub value: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sealed: Option<String>,
     pub updated_at: DateTime<Utc>,
     pub updated_by: String,
 }

@@ -41,6 +41,16 @@ pub struct Common {
     pub log: LogSettings,
     #[serde(default)]
     pub auth: AuthSettings,
+    #[serde(default)]
+    pub secrets: SecretsSettings,
+}
+
+/// `secrets.key`: when the api and the workers share one, secret values are sealed at rest
+/// (`kiln_store::SealKey`). Other services never read secret values and ignore it.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(default)]
+pub struct SecretsSettings {
+    pub key: Option<Secret>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -197,6 +207,17 @@ fn tokens<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<TokenSettings>, D::Erro
 }
 
 impl Common {
+    /// The key secret values are sealed with, if one is set; a malformed one is refused by
+    /// name.
+    pub fn seal_key(&self) -> Result<Option<kiln_store::SealKey>, ConfigError> {
+        self.secrets
+            .key
+            .as_ref()
+            .map(|k| kiln_store::SealKey::from_hex(k.expose()))
+            .transpose()
+            .map_err(|e| ConfigError::invalid("secrets.key", e.to_string()))
+    }
+
     /// Cross-field checks shared by every service.
     pub fn validate(&self, needs_tokens: bool) -> Result<(), ConfigError> {
         self.http.addr()?;
@@ -250,6 +271,7 @@ impl Common {
                 "no API token is configured; add [[auth.tokens]] or set auth.disabled = true for local use",
             ));
         }
+        self.seal_key()?;
         Ok(())
     }
 }
@@ -324,6 +346,22 @@ mod tests {
         assert!(e.contains("auth.tokens"), "{e}");
         let c = common("[auth]\ndisabled = true");
         c.validate(true).unwrap();
+    }
+
+    #[test]
+    fn a_malformed_secrets_key_is_refused_by_name_and_never_printed() {
+        let c = common("[auth]\ndisabled = true\n[secrets]\nkey = \"not-hex\"");
+        let e = c.validate(false).unwrap_err().to_string();
+        assert!(
+            e.contains("secrets.key") && e.contains("64 hexadecimal digits"),
+            "{e}"
+        );
+        assert!(!format!("{c:?}").contains("not-hex"));
+        let c = common(&format!(
+            "[auth]\ndisabled = true\n[secrets]\nkey = \"{}\"",
+            "ab".repeat(32)
+        ));
+        assert!(c.seal_key().unwrap().is_some());
     }
 
     #[test]

@@ -14,6 +14,7 @@ mod pubsub;
 mod queue;
 mod raw;
 mod scripts;
+mod seal;
 mod secrets;
 mod sentinel;
 mod tree;
@@ -29,6 +30,7 @@ pub use links::{valid_repo_part, Link};
 pub use nodes::QueueStats;
 pub use queue::{Claimed, Finished, Heartbeat, Lease, ReapOutcome};
 pub use raw::{is_layout_key, RawValue};
+pub use seal::{SealError, SealKey};
 pub use tree::PutOutcome;
 
 /// Re-exported so services can build pools and commands without naming the crate twice.

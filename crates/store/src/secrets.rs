@@ -1,5 +1,6 @@
 //! Secrets (`kiln:secrets`): set and listed through the api, read by workers for the builds
-//! whose job names them. Listings never carry a value.
+//! whose job names them. Listings never carry a value. With a [`SealKey`] values are stored
+//! sealed; without one, as they are.
 
 use chrono::Utc;
 use deadpool_redis::redis::{self, AsyncCommands};
@@ -7,16 +8,34 @@ use kiln_model::{keys, SecretInfo, StoredSecret};
 
 use crate::connect::Store;
 use crate::error::StoreError;
+use crate::seal::SealKey;
 
 fn decode(name: &str, raw: &str) -> Result<StoredSecret, StoreError> {
     serde_json::from_str(raw).map_err(|e| StoreError::corrupt(&format!("secret {name}"), e))
 }
 
 impl Store {
-    /// Sets a secret (the caller validated name and value); true when it is new.
-    pub async fn put_secret(&self, name: &str, value: &str, by: &str) -> Result<bool, StoreError> {
+    /// Sets a secret (the caller validated name and value), sealed under `key` when given;
+    /// true when it is new.
+    pub async fn put_secret(
+        &self,
+        name: &str,
+        value: &str,
+        by: &str,
+        key: Option<&SealKey>,
+    ) -> Result<bool, StoreError> {
+        let (value, sealed) = match key {
+            Some(k) => {
+                let sealed = k
+                    .seal(name, value)
+                    .map_err(|e| StoreError::Unavailable(e.to_string()))?;
+                (None, Some(sealed))
+            }
+            None => (Some(value.to_owned()), None),
+        };
         let stored = StoredSecret {
-            value: value.to_owned(),
+            value,
+            sealed,
             updated_at: Utc::now(),
             updated_by: by.to_owned(),
         };
@@ -51,9 +70,14 @@ impl Store {
         Ok(removed == 1)
     }
 
-    /// The values of the named secrets, in order; `Err(NotFound)` names the first one that
-    /// is not defined.
-    pub async fn secret_values(&self, names: &[String]) -> Result<Vec<String>, StoreError> {
+    /// The values of the named secrets, in order, sealed ones opened with `key`;
+    /// `Err(NotFound)` names the first one that is not defined, `Err(Invalid)` one that is
+    /// sealed but cannot be opened here.
+    pub async fn secret_values(
+        &self,
+        names: &[String],
+        key: Option<&SealKey>,
+    ) -> Result<Vec<String>, StoreError> {
         if names.is_empty() {
             return Ok(Vec::new());
         }
@@ -66,9 +90,26 @@ impl Store {
         names
             .iter()
             .zip(raws)
-            .map(|(name, raw)| match raw {
-                Some(r) => decode(name, &r).map(|s| s.value),
-                None => Err(StoreError::NotFound(format!("secret '{name}'"))),
+            .map(|(name, raw)| {
+                let raw = raw.ok_or_else(|| StoreError::NotFound(format!("secret '{name}'")))?;
+                let s = decode(name, &raw)?;
+                let unopened = |why: String| StoreError::Invalid {
+                    field: "secrets.key".into(),
+                    message: format!("secret '{name}' is sealed and {why}"),
+                };
+                match (s.value, s.sealed, key) {
+                    (Some(v), _, _) => Ok(v),
+                    (None, Some(sealed), Some(k)) => k
+                        .open(name, &sealed)
+                        .map_err(|e| unopened(format!("this secrets.key {e}"))),
+                    (None, Some(_), None) => Err(unopened(
+                        "this service has no secrets.key to open it (give it the api's)".into(),
+                    )),
+                    (None, None, _) => Err(StoreError::corrupt(
+                        &format!("secret {name}"),
+                        serde::de::Error::custom("neither value nor sealed"),
+                    )),
+                }
             })
             .collect()
     }

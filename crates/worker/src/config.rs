@@ -91,6 +91,8 @@ pub(crate) struct Settings {
     /// folder and log are then made on the event loop, not in the blocking pool.
     pub(crate) storage_local: bool,
     pub(crate) max_log_bytes: u64,
+    /// Opens sealed secret values (`secrets.key`, the api's).
+    pub(crate) seal_key: Option<std::sync::Arc<kiln_store::SealKey>>,
 }
 
 fn default_id() -> String {
@@ -176,6 +178,7 @@ impl WorkerConfig {
             storage_root: self.common.storage.root.clone(),
             storage_local: crate::local_fs::is_local(&self.common.storage.root),
             max_log_bytes: w.max_log_bytes,
+            seal_key: self.common.seal_key()?.map(std::sync::Arc::new),
         })
     }
 }

@@ -75,7 +75,13 @@ impl Execution<'_> {
     async fn run_in(&self, ws: &Path, doc: &mut BuildDocument) -> Outcome {
         let mut env = self.base_env(ws, doc);
         if !self.def.secrets.is_empty() {
-            match self.worker.store.secret_values(&self.def.secrets).await {
+            let key = self.worker.settings.seal_key.as_deref();
+            match self
+                .worker
+                .store
+                .secret_values(&self.def.secrets, key)
+                .await
+            {
                 Ok(values) => {
                     self.sink
                         .hide(Masker::new(values.iter().map(String::as_str)));

@@ -130,6 +130,14 @@ spec:
 {{/* Component-specific environment. */}}
 {{- define "kiln.env.api" -}}
 {{ include "kiln.secretEnv" (dict "root" . "env" "KILN_AUTH__TOKENS" "existing" .Values.auth.existingSecret "key" .Values.auth.existingSecretKey) }}
+{{ include "kiln.env.secretsKey" . }}
+{{- end -}}
+
+{{/* The key that seals secret values, for the api and the workers. */}}
+{{- define "kiln.env.secretsKey" -}}
+{{- if or .Values.secrets.key .Values.secrets.existingSecret }}
+{{ include "kiln.secretEnv" (dict "root" . "env" "KILN_SECRETS__KEY" "existing" .Values.secrets.existingSecret "key" .Values.secrets.existingSecretKey) }}
+{{- end }}
 {{- end -}}
 
 {{- define "kiln.env.streamGateway" -}}
@@ -177,4 +185,5 @@ spec:
   value: {{ .Values.workerSettings.shutdownGraceSeconds | quote }}
 - name: KILN_WORKER__WORKSPACE_ROOT
   value: /tmp/kiln-work
+{{ include "kiln.env.secretsKey" . }}
 {{- end -}}

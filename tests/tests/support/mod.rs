@@ -133,6 +133,8 @@ pub struct WorkerOpts {
     pub start_linger_ms: Option<u64>,
     /// `worker.max_log_bytes`; the worker's default when `None`.
     pub max_log_bytes: Option<u64>,
+    /// More settings, as environment variables.
+    pub env: Vec<(&'static str, String)>,
 }
 
 impl WorkerOpts {
@@ -145,6 +147,7 @@ impl WorkerOpts {
             queue: "default".into(),
             start_linger_ms: None,
             max_log_bytes: None,
+            env: Vec::new(),
         }
     }
 }
@@ -176,7 +179,7 @@ impl Cluster {
             }
             None => tempfile::tempdir().unwrap().into(),
         };
-        let api = spawn_api(&url, storage.path(), logs.path());
+        let api = spawn_api(&url, storage.path(), logs.path(), &[]);
         let c = Self {
             redis,
             redis_url: url,
@@ -192,7 +195,13 @@ impl Cluster {
 
     /// Starts the api again (on another port) after a test killed it.
     pub async fn restart_api(&mut self) {
-        self.api = spawn_api(&self.redis_url, self.storage.path(), self.logs.path());
+        self.restart_api_with(&[]).await;
+    }
+
+    /// Starts the api again with more settings, as environment variables.
+    pub async fn restart_api_with(&mut self, env: &[(&'static str, String)]) {
+        self.api.kill();
+        self.api = spawn_api(&self.redis_url, self.storage.path(), self.logs.path(), env);
         self.wait_healthy(self.api.port).await;
     }
 
@@ -246,6 +255,7 @@ impl Cluster {
         if let Some(n) = opts.max_log_bytes {
             env.push(("KILN_WORKER__MAX_LOG_BYTES", n.to_string()));
         }
+        env.extend(opts.env.iter().cloned());
         let p = spawn("kiln-worker", port, &env, self.logs.path());
         self.wait_healthy(port).await;
         p
@@ -431,18 +441,20 @@ impl Cluster {
     }
 }
 
-fn spawn_api(redis_url: &str, storage: &Path, logs: &Path) -> Proc {
-    spawn(
-        "kiln-api",
-        free_port(),
-        &[
-            ("KILN_REDIS__URL", redis_url.to_owned()),
-            ("KILN_STORAGE__ROOT", storage.display().to_string()),
-            ("KILN_AUTH__TOKENS", format!("tests:admin:{TOKEN}")),
-            ("KILN_API__WORKERS", "1".into()),
-        ],
-        logs,
-    )
+fn spawn_api(
+    redis_url: &str,
+    storage: &Path,
+    logs: &Path,
+    extra: &[(&'static str, String)],
+) -> Proc {
+    let mut env = vec![
+        ("KILN_REDIS__URL", redis_url.to_owned()),
+        ("KILN_STORAGE__ROOT", storage.display().to_string()),
+        ("KILN_AUTH__TOKENS", format!("tests:admin:{TOKEN}")),
+        ("KILN_API__WORKERS", "1".into()),
+    ];
+    env.extend(extra.iter().cloned());
+    spawn("kiln-api", free_port(), &env, logs)
 }
 
 fn spawn(bin_name: &str, port: u16, env: &[(&str, String)], logs: &Path) -> Proc {

@@ -38,7 +38,10 @@ pub(crate) async fn put(
     let name = name(&path)?;
     let b: SecretBody = body_json(&req, &body)?;
     secret::validate_value(&b.value).map_err(|e| ApiError::bad_request(e.field, e.message))?;
-    let created = state.store.put_secret(name, &b.value, &who.0.name).await?;
+    let created = state
+        .store
+        .put_secret(name, &b.value, &who.0.name, state.seal_key.as_deref())
+        .await?;
     let answer = json!({"name": name, "updated_by": who.0.name});
     Ok(if created {
         HttpResponse::Created().json(answer)
