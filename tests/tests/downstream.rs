@@ -36,14 +36,18 @@ async fn a_build_that_ends_queues_the_downstream_jobs_its_status_names() {
     let _w = c.worker(WorkerOpts::new("w")).await;
     let mut deploy = job(&[
         "echo \"after $KILN_UPSTREAM_JOB #$KILN_UPSTREAM_BUILD_NUMBER $KILN_UPSTREAM_STATUS to $TARGET at $KILN_GIT_SHA\"",
+        "echo \"shipping $(cat $KILN_UPSTREAM_ARTIFACTS/dist/app.txt)\"",
     ]);
     deploy["parameters"] = json!([{"name": "TARGET", "default": "production"}]);
     c.apply("deploy", deploy).await;
     c.apply("notify", job(&["echo notified"])).await;
 
     // A job may not name itself: 400 naming the entry, and nothing is written.
-    let mut app = job(&["[ \"$FAIL\" != 1 ]"]);
+    let mut app = job(&[
+        "mkdir -p dist && echo app-build-$KILN_BUILD_NUMBER > dist/app.txt; [ \"$FAIL\" != 1 ]",
+    ]);
     app["parameters"] = json!([{"name": "FAIL", "default": "0"}]);
+    app["artifacts"] = json!(["dist/*.txt"]);
     app["downstream"] = json!([{"job": "app"}]);
     let r = c
         .call(Method::PUT, "/api/v1/jobs/app", Some(app.clone()))
@@ -74,6 +78,8 @@ async fn a_build_that_ends_queues_the_downstream_jobs_its_status_names() {
         log.contains(&format!("after app #{one} success to staging at {sha}")),
         "{log}"
     );
+    // The upstream build's archived files are at hand.
+    assert!(log.contains(&format!("shipping app-build-{one}")), "{log}");
 
     // A failure builds only the job that asked for failures. Both are decided from the
     // same hand-off, deploy first: once notify's build exists, deploy's decision is made.

@@ -8,7 +8,8 @@ use std::time::Duration;
 
 use chrono::Utc;
 use kiln_model::{
-    output, BuildDocument, BuildStatus, JobDefinition, Masker, Step, StepResult, Stream,
+    output, BuildDocument, BuildRef, BuildStatus, JobDefinition, Masker, Step, StepResult, Stream,
+    Upstream,
 };
 use kiln_store::StoreError;
 use tokio::sync::watch;
@@ -95,6 +96,11 @@ impl Execution<'_> {
                 Err(e) => return error(format!("cannot read the job's secrets: {e}")),
             }
         }
+        if let Some(up) = &doc.trigger.upstream {
+            if let Some(dir) = self.upstream_artifacts(up).await {
+                env.insert("KILN_UPSTREAM_ARTIFACTS".into(), dir.display().to_string());
+            }
+        }
         if let Some(repo) = &self.def.repository {
             env.insert("KILN_REPO_URL".into(), repo.url.clone());
             if let Some(r) = doc.trigger.git_ref.as_ref().or(repo.git_ref.as_ref()) {
@@ -168,6 +174,21 @@ impl Execution<'_> {
                 last_seq: 0,
             },
         }
+    }
+
+    /// The folder of the files the upstream build archived, in the shared storage, for a
+    /// downstream build's steps to take what they need from; `None` when it archived none
+    /// or is gone.
+    async fn upstream_artifacts(&self, up: &Upstream) -> Option<PathBuf> {
+        let build = BuildRef::new(up.job.clone(), up.number);
+        let doc = self.worker.store.get_build(&build).await.ok()??;
+        let dir =
+            kiln_model::storage::build_dir(&self.worker.settings.storage_root, &doc.storage_path)?
+                .join(output::ARTIFACTS_DIR);
+        tokio::fs::metadata(&dir)
+            .await
+            .is_ok_and(|m| m.is_dir())
+            .then_some(dir)
     }
 
     /// Runs a step, and again while its command fails, up to its `retries`.
