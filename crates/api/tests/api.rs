@@ -200,6 +200,37 @@ async fn a_rebuild_repeats_the_parameters_and_revision_of_its_build() {
     );
 }
 
+/// A schedule with a `schedule_timezone` names minutes of that zone's clocks; a zone that is
+/// not one is refused by name.
+#[tokio::test]
+async fn a_schedule_is_read_in_its_time_zone() {
+    let app = TestApp::spawn().await;
+    // Tokyo keeps no daylight saving time: 03:00 there is always 18:00 UTC the day before.
+    app.put_job(
+        "tokyo",
+        job(json!({"schedule": "0 3 * * *", "schedule_timezone": "Asia/Tokyo"})),
+    )
+    .await;
+    let next = app.get_json("/api/v1/jobs/tokyo").await["next_scheduled_build"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    assert!(next.ends_with("T18:00:00Z"), "{next}");
+    let r = app
+        .call(
+            Method::PUT,
+            "/api/v1/jobs/mars",
+            Some(job(
+                json!({"schedule": "0 3 * * *", "schedule_timezone": "Mars/Olympus"}),
+            )),
+        )
+        .await;
+    assert_eq!(
+        error_field(r, 400).await.as_deref(),
+        Some("schedule_timezone")
+    );
+}
+
 /// A job's `schedule` queues one build per minute it names, however many api replicas
 /// look (two schedulers here, as two replicas would run); a minute before the schedule was
 /// set, or older than the catch-up window, gets none.

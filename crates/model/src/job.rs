@@ -72,6 +72,9 @@ pub struct JobDefinition {
     /// each minute it names.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub schedule: Option<String>,
+    /// The IANA time zone the `schedule` is read in (`Europe/Berlin`); UTC when left out.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub schedule_timezone: Option<String>,
     /// At most this many builds of the job are queued for a worker or running at once; the
     /// others wait, in trigger order, outside every queue (so they neither take a worker
     /// nor count as work to scale for) until one of those ends. A deploy job says `1`.
@@ -280,10 +283,15 @@ pub fn is_env_name(s: &str) -> bool {
 }
 
 impl JobDefinition {
-    /// The schedule the api's scheduler follows: an enabled job's `schedule`, parsed.
+    /// The schedule the api's scheduler follows: an enabled job's `schedule`, parsed, in its
+    /// `schedule_timezone`.
     pub fn active_schedule(&self) -> Option<crate::Schedule> {
         let text = self.schedule.as_deref().filter(|_| !self.disabled)?;
-        crate::Schedule::parse(text).ok()
+        let schedule = crate::Schedule::parse(text).ok()?;
+        match &self.schedule_timezone {
+            Some(name) => Some(schedule.in_zone(crate::schedule::parse_timezone(name).ok()?)),
+            None => Some(schedule),
+        }
     }
 
     /// Checks the rules serde cannot express. Returns the first broken one.
@@ -293,6 +301,16 @@ impl JobDefinition {
         }
         if let Some(s) = &self.schedule {
             crate::Schedule::parse(s).map_err(|e| InvalidField::new("schedule", e))?;
+        }
+        if let Some(tz) = &self.schedule_timezone {
+            crate::schedule::parse_timezone(tz)
+                .map_err(|e| InvalidField::new("schedule_timezone", e))?;
+            if self.schedule.is_none() {
+                return Err(InvalidField::new(
+                    "schedule_timezone",
+                    "needs a schedule to read in it",
+                ));
+            }
         }
         for (i, s) in self.steps.iter().enumerate() {
             if s.name.trim().is_empty() || s.name.len() > 200 {
@@ -633,6 +651,15 @@ mod tests {
             d.concurrency = Some(bad);
             assert_eq!(d.validate().unwrap_err().field, "concurrency");
         }
+        d.concurrency = None;
+        d.schedule_timezone = Some("Europe/Berlin".into());
+        assert_eq!(d.validate().unwrap_err().field, "schedule_timezone");
+        d.schedule = Some("0 3 * * *".into());
+        d.validate().unwrap();
+        d.schedule_timezone = Some("Europe/Bxl".into());
+        assert_eq!(d.validate().unwrap_err().field, "schedule_timezone");
+        d.schedule_timezone = None;
+        d.schedule = None;
         d.concurrency = None;
         d.concurrency_group = Some(Name::parse("prod").unwrap());
         assert_eq!(d.validate().unwrap_err().field, "concurrency_group");

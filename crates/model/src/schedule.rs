@@ -1,8 +1,14 @@
 //! A job's cron schedule: five fields (minute, hour, day of month, month, day of week) read
-//! as crontab(5) reads them, in UTC, plus the `@hourly`-style shorthands. Jobs store the
-//! text; the api's scheduler parses it to find the minutes it names.
+//! as crontab(5) reads them, in UTC or in the job's `schedule_timezone`, plus the
+//! `@hourly`-style shorthands. Jobs store the text; the api's scheduler parses it to find
+//! the minutes it names.
+//!
+//! In a zone with daylight saving time, a local minute that does not exist (the hour the
+//! clocks skip) is not run, and one that happens twice (the hour they repeat) runs once, the
+//! first time.
 
-use chrono::{DateTime, Datelike, Duration, Timelike, Utc};
+use chrono::{DateTime, Datelike, Duration, NaiveDateTime, TimeZone, Timelike, Utc};
+use chrono_tz::Tz;
 
 /// A parsed schedule: the minutes, hours, days, months and weekdays it names, as bit sets.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -17,6 +23,15 @@ pub struct Schedule {
     /// (`0 0 1 * MON` runs on the 1st and on every Monday).
     days_any: bool,
     weekdays_any: bool,
+    /// The zone the fields are read in; `None`: UTC.
+    tz: Option<Tz>,
+}
+
+/// Parses an IANA time zone name (`Europe/Berlin`); the error says what is expected.
+pub fn parse_timezone(name: &str) -> Result<Tz, String> {
+    name.parse::<Tz>().map_err(|_| {
+        format!("{name:?} is not a time zone of the IANA database (such as Europe/Berlin or America/New_York)")
+    })
 }
 
 const MONTHS: [&str; 12] = [
@@ -53,11 +68,48 @@ impl Schedule {
             weekdays: ((weekdays | (weekdays >> 7)) & 0x7f) as u8,
             days_any: day.starts_with('*'),
             weekdays_any: weekday.starts_with('*'),
+            tz: None,
         })
     }
 
-    /// Whether the schedule names the minute `t` falls in.
+    /// The same schedule, its fields read in `tz` rather than UTC.
+    pub fn in_zone(self, tz: Tz) -> Self {
+        Self {
+            tz: Some(tz),
+            ..self
+        }
+    }
+
+    /// The local time of `t` the fields are read against.
+    fn local(&self, t: DateTime<Utc>) -> NaiveDateTime {
+        match self.tz {
+            Some(tz) => t.with_timezone(&tz).naive_local(),
+            None => t.naive_utc(),
+        }
+    }
+
+    /// The first instant a local minute happens (`None` when the clocks skip it).
+    fn instant(&self, local: NaiveDateTime) -> Option<DateTime<Utc>> {
+        match self.tz {
+            Some(tz) => tz
+                .from_local_datetime(&local)
+                .earliest()
+                .map(|t| t.with_timezone(&Utc)),
+            None => Some(Utc.from_utc_datetime(&local)),
+        }
+    }
+
+    /// Whether the schedule names the minute `t` falls in (the first time, when the local
+    /// minute happens twice).
     pub fn matches(&self, t: DateTime<Utc>) -> bool {
+        let Some(minute) = t.with_second(0).and_then(|t| t.with_nanosecond(0)) else {
+            return false;
+        };
+        let local = self.local(minute);
+        self.matches_local(local) && self.instant(local) == Some(minute)
+    }
+
+    fn matches_local(&self, t: NaiveDateTime) -> bool {
         let bit = |set: u64, n: u32| set & (1 << n) != 0;
         bit(self.minutes, t.minute())
             && bit(u64::from(self.hours), t.hour())
@@ -66,7 +118,7 @@ impl Schedule {
     }
 
     /// Whether `t`'s date fits the day-of-month and day-of-week fields, by crontab's rule.
-    fn day_matches(&self, t: DateTime<Utc>) -> bool {
+    fn day_matches(&self, t: NaiveDateTime) -> bool {
         let day = self.days & (1 << t.day()) != 0;
         let weekday = self.weekdays & (1 << t.weekday().num_days_from_sunday()) != 0;
         if self.days_any || self.weekdays_any {
@@ -82,8 +134,11 @@ impl Schedule {
     /// takes a few thousand steps.
     pub fn next_after(&self, after: DateTime<Utc>) -> Option<DateTime<Utc>> {
         let bit = |set: u64, n: u32| set & (1 << n) != 0;
-        let mut t = after.with_second(0)?.with_nanosecond(0)? + Duration::minutes(1);
-        let end = after + Duration::days(3653);
+        // Local time, where the fields are read: skipping ahead by whole months, days and
+        // hours is exact there, and each candidate is turned into an instant at the end.
+        let start = self.local(after);
+        let mut t = start.with_second(0)?.with_nanosecond(0)? + Duration::minutes(1);
+        let end = start + Duration::days(3653);
         while t < end {
             let midnight = t.with_hour(0)?.with_minute(0)?;
             if !bit(u64::from(self.months), t.month()) {
@@ -100,7 +155,11 @@ impl Schedule {
             } else if !bit(self.minutes, t.minute()) {
                 t += Duration::minutes(1);
             } else {
-                return Some(t);
+                match self.instant(t) {
+                    Some(at) if at > after => return Some(at),
+                    // Skipped by the clocks, or (the repeated hour) already past.
+                    _ => t += Duration::minutes(1),
+                }
             }
         }
         None
@@ -263,6 +322,38 @@ mod tests {
         );
         let daily = Schedule::parse("@daily").unwrap();
         assert_eq!(daily.latest_slot(at(2026, 1, 1, 0, 0), now, hour), None);
+    }
+
+    #[test]
+    fn a_schedule_in_a_time_zone_follows_its_clocks_across_daylight_saving() {
+        let berlin = parse_timezone("Europe/Berlin").unwrap();
+        let s = Schedule::parse("0 3 * * *").unwrap().in_zone(berlin);
+        // 03:00 in Berlin is 02:00 UTC in winter, 01:00 UTC in summer.
+        assert!(s.matches(at(2026, 12, 1, 2, 0)));
+        assert!(!s.matches(at(2026, 12, 1, 3, 0)));
+        assert!(s.matches(at(2026, 7, 1, 1, 0)));
+        assert_eq!(
+            s.next_after(at(2026, 12, 1, 2, 30)),
+            Some(at(2026, 12, 2, 2, 0))
+        );
+        // 2026-03-29: the clocks go from 02:00 to 03:00; 02:30 does not exist that day.
+        let skipped = Schedule::parse("30 2 * * *").unwrap().in_zone(berlin);
+        assert_eq!(
+            skipped.next_after(at(2026, 3, 28, 12, 0)),
+            Some(at(2026, 3, 30, 0, 30)),
+            "the day without 02:30 gets no build"
+        );
+        // 2026-10-25: 02:00-03:00 happens twice (UTC 00:00-01:00, then 01:00-02:00).
+        assert!(skipped.matches(at(2026, 10, 25, 0, 30)));
+        assert!(
+            !skipped.matches(at(2026, 10, 25, 1, 30)),
+            "the repeat runs nothing"
+        );
+        assert_eq!(
+            skipped.next_after(at(2026, 10, 25, 0, 30)),
+            Some(at(2026, 10, 26, 1, 30))
+        );
+        assert!(parse_timezone("Mars/Olympus").unwrap_err().contains("IANA"));
     }
 
     #[test]

@@ -190,7 +190,10 @@ impl Store {
             let old_folder = old.as_ref().and_then(|(_, d)| d.folder.clone());
             // Only enabled jobs are scheduled; one enabled again starts afresh, owing nothing
             // for the minutes it spent disabled.
-            let scheduled = |d: &JobDefinition| d.schedule.clone().filter(|_| !d.disabled);
+            let scheduled = |d: &JobDefinition| {
+                let s = d.schedule.clone().filter(|_| !d.disabled)?;
+                Some((s, d.schedule_timezone.clone()))
+            };
             let schedule = match (scheduled(def), old.as_ref().and_then(|(_, d)| scheduled(d))) {
                 (None, _) => "clear",
                 (Some(new), Some(old)) if new == old => "keep",
