@@ -1,7 +1,8 @@
 -- Records a build's final state, releases its lease and hands it to every durable consumer
--- (and to the downstream one when its job names downstream jobs) in the same atomic step, so a finished build is never missing from the indexer's list;
--- then sends the build's live watchers the log's last lines (when the worker held them
--- back for this round trip) and tells them it ended. Returns the oldest build number the
+-- (and to the downstream one when its job names downstream jobs) in the same atomic step,
+-- so a finished build is never missing from the indexer's list; then sends the build's live
+-- watchers the log's last lines (when the worker held them back for this round trip) and
+-- tells them it ended. Returns the oldest build number the
 -- job keeps (false when none), for the worker to prune storage below it. A worker that
 -- wants its next build at once names its new lease (ARGV[9]): the build's queue's oldest
 -- build is then claimed in the same step (`claim_next`), one round trip per build fewer.

@@ -9,8 +9,8 @@
 -- and waiting list (KEYS 8, 9) are its concurrency group's when it names one.
 -- A job with a `queue_timeout_secs` gets the build's deadline to start in the queue
 -- deadlines (expire.lua cancels it then if it has not started).
--- KEYS: job, recent, counters, queue, marker, queues set, queue workers, job slots, job
---       waiting, queue deadlines
+-- KEYS: job, recent, counters, queue, marker, queues set, queue workers, slot set, waiting
+--       list (the job's, or its concurrency group's), queue deadlines
 -- ARGV: job name, document without its opening '{' and without number/storage_path/reason,
 --       storage prefix, retention, queue name, build key prefix, the queued event's JSON
 --       with number 0 (the number taken is put in here), liveness window ms, events channel, reason JSON
