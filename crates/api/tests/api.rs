@@ -200,6 +200,43 @@ async fn a_rebuild_repeats_the_parameters_and_revision_of_its_build() {
     );
 }
 
+/// A job's badge shows its newest ended build; it needs a reading token unless the job says
+/// `public_badge`, and even the job's existence is hidden from those without one.
+#[tokio::test]
+async fn a_status_badge_is_public_only_when_its_job_says_so() {
+    let app = TestApp::spawn().await;
+    app.put_job("private", job(json!({}))).await;
+    app.put_job("open", job(json!({"public_badge": true})))
+        .await;
+    let anonymous = |path: &'static str| app.request(Method::GET, path, None).send();
+    for path in [
+        "/api/v1/jobs/private/badge.svg",
+        "/api/v1/jobs/ghost/badge.svg",
+    ] {
+        assert_eq!(anonymous(path).await.unwrap().status(), 401, "{path}");
+    }
+    let r = app
+        .request(Method::GET, "/api/v1/jobs/private/badge.svg", Some(READER))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    assert!(r.text().await.unwrap().contains(">no builds</text>"));
+
+    // A queued build has not ended: the badge shows the one cancelled before it.
+    app.trigger("open").await;
+    let r = app
+        .call(Method::POST, "/api/v1/jobs/open/builds/1/cancel", None)
+        .await;
+    assert_eq!(r.status(), 202);
+    app.trigger("open").await;
+    let r = anonymous("/api/v1/jobs/open/badge.svg").await.unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.headers()["content-type"], "image/svg+xml");
+    let body = r.text().await.unwrap();
+    assert!(body.contains(r#"aria-label="open: cancelled""#), "{body}");
+}
+
 /// A schedule with a `schedule_timezone` names minutes of that zone's clocks; a zone that is
 /// not one is refused by name.
 #[tokio::test]

@@ -68,6 +68,10 @@ pub struct JobDefinition {
     pub lost_retries: u32,
     #[serde(default)]
     pub disabled: bool,
+    /// Anyone may fetch the job's status badge (`/jobs/{name}/badge.svg`) without a token:
+    /// it shows only the newest ended build's status.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub public_badge: bool,
     /// A cron schedule (`"0 3 * * *"`, UTC; [`crate::Schedule`]): the api queues a build at
     /// each minute it names.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -577,7 +581,7 @@ mod tests {
         assert_eq!(d.repository.unwrap().git_ref.as_deref(), Some("main"));
     }
 
-    /// The README's example definition, which names every field, is one Kiln accepts.
+    /// The README's example definition, which shows the fields users set, is one Kiln accepts.
     #[test]
     fn the_readme_example_is_valid() {
         let readme = include_str!("../../../README.md");

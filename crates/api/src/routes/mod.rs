@@ -3,6 +3,7 @@
 //! disagree.
 
 mod artifacts;
+mod badge;
 mod builds;
 mod dead_letters;
 mod folders;
@@ -45,6 +46,7 @@ routes! {
     get "/jobs" => jobs::list, "read", 200, "List jobs (all, or those directly in ?folder=)";
     put "/jobs/{name}" => jobs::put, "write", 201, "Create or replace a job definition";
     get "/jobs/{name}" => jobs::get, "read", 200, "Read a job definition";
+    get "/jobs/{name}/badge.svg" => badge::get, "read", 200, "The newest ended build's status as an SVG badge (no token needed for a job with public_badge)";
     delete "/jobs/{name}" => jobs::delete, "write", 204, "Delete a job with its builds and files";
     post "/jobs/{name}/move" => jobs::move_job, "write", 200, "Move a job to another folder";
     post "/jobs/{name}/builds" => builds::trigger, "write", 201, "Trigger a build";
@@ -64,7 +66,7 @@ routes! {
     get "/secrets" => secrets::list, "read", 200, "List secrets by name (never their values)";
     put "/secrets/{name}" => secrets::put, "write", 201, "Set or replace a secret";
     delete "/secrets/{name}" => secrets::delete, "write", 204, "Delete a secret";
-    get "/dead-letters/{consumer}" => dead_letters::list, "read", 200, "List what a consumer (es, github) gave up on, newest first";
+    get "/dead-letters/{consumer}" => dead_letters::list, "read", 200, "List what a consumer (es, github, downstream) gave up on, newest first";
     get "/redis/{key}" => raw::get, "admin", 200, "Read any key of Kiln's Redis layout";
     get "/openapi.json" => openapi_json, "none", 200, "This document";
 }
