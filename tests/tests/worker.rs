@@ -1606,3 +1606,54 @@ async fn secrets_are_sealed_at_rest_when_the_api_and_the_workers_share_a_key() {
         "{reason}"
     );
 }
+
+#[tokio::test]
+async fn builds_older_than_the_jobs_retention_days_go_at_its_next_trigger() {
+    let c = Cluster::start().await;
+    let mut def = job(&["true"]);
+    def["retention"] = json!({"builds": 100, "days": 1});
+    c.apply("aged", def).await;
+    let _w = c.worker(WorkerOpts::new("w")).await;
+    let one = c.trigger("aged").await;
+    c.wait_status("aged", one, "success", T).await;
+    // As if build 1 had ended two days ago.
+    let mut conn = c.redis.pool().get().await.unwrap();
+    let key = format!("job_aged_{one}");
+    let raw: String = deadpool_redis::redis::cmd("GET")
+        .arg(&key)
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    let mut doc: serde_json::Value = serde_json::from_str(&raw).unwrap();
+    let two_days_ago = chrono::Utc::now() - chrono::Duration::days(2);
+    doc["finished_at"] = json!(two_days_ago);
+    let _: () = deadpool_redis::redis::cmd("SET")
+        .arg(&key)
+        .arg(doc.to_string())
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+
+    let two = c.trigger("aged").await;
+    c.wait_status("aged", two, "success", T).await;
+    let r = c
+        .call(
+            Method::GET,
+            &format!("/api/v1/jobs/aged/builds/{one}"),
+            None,
+        )
+        .await;
+    assert_eq!(
+        r.status(),
+        404,
+        "build {one} is past the job's retention.days"
+    );
+    let page = c.get_json("/api/v1/jobs/aged/builds").await;
+    assert_eq!(page["total"], 1, "{page}");
+    // Its folder goes too, as for builds past the count.
+    let stale = c.build_dir("aged", one);
+    kiln_testkit::wait_for("the worker to prune the aged build's folder", T, || async {
+        (!stale.exists()).then_some(())
+    })
+    .await;
+}

@@ -11,6 +11,8 @@ use crate::names::{JobName, Name};
 pub const MAX_TIMEOUT_SECS: u64 = 7 * 24 * 3600;
 /// Most builds a job may keep in Redis.
 pub const MAX_RETENTION: u32 = 10_000;
+/// Longest `retention.days` (ten years).
+pub const MAX_RETENTION_DAYS: u32 = 3_650;
 /// Highest `concurrency` a job may name (a higher one would be no limit at all).
 pub const MAX_CONCURRENCY: u32 = 1_000;
 /// Most `choices` a parameter may list.
@@ -234,11 +236,17 @@ impl Parameter {
 #[serde(deny_unknown_fields)]
 pub struct Retention {
     pub builds: u32,
+    /// Builds that ended longer ago than this many days go too, however few the job has.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub days: Option<u32>,
 }
 
 impl Default for Retention {
     fn default() -> Self {
-        Self { builds: 100 }
+        Self {
+            builds: 100,
+            days: None,
+        }
     }
 }
 
@@ -408,6 +416,12 @@ impl JobDefinition {
             return Err(InvalidField::new(
                 "timeout_secs",
                 format!("must be between 1 and {MAX_TIMEOUT_SECS}"),
+            ));
+        }
+        if matches!(self.retention.days, Some(d) if d == 0 || d > MAX_RETENTION_DAYS) {
+            return Err(InvalidField::new(
+                "retention.days",
+                format!("must be between 1 and {MAX_RETENTION_DAYS} (leave it out to keep builds by count only)"),
             ));
         }
         if matches!(self.queue_timeout_secs, Some(t) if t == 0 || t > MAX_TIMEOUT_SECS) {
@@ -674,6 +688,10 @@ mod tests {
             assert_eq!(d.validate().unwrap_err().field, "queue_timeout_secs");
         }
         d.queue_timeout_secs = Some(60);
+        d.validate().unwrap();
+        d.retention.days = Some(0);
+        assert_eq!(d.validate().unwrap_err().field, "retention.days");
+        d.retention.days = Some(30);
         d.validate().unwrap();
         d.secrets = vec!["TOKEN".into(), "TOKEN".into()];
         assert_eq!(d.validate().unwrap_err().field, "secrets[1]");

@@ -267,6 +267,15 @@ impl Store {
                     .unwrap_or_default(),
             )
             .arg(if req.next { "1" } else { "" })
+            .arg(
+                def.retention
+                    .days
+                    .map(|d| {
+                        (Utc::now() - chrono::Duration::days(i64::from(d)))
+                            .to_rfc3339_opts(SecondsFormat::Millis, true)
+                    })
+                    .unwrap_or_default(),
+            )
             .invoke_async::<(u64, String)>(&mut c)
             .await;
         match r {

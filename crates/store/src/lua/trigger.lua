@@ -17,7 +17,8 @@
 --       when no worker is live ('' none), expected definition (the caller checked that it
 --       accepts builds), delivery key ('' none), delivery TTL seconds, concurrency limit
 --       ('' none), reason JSON for a build that waits for a slot, queue timeout ms ('' none),
---       '1' to go ahead of the builds already queued or waiting ('' in turn)
+--       '1' to go ahead of the builds already queued or waiting ('' in turn), the oldest
+--       `finished_at` (RFC 3339, UTC) a build may have to stay ('' no age limit)
 -- Returns {n, document}, or {0, existing build key} when the delivery key shows this
 -- event was handled already. The storage folders of trimmed builds are the workers' to
 -- clear away (they reuse them).
@@ -62,14 +63,25 @@ redis.call('LPUSH', KEYS[2], n)
 local keep = tonumber(ARGV[4])
 -- An ended build is in no queue, lease or running list (the scripts that end builds take it
 -- out), so its document is all there is to delete. A document that is gone or unreadable
--- counts as ended.
+-- counts as ended. With an age limit, the oldest builds also go while they ended before the
+-- cutoff (RFC 3339 UTC strings compare as the times they name, to the second).
 local TRIM_MAX = 100
-for _ = 1, math.min(redis.call('LLEN', KEYS[2]) - keep, TRIM_MAX) do
-  local old_key = ARGV[6] .. redis.call('LINDEX', KEYS[2], -1)
+local cutoff = ARGV[18]
+local len = redis.call('LLEN', KEYS[2])
+for _ = 1, TRIM_MAX do
+  local over = len > keep
+  if not over and cutoff == '' then break end
+  local oldest = redis.call('LINDEX', KEYS[2], -1)
+  if not oldest then break end
+  local old_key = ARGV[6] .. oldest
   local ok, d = pcall(cjson.decode, redis.call('GET', old_key) or '')
   if ok and type(d) == 'table' and (d.status == 'queued' or d.status == 'running') then break end
+  local expired = ok and type(d) == 'table' and type(d.finished_at) == 'string'
+    and d.finished_at < cutoff
+  if not over and not expired and ok and type(d) == 'table' then break end
   redis.call('DEL', old_key)
   redis.call('RPOP', KEYS[2])
+  len = len - 1
 end
 
 -- Builds already waiting go first (in a group they may wait for a lower limit than this
