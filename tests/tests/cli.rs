@@ -116,6 +116,11 @@ async fn follow_prints_the_output_and_exits_with_the_build_result() {
         line.ends_with("disabled, schedule '0 3 * * *', concurrency 1, then ok slow"),
         "{line}"
     );
+    let out = kiln(&c, None, &["job", "show", "nightly"]);
+    let shown: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(shown["schedule"], "0 3 * * *");
+    let out = kiln(&c, None, &["job", "show", "ghost"]);
+    assert_eq!(out.status.code(), Some(2), "a job that does not exist");
     let out = kiln(&c, None, &["job", "apply", "-f", "/nonexistent.toml"]);
     assert_eq!(out.status.code(), Some(2));
     let bad_def = dir.path().join("typo.toml");

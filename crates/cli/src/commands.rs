@@ -74,6 +74,8 @@ enum JobCommand {
         #[arg(long)]
         folder: Option<String>,
     },
+    /// Print a job's definition (JSON), and when its next scheduled build comes.
+    Show { name: String },
 }
 
 #[derive(Subcommand)]
@@ -138,6 +140,14 @@ pub(crate) fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     let api = Api::new(&cli.url, cli.token)?;
     match cli.command {
         Command::Job(JobCommand::Apply { file }) => apply(&api, &file),
+        Command::Job(JobCommand::Show { name }) => {
+            let v = api.json(Method::GET, &format!("/api/v1/jobs/{name}"), None)?;
+            println!("{}", serde_json::to_string_pretty(&v["definition"])?);
+            if let Some(next) = v["next_scheduled_build"].as_str() {
+                eprintln!("next scheduled build: {next}");
+            }
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Job(JobCommand::List { folder }) => {
             let path = match folder {
                 Some(f) => format!("/api/v1/jobs?folder={f}"),
