@@ -295,6 +295,14 @@ pub fn is_env_name(s: &str) -> bool {
 }
 
 impl JobDefinition {
+    /// The concurrency group whose slots the job's builds take: its `concurrency_group`,
+    /// which only counts under a `concurrency` limit (validation refuses one without).
+    pub fn slot_group(&self) -> Option<&Name> {
+        self.concurrency_group
+            .as_ref()
+            .filter(|_| self.concurrency.is_some())
+    }
+
     /// The schedule the api's scheduler follows: an enabled job's `schedule`, parsed, in its
     /// `schedule_timezone`.
     pub fn active_schedule(&self) -> Option<crate::Schedule> {

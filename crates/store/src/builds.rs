@@ -151,11 +151,7 @@ impl Store {
         what: &str,
     ) -> Result<Attempt, StoreError> {
         let (raw_def, def) = (job.raw.as_str(), &job.def);
-        // A group's slots are taken only under a limit (the definition was validated so).
-        let group = def
-            .concurrency_group
-            .as_ref()
-            .filter(|_| def.concurrency.is_some());
+        let group = def.slot_group();
         if def.disabled {
             return Ok(Attempt::Refused(StoreError::Conflict(format!(
                 "{what} is disabled and accepts no new builds"

@@ -199,10 +199,7 @@ impl Store {
                 (Some(new), Some(old)) if new == old => "keep",
                 (Some(_), _) => "set",
             };
-            let group = def
-                .concurrency_group
-                .as_ref()
-                .filter(|_| def.concurrency.is_some());
+            let group = def.slot_group();
             let (group_slots, group_waiting) = keys::slot_keys(name, group);
             let mut c = self.conn().await?;
             let r = scripts::PUT_JOB
