@@ -355,6 +355,136 @@ async fn branch_pushes_get_collision_free_jobs_and_deleted_branches_are_disabled
     );
 }
 
+/// GitHub's answers to the reconcile scan: the open pull requests and the branches of
+/// Codertocat/Hello-World (its link keys are lower-cased; GitHub's paths are not
+/// case-sensitive).
+async fn mount_lists(gh: &MockServer, pulls: Value, branches: Value) {
+    Mock::given(method("GET"))
+        .and(path_regex(r"(?i)^/repos/codertocat/hello-world/pulls$"))
+        .respond_with(ResponseTemplate::new(200).set_body_json(pulls))
+        .mount(gh)
+        .await;
+    Mock::given(method("GET"))
+        .and(path_regex(r"(?i)^/repos/codertocat/hello-world/branches$"))
+        .respond_with(ResponseTemplate::new(200).set_body_json(branches))
+        .mount(gh)
+        .await;
+}
+
+async fn scans(gh: &MockServer) -> usize {
+    gh.received_requests()
+        .await
+        .unwrap_or_default()
+        .iter()
+        .filter(|r| r.url.path().ends_with("/pulls"))
+        .count()
+}
+
+#[tokio::test]
+async fn the_reconcile_scan_does_what_missed_webhooks_would_have_done() {
+    let Some(fx) = fixtures() else { return };
+    let c = Cluster::start().await;
+    let gh = github_fake().await;
+    let opened = payload(&fx, "pull_request/opened.payload.json");
+    let head = opened["pull_request"]["head"]["sha"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let moved = "b".repeat(40);
+    // Pull request 2 is open, though its webhook never arrived; 7 was closed meanwhile;
+    // `main` moved on; `old` was deleted.
+    mount_lists(
+        &gh,
+        json!([opened["pull_request"]]),
+        json!([{"name": "main", "commit": {"sha": moved}}, {"name": "other", "commit": {"sha": "c".repeat(40)}}]),
+    )
+    .await;
+    c.apply("app", job(&["true"])).await;
+    link(&c, "pullrequest", "app").await;
+    link(&c, "branch", "app").await;
+    let (_ingest, url) = c
+        .ingest(&gh.uri(), &[("KILN_GITHUB__RECONCILE_INTERVAL_SECS", "1")])
+        .await;
+    let hook = Hook {
+        url,
+        client: reqwest::Client::new(),
+    };
+    let mut seven = opened.clone();
+    seven["number"] = json!(7);
+    seven["pull_request"]["number"] = json!(7);
+    assert_eq!(hook.send("pull_request", "pr-7", &seven).await.0, 202);
+    let push = payload(&fx, "push/with-new-branch.payload.json");
+    for branch in ["main", "old"] {
+        let mut p = push.clone();
+        p["ref"] = json!(format!("refs/heads/{branch}"));
+        assert_eq!(
+            hook.send("push", &format!("push-{branch}"), &p).await.0,
+            202
+        );
+    }
+
+    let pr = kiln_testkit::wait_for("the scan to build pull request 2", T, || async {
+        let r = c
+            .call(Method::GET, "/api/v1/jobs/app_pr2/builds/1", None)
+            .await;
+        if r.status() == 200 {
+            r.json::<Value>().await.ok()
+        } else {
+            None
+        }
+    })
+    .await;
+    assert_eq!(pr["trigger"]["kind"], "github_pull_request", "{pr}");
+    assert_eq!(pr["trigger"]["sha"], json!(head), "{pr}");
+    let main = kiln_testkit::wait_for("the scan to build main's new head", T, || async {
+        let r = c
+            .call(Method::GET, "/api/v1/jobs/app_branch-main/builds/2", None)
+            .await;
+        if r.status() == 200 {
+            r.json::<Value>().await.ok()
+        } else {
+            None
+        }
+    })
+    .await;
+    assert_eq!(main["trigger"]["sha"], json!(moved), "{main}");
+    assert_eq!(
+        c.build("app_branch-main", 1).await["status"],
+        "cancelled",
+        "the new head supersedes the old one"
+    );
+    for (j, why) in [
+        ("app_pr7", "pull request closed"),
+        ("app_branch-old", "branch deleted"),
+    ] {
+        kiln_testkit::wait_for(&format!("the scan to disable {j}"), T, || async {
+            let def = c.get_json(&format!("/api/v1/jobs/{j}")).await;
+            (def["definition"]["disabled"] == true).then_some(())
+        })
+        .await;
+        let reason = c.build(j, 1).await["reason"].clone();
+        assert!(
+            reason.as_str().is_some_and(|r| r.contains(why)),
+            "{j}: {reason}"
+        );
+    }
+
+    // Scans that find nothing new queue nothing; `other` never had a job and gets none.
+    let seen = scans(&gh).await;
+    kiln_testkit::wait_for("two more scans", T, || async {
+        (scans(&gh).await >= seen + 2).then_some(())
+    })
+    .await;
+    for (j, total) in [("app_pr2", 1), ("app_branch-main", 2)] {
+        let page = c.get_json(&format!("/api/v1/jobs/{j}/builds")).await;
+        assert_eq!(page["total"], total, "{j}: {page}");
+    }
+    let r = c
+        .call(Method::GET, "/api/v1/jobs/app_branch-other", None)
+        .await;
+    assert_eq!(r.status(), 404);
+}
+
 #[tokio::test]
 async fn bad_deliveries_are_refused_and_change_nothing() {
     let Some(fx) = fixtures() else { return };

@@ -514,6 +514,134 @@ async fn retention_trims_ended_builds_and_never_one_still_queued() {
 }
 
 #[tokio::test]
+async fn a_pinned_build_outlives_retention_until_it_is_unpinned() {
+    let app = TestApp::spawn().await;
+    app.put_job("app", job(json!({"retention": {"builds": 2}})))
+        .await;
+    let cancel = |n: u32| {
+        let app = &app;
+        async move {
+            let path = format!("/api/v1/jobs/app/builds/{n}/cancel");
+            let r = app.call(Method::POST, &path, None).await;
+            assert!(r.status().is_success(), "cancel {n}: {}", r.status());
+        }
+    };
+    let keep = "/api/v1/jobs/app/builds/1/keep";
+    assert_eq!(app.trigger("app").await.status(), 201);
+
+    // Queued: the worker will rewrite its document, so it cannot be pinned yet.
+    let r = app.call(Method::PUT, keep, None).await;
+    assert_eq!(r.status(), 409);
+    cancel(1).await;
+    let before = app.snapshot().await;
+    for (body, field) in [
+        (json!({"reason": ""}), "reason"),
+        (json!({"reason": "two\nlines"}), "reason"),
+        (json!({"reason": "x".repeat(501)}), "reason"),
+        (json!({"why": "release"}), "why"),
+    ] {
+        let r = app.call(Method::PUT, keep, Some(body.clone())).await;
+        assert_eq!(error_field(r, 400).await.as_deref(), Some(field), "{body}");
+    }
+    let r = app
+        .request(Method::PUT, keep, Some(READER))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 403, "pinning needs a writing token");
+    let r = app.request(Method::PUT, keep, None).send().await.unwrap();
+    assert_eq!(r.status(), 401);
+    let r = app
+        .call(Method::PUT, "/api/v1/jobs/app/builds/9/keep", None)
+        .await;
+    assert_eq!(r.status(), 404);
+    assert_eq!(app.snapshot().await, before, "refused pins change nothing");
+
+    let r = app
+        .request(Method::PUT, keep, Some(WRITER))
+        .json(&json!({"reason": "release 1.4"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let doc: Value = r.json().await.unwrap();
+    assert_eq!(doc["keep"]["by"], "ci", "{doc}");
+    assert_eq!(doc["keep"]["reason"], "release 1.4", "{doc}");
+    assert_eq!(doc["status"], "cancelled", "{doc}");
+    let page = app.get_json("/api/v1/jobs/app/builds").await;
+    assert_eq!(page["builds"][0]["keep"]["by"], "ci", "{page}");
+
+    // Builds 2 to 5 come and go; the job keeps its newest two and the pinned build 1.
+    for n in 2..=5 {
+        assert_eq!(app.trigger("app").await.status(), 201);
+        cancel(n).await;
+    }
+    assert_eq!(app.trigger("app").await.status(), 201);
+    let recent = app.get_json("/api/v1/redis/job_app_recent").await;
+    assert_eq!(recent["value"], json!(["6", "5", "1"]));
+    for n in 2..=4 {
+        assert_eq!(app.redis_type(&format!("job_app_{n}")).await, "none");
+    }
+    let one = app.get_json("/api/v1/jobs/app/builds/1").await;
+    assert_eq!(one["keep"]["reason"], "release 1.4", "{one}");
+
+    // Unpinned, it goes at the next trigger like any build past the count.
+    let r = app.call(Method::DELETE, keep, None).await;
+    assert_eq!(r.status(), 200);
+    let doc: Value = r.json().await.unwrap();
+    assert!(doc.get("keep").is_none(), "{doc}");
+    cancel(6).await;
+    assert_eq!(app.trigger("app").await.status(), 201);
+    let recent = app.get_json("/api/v1/redis/job_app_recent").await;
+    assert_eq!(recent["value"], json!(["7", "6"]));
+    assert_eq!(app.redis_type("job_app_1").await, "none");
+}
+
+#[tokio::test]
+async fn a_pin_past_retention_days_stays_and_reaches_the_index_again() {
+    let app = TestApp::spawn().await;
+    app.put_job("app", job(json!({"retention": {"builds": 100, "days": 1}})))
+        .await;
+    let mut conn = app.redis.pool().get().await.unwrap();
+    let _: () = deadpool_redis::redis::cmd("SADD")
+        .arg("kiln:finished-consumers")
+        .arg("es")
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    assert_eq!(app.trigger("app").await.status(), 201);
+    let r = app
+        .call(Method::POST, "/api/v1/jobs/app/builds/1/cancel", None)
+        .await;
+    assert!(r.status().is_success());
+    let r = app
+        .call(Method::PUT, "/api/v1/jobs/app/builds/1/keep", None)
+        .await;
+    assert_eq!(r.status(), 200);
+    // The cancel and the pin each hand the build to the index.
+    let es = app.get_json("/api/v1/redis/kiln:finished:es").await;
+    assert_eq!(es["value"], json!(["job_app_1", "job_app_1"]), "{es}");
+
+    // As if it had ended two days ago: past retention.days, but pinned.
+    let raw: String = deadpool_redis::redis::cmd("GET")
+        .arg("job_app_1")
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    let mut doc: Value = serde_json::from_str(&raw).unwrap();
+    doc["finished_at"] = json!(chrono::Utc::now() - chrono::Duration::days(2));
+    let _: () = deadpool_redis::redis::cmd("SET")
+        .arg("job_app_1")
+        .arg(doc.to_string())
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    assert_eq!(app.trigger("app").await.status(), 201);
+    let recent = app.get_json("/api/v1/redis/job_app_recent").await;
+    assert_eq!(recent["value"], json!(["2", "1"]));
+}
+
+#[tokio::test]
 async fn names_that_could_collide_are_refused() {
     let app = TestApp::spawn().await;
     app.put_job("app", job(json!({}))).await;

@@ -119,6 +119,16 @@ enum BuildCommand {
     },
     /// Cancel a queued or running build.
     Cancel { job: String, number: u64 },
+    /// Pin an ended build: retention never removes it.
+    Keep {
+        job: String,
+        number: u64,
+        /// Why it is kept (a release, an incident), shown with it.
+        #[arg(long)]
+        reason: Option<String>,
+    },
+    /// Unpin a build: its job's retention applies to it again.
+    Unkeep { job: String, number: u64 },
     /// List the files a build archived, with their sizes.
     Artifacts { job: String, number: u64 },
     /// Download one archived file (its path as `artifacts` lists it).
@@ -254,7 +264,7 @@ pub(crate) fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             )?;
             for b in v["builds"].as_array().into_iter().flatten() {
                 println!(
-                    "#{:<6} {:<10} {:<26} {:<10} {}",
+                    "#{:<6} {:<10} {:<26} {:<10} {}{}",
                     b["number"],
                     b["status"].as_str().unwrap_or_default(),
                     b["queued_at"].as_str().unwrap_or_default(),
@@ -262,7 +272,8 @@ pub(crate) fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                         .as_u64()
                         .map(|d| format!("{d} ms"))
                         .unwrap_or_default(),
-                    trigger_text(&b["trigger"])
+                    trigger_text(&b["trigger"]),
+                    if b["keep"].is_object() { ", kept" } else { "" }
                 );
             }
             Ok(ExitCode::SUCCESS)
@@ -305,6 +316,28 @@ pub(crate) fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 Some("cancelled") => eprintln!("{job} #{number}: cancelled before it started"),
                 _ => eprintln!("{job} #{number}: cancel requested; its worker stops it"),
             }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Build(BuildCommand::Keep {
+            job,
+            number,
+            reason,
+        }) => {
+            api.json(
+                Method::PUT,
+                &format!("/api/v1/jobs/{job}/builds/{number}/keep"),
+                Some(&json!({ "reason": reason })),
+            )?;
+            eprintln!("{job} #{number}: kept; retention will not remove it");
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Build(BuildCommand::Unkeep { job, number }) => {
+            api.json(
+                Method::DELETE,
+                &format!("/api/v1/jobs/{job}/builds/{number}/keep"),
+                None,
+            )?;
+            eprintln!("{job} #{number}: no longer kept");
             Ok(ExitCode::SUCCESS)
         }
         Command::Build(BuildCommand::Artifacts { job, number }) => {
@@ -504,6 +537,15 @@ fn show_build(b: &Value) -> String {
     if let Some(node) = b["node"].as_str() {
         out.push_str(&format!("node:      {node} (attempt {})\n", b["attempt"]));
     }
+    if let Some(k) = b["keep"].as_object() {
+        let text = |key: &str| k.get(key).and_then(Value::as_str).unwrap_or("-");
+        let mut line = format!("kept:      by {} at {}", text("by"), text("at"));
+        if let Some(r) = k.get("reason").and_then(Value::as_str) {
+            line.push_str(&format!(": {r}"));
+        }
+        out.push_str(&line);
+        out.push('\n');
+    }
     for s in b["steps"].as_array().into_iter().flatten() {
         let mut line = format!(
             "  {:<24} {:<10} {:>8} ms",
@@ -578,6 +620,7 @@ mod tests {
             "parameters": {"ENV": "staging"}, "queued_at": "2026-12-01T10:00:00Z",
             "started_at": "2026-12-01T10:00:01Z", "finished_at": "2026-12-01T10:00:05Z",
             "node": "w1", "attempt": 1,
+            "keep": {"by": "carol", "at": "2026-12-01T11:00:00Z", "reason": "release 1.4"},
             "steps": [{"name": "build", "status": "success", "exit_code": 0, "duration_ms": 1200},
                 {"name": "push", "status": "failure", "exit_code": 2, "duration_ms": 300, "attempts": 3}]});
         let out = show_build(&b);
@@ -591,6 +634,10 @@ mod tests {
             "{out}"
         );
         assert!(out.contains("exit 2  3 attempts\n"), "{out}");
+        assert!(
+            out.contains("kept:      by carol at 2026-12-01T11:00:00Z: release 1.4\n"),
+            "{out}"
+        );
         assert_eq!(
             trigger_text(&json!({"kind": "github_push", "by": "octocat"})),
             "github push by octocat"

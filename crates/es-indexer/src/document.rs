@@ -64,6 +64,11 @@ pub(crate) fn template(index: &str) -> Value {
                     "storage_path": {"type": "keyword"},
                     "schema_version": {"type": "integer"},
                     "cancel_requested": {"type": "boolean"},
+                    "keep": {"properties": {
+                        "by": {"type": "keyword"},
+                        "at": {"type": "date"},
+                        "reason": {"type": "text"}
+                    }},
                     "parameters": {"type": "object"},
                     "steps": steps
                 }

@@ -19,7 +19,7 @@ use crate::config::Settings;
 use crate::document::{document, index_for};
 
 /// The indexer's consumer name (`kiln:finished:es`).
-pub(crate) const CONSUMER: &str = "es";
+pub(crate) const CONSUMER: &str = kiln_model::keys::ES_CONSUMER;
 /// Pause when there is nothing to index.
 const IDLE: Duration = Duration::from_millis(100);
 

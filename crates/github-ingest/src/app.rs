@@ -1,5 +1,5 @@
-//! Building and running github-ingest: the webhook server, the status reporter and the
-//! cleanup task, stopped together.
+//! Building and running github-ingest: the webhook server, the status reporter, the
+//! reconcile scan and the cleanup task, stopped together.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -11,6 +11,7 @@ use kiln_store::{Store, StoreOptions};
 use tokio_util::sync::CancellationToken;
 
 use crate::config::{IngestConfig, Settings};
+use crate::reconcile::Reconciler;
 use crate::reporter::Reporter;
 
 /// Why the service could not start.
@@ -31,6 +32,7 @@ pub struct Application {
     settings: Settings,
     storage_root: PathBuf,
     reporter: Option<Reporter>,
+    reconciler: Option<Reconciler>,
 }
 
 impl Application {
@@ -41,11 +43,24 @@ impl Application {
         opts.response_timeout = settings.redis_timeout;
         let store = Store::new(&opts)?;
         health::warn_about_redis(&store).await;
-        let reporter = Reporter::new(store.clone(), &settings).map_err(BuildError::Dependency)?;
+        let github = crate::client::client(&settings).map_err(BuildError::Dependency)?;
+        let reporter = github
+            .clone()
+            .map(|g| Reporter::new(store.clone(), &settings, g));
+        let reconciler = match (github, settings.reconcile_interval) {
+            (Some(g), Some(every)) => Some(Reconciler::new(
+                store.clone(),
+                &settings,
+                g,
+                reporter.as_ref().map(|r| r.consumer().clone()),
+                every,
+            )),
+            _ => None,
+        };
         match &reporter {
             Some(r) => store.register_consumer(r.consumer()).await?,
             None => {
-                tracing::warn!("github.token is not set: commit statuses are not posted");
+                tracing::warn!("github.token is not set: commit statuses are not posted and missed webhooks are not reconciled");
                 store
                     .unregister_consumer(
                         &Name::parse(crate::reporter::CONSUMER).expect("valid name"),
@@ -92,6 +107,7 @@ impl Application {
             settings,
             storage_root: config.common.storage.root.clone(),
             reporter,
+            reconciler,
         })
     }
 
@@ -104,6 +120,9 @@ impl Application {
         let tasks = CancellationToken::new();
         let mut background = Vec::new();
         if let Some(r) = self.reporter {
+            background.push(tokio::spawn(r.run(tasks.clone())));
+        }
+        if let Some(r) = self.reconciler {
             background.push(tokio::spawn(r.run(tasks.clone())));
         }
         background.push(tokio::spawn(crate::cleanup::cleanup_loop(

@@ -41,6 +41,10 @@ pub struct GithubSettings {
     /// How long disabled PR and branch jobs keep their history before they are deleted.
     pub closed_retention_days: u64,
     pub cleanup_interval_secs: u64,
+    /// How often the reconcile scan asks GitHub for the open pull requests and the branches
+    /// of linked repositories, to catch up with webhooks that never arrived (needs `token`);
+    /// 0 turns it off.
+    pub reconcile_interval_secs: u64,
 }
 
 impl Default for GithubSettings {
@@ -58,6 +62,7 @@ impl Default for GithubSettings {
             redis_timeout_ms: 5_000,
             closed_retention_days: 7,
             cleanup_interval_secs: 3_600,
+            reconcile_interval_secs: 900,
         }
     }
 }
@@ -77,6 +82,8 @@ pub(crate) struct Settings {
     pub(crate) redis_timeout: Duration,
     pub(crate) closed_retention: chrono::Duration,
     pub(crate) cleanup_interval: Duration,
+    /// `None`: no reconcile scan.
+    pub(crate) reconcile_interval: Option<Duration>,
 }
 
 impl IngestConfig {
@@ -121,6 +128,8 @@ impl IngestConfig {
             redis_timeout: Duration::from_millis(g.redis_timeout_ms),
             closed_retention: chrono::Duration::days(g.closed_retention_days as i64),
             cleanup_interval: Duration::from_secs(g.cleanup_interval_secs.max(1)),
+            reconcile_interval: (g.reconcile_interval_secs > 0)
+                .then(|| Duration::from_secs(g.reconcile_interval_secs)),
         })
     }
 }

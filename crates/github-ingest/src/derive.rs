@@ -9,6 +9,8 @@ use kiln_model::{
 use kiln_store::{Store, StoreError, TriggerRequest};
 use serde::Serialize;
 
+use crate::payload::PullRequest;
+
 /// A delivery id is remembered this long, so a redelivered event never queues twice.
 pub(crate) const DELIVERY_TTL_SECS: u64 = 24 * 3600;
 
@@ -65,6 +67,50 @@ pub(crate) struct Head {
     /// A pull request from a fork (built only with `github.allow_fork_prs`): it runs code
     /// from outside the repository, so its job gets none of the base job's secrets.
     pub(crate) from_fork: bool,
+}
+
+/// Why an open pull request gets no build.
+pub(crate) enum PrSkip {
+    /// Its head repository was deleted: there is nothing to clone.
+    HeadRepoGone,
+    /// It comes from a fork and `github.allow_fork_prs` is off.
+    Fork,
+}
+
+/// The head to build for pull request `number` of `repository` (`owner/name`), as a
+/// webhook or the reconcile scan saw it.
+pub(crate) fn pull_request_head(
+    base: Name,
+    job: JobName,
+    repository: &str,
+    number: u64,
+    pr: PullRequest,
+    allow_fork_prs: bool,
+) -> Result<Head, PrSkip> {
+    let head_repo = pr.head.repo.as_ref().ok_or(PrSkip::HeadRepoGone)?;
+    let base_repo = pr.base.repo.as_ref().map_or(repository, |r| &r.full_name);
+    let from_fork = !head_repo.full_name.eq_ignore_ascii_case(base_repo);
+    if from_fork && !allow_fork_prs {
+        return Err(PrSkip::Fork);
+    }
+    Ok(Head {
+        base: JobName::from_name(&base),
+        job,
+        kind: TriggerKind::GithubPullRequest,
+        source: GithubSource {
+            kind: "pull_request".into(),
+            repository: repository.to_owned(),
+            base_job: base.to_string(),
+            number: Some(number),
+            title: Some(pr.title),
+            author: Some(pr.user.login),
+            clone_url: head_repo.clone_url.clone(),
+            head_sha: pr.head.sha,
+            head_ref: pr.head.git_ref,
+            closed_at: None,
+        },
+        from_fork,
+    })
 }
 
 /// What the webhook handler shares with the derived-job logic.

@@ -1,12 +1,15 @@
 //! Kiln's GitHub integration: a webhook endpoint that turns pull requests and branch pushes
 //! into their own jobs (copies of a linked job) and builds, a reporter that posts commit
-//! statuses back, and a cleanup task for jobs of closed pull requests and deleted branches.
+//! statuses back, a reconcile scan that catches up with webhooks GitHub never delivered, and
+//! a cleanup task for jobs of closed pull requests and deleted branches.
 
 mod app;
 mod cleanup;
+mod client;
 mod config;
 mod derive;
 mod payload;
+mod reconcile;
 mod reporter;
 mod signature;
 mod webhook;

@@ -11,6 +11,7 @@ use octocrab::models::StatusState;
 use octocrab::Octocrab;
 use tokio_util::sync::CancellationToken;
 
+use crate::client::describe;
 use crate::config::Settings;
 use crate::derive::final_state;
 
@@ -40,23 +41,14 @@ enum PostError {
 }
 
 impl Reporter {
-    pub(crate) fn new(store: Store, settings: &Settings) -> Result<Option<Self>, String> {
-        let Some(token) = &settings.token else {
-            return Ok(None);
-        };
-        let github = Octocrab::builder()
-            .base_uri(settings.api_url.as_str())
-            .map_err(|e| format!("github.api_url: {e}"))?
-            .personal_token(token.expose().to_owned())
-            .build()
-            .map_err(|e| format!("cannot create the GitHub client: {e}"))?;
-        Ok(Some(Self {
+    pub(crate) fn new(store: Store, settings: &Settings, github: Octocrab) -> Self {
+        Self {
             store,
             github,
             consumer: Name::parse(CONSUMER).expect("a valid consumer name"),
             context: settings.status_context.clone(),
             public_url: settings.public_url.clone(),
-        }))
+        }
     }
 
     pub(crate) fn consumer(&self) -> &Name {
@@ -188,16 +180,12 @@ impl Reporter {
                 metrics::counter!("kiln_github_statuses_posted_total").increment(1);
                 Ok(())
             }
-            Err(octocrab::Error::GitHub { source, .. }) => {
-                let code = source.status_code.as_u16();
-                let msg = format!("GitHub answered {code}: {}", source.message);
-                if code == 403 || code == 429 || code >= 500 {
-                    Err(PostError::Transient(msg))
-                } else {
+            Err(e) => match describe(&e) {
+                (Some(code), msg) if code != 403 && code != 429 && code < 500 => {
                     Err(PostError::Permanent(msg))
                 }
-            }
-            Err(e) => Err(PostError::Transient(e.to_string())),
+                (_, msg) => Err(PostError::Transient(msg)),
+            },
         }
     }
 }

@@ -9,7 +9,7 @@ use kiln_service_kit::error::{parse_json, ApiError};
 use serde::de::DeserializeOwned;
 
 use crate::app::State;
-use crate::derive::{Ctx, Head, Outcome, DELIVERY_TTL_SECS};
+use crate::derive::{pull_request_head, Ctx, Head, Outcome, PrSkip, DELIVERY_TTL_SECS};
 use crate::payload::{DeleteEvent, PullRequestEvent, PushEvent, Repository};
 use crate::signature;
 
@@ -153,38 +153,26 @@ async fn pull_request(
             )))
         }
     }
-    let head_repo = e.pull_request.head.repo.as_ref().ok_or_else(|| {
-        ApiError::bad_request("pull_request.head.repo", "the head repository is gone")
-    })?;
-    let from_fork = !head_repo.full_name.eq_ignore_ascii_case(
-        &e.pull_request
-            .base
-            .repo
-            .as_ref()
-            .map_or(e.repository.full_name.clone(), |r| r.full_name.clone()),
-    );
-    if from_fork && !state.settings.allow_fork_prs {
-        return Ok(Outcome::ignored(
-            "pull requests from forks are not built (github.allow_fork_prs is off)",
-        ));
-    }
-    let head = Head {
-        base: JobName::from_name(&base_name),
+    let head = match pull_request_head(
+        base_name,
         job,
-        kind: TriggerKind::GithubPullRequest,
-        source: GithubSource {
-            kind: "pull_request".into(),
-            repository: e.repository.full_name.clone(),
-            base_job: base_name.to_string(),
-            number: Some(e.number),
-            title: Some(e.pull_request.title),
-            author: Some(e.pull_request.user.login),
-            head_sha: e.pull_request.head.sha,
-            head_ref: e.pull_request.head.git_ref,
-            clone_url: head_repo.clone_url.clone(),
-            closed_at: None,
-        },
-        from_fork,
+        &e.repository.full_name,
+        e.number,
+        e.pull_request,
+        state.settings.allow_fork_prs,
+    ) {
+        Ok(head) => head,
+        Err(PrSkip::HeadRepoGone) => {
+            return Err(ApiError::bad_request(
+                "pull_request.head.repo",
+                "the head repository is gone",
+            ))
+        }
+        Err(PrSkip::Fork) => {
+            return Ok(Outcome::ignored(
+                "pull requests from forks are not built (github.allow_fork_prs is off)",
+            ))
+        }
     };
     Ok(ctx.build(head, delivery).await?)
 }

@@ -173,6 +173,20 @@ pub struct BuildDocument {
     /// to another group since. `None`: its job's own slots, if it has a limit.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub concurrency_group: Option<Name>,
+    /// Set while the build is pinned (`PUT .../keep`): retention, by count or by age, never
+    /// removes it, so a release build outlives the history around it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub keep: Option<Keep>,
+}
+
+/// Who pinned a build, when and why: a pinned build stays until someone unpins it or its
+/// job is deleted, so the next person to wonder why it is still there can ask.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Keep {
+    pub by: String,
+    pub at: DateTime<Utc>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
 }
 
 /// Lua's cjson writes an empty array as `{}`; accept both so a script's round trip of a

@@ -120,6 +120,15 @@ pub fn schedule_fired(job: &JobName, slot: i64) -> String {
 /// (not through [`FINISHED_CONSUMERS`]: only those builds, and whether or not an api runs).
 pub const DOWNSTREAM_CONSUMER: &str = "downstream";
 
+/// The es-indexer's consumer name (`kiln:finished:es`): named here because pinning a build
+/// (`keep`) hands the changed document to the index again, and to no other consumer.
+pub const ES_CONSUMER: &str = "es";
+
+/// `kiln:finished:<ES_CONSUMER>`.
+pub fn es_finished() -> String {
+    format!("{}{ES_CONSUMER}", prefix::FINISHED)
+}
+
 /// `kiln:finished:<DOWNSTREAM_CONSUMER>`.
 pub fn downstream_finished() -> String {
     format!("{}{DOWNSTREAM_CONSUMER}", prefix::FINISHED)

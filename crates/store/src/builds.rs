@@ -7,7 +7,7 @@ use deadpool_redis::redis::{self, AsyncCommands};
 use kiln_model::job::DOWNSTREAM_MARK;
 use kiln_model::{
     keys, BuildDocument, BuildEvent, BuildEventKind, BuildNumber, BuildRef, BuildStatus, JobName,
-    Name, Trigger as BuildTrigger,
+    Keep, Name, Trigger as BuildTrigger,
 };
 
 use crate::connect::Store;
@@ -199,6 +199,7 @@ impl Store {
             reason: None,
             cancel_requested: false,
             concurrency_group: group.cloned(),
+            keep: None,
         };
         let mut v = serde_json::to_value(&template).map_err(|e| StoreError::corrupt("build", e))?;
         if let Some(o) = v.as_object_mut() {
@@ -473,6 +474,34 @@ impl Store {
             .arg(keys::prefix::GROUP_WAITING)
             .invoke_async(&mut c)
             .await?)
+    }
+
+    /// Pins an ended build (`Some`) so retention never removes it, or unpins it (`None`);
+    /// the search index gets the changed document. Returns it.
+    pub async fn set_keep(
+        &self,
+        build: &BuildRef,
+        keep: Option<&Keep>,
+    ) -> Result<BuildDocument, StoreError> {
+        let key = build.key();
+        let keep = match keep {
+            Some(k) => serde_json::to_string(k).map_err(|e| StoreError::corrupt(&key, e))?,
+            None => String::new(),
+        };
+        let mut c = self.conn().await?;
+        let r: Result<String, _> = scripts::KEEP
+            .key(&key)
+            .key(keys::FINISHED_CONSUMERS)
+            .key(keys::es_finished())
+            .arg(keep)
+            .arg(keys::ES_CONSUMER)
+            .invoke_async(&mut c)
+            .await;
+        match r {
+            Ok(doc) => parse(&key, &doc),
+            Err(e) => Err(script_error(e, &format!("build {build}"))
+                .unwrap_or_else(|| StoreError::Conflict(format!("build {build} changed")))),
+        }
     }
 
     /// Cancels a queued build at once, or asks the worker running it to stop.

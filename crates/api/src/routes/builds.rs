@@ -4,7 +4,7 @@ use std::collections::BTreeMap;
 
 use actix_web::{web, HttpRequest, HttpResponse};
 use kiln_model::{
-    BuildDocument, BuildNumber, BuildRef, BuildStatus, JobName, Trigger, TriggerKind,
+    BuildDocument, BuildNumber, BuildRef, BuildStatus, JobName, Keep, Trigger, TriggerKind,
 };
 use kiln_service_kit::auth::{Reader, Writer};
 use kiln_service_kit::body::Body;
@@ -270,4 +270,55 @@ pub(crate) async fn cancel(
     };
     let doc = require_build(&state, &r).await?;
     Ok(HttpResponse::Accepted().json(json!({"outcome": outcome, "build": doc})))
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct KeepBody {
+    /// Why it is kept (a release, an incident), shown with the pin.
+    #[serde(default)]
+    reason: Option<String>,
+}
+
+/// Longest reason a pin may give.
+const MAX_KEEP_REASON: usize = 500;
+
+/// Pins an ended build: retention, by count or age, never removes it (a release build,
+/// the build an incident report links to). Pinning again replaces who, when and why.
+pub(crate) async fn keep(
+    who: Writer,
+    state: web::Data<AppState>,
+    path: web::Path<(String, String)>,
+    req: HttpRequest,
+    body: Body,
+) -> Result<HttpResponse, ApiError> {
+    let r = build_ref(&path.0, &path.1)?;
+    let b: KeepBody = body_or_default(&req, &body)?;
+    if let Some(reason) = &b.reason {
+        if reason.trim().is_empty()
+            || reason.len() > MAX_KEEP_REASON
+            || reason.chars().any(char::is_control)
+        {
+            return Err(ApiError::bad_request(
+                "reason",
+                format!("must be 1 to {MAX_KEEP_REASON} bytes of text on one line"),
+            ));
+        }
+    }
+    let pin = Keep {
+        by: who.0.name,
+        at: chrono::Utc::now(),
+        reason: b.reason,
+    };
+    Ok(HttpResponse::Ok().json(state.store.set_keep(&r, Some(&pin)).await?))
+}
+
+/// Unpins a build: the job's retention applies to it again from its next trigger.
+pub(crate) async fn unkeep(
+    _: Writer,
+    state: web::Data<AppState>,
+    path: web::Path<(String, String)>,
+) -> Result<HttpResponse, ApiError> {
+    let r = build_ref(&path.0, &path.1)?;
+    Ok(HttpResponse::Ok().json(state.store.set_keep(&r, None).await?))
 }

@@ -54,6 +54,8 @@ routes! {
     get "/jobs/{name}/builds/{number}" => builds::get, "read", 200, "Read a build document";
     post "/jobs/{name}/builds/{number}/cancel" => builds::cancel, "write", 202, "Cancel a queued or running build";
     post "/jobs/{name}/builds/{number}/rebuild" => builds::rebuild, "write", 201, "Run a build again with its parameters and revision";
+    put "/jobs/{name}/builds/{number}/keep" => builds::keep, "write", 200, "Pin an ended build so retention never removes it (optional reason)";
+    delete "/jobs/{name}/builds/{number}/keep" => builds::unkeep, "write", 200, "Unpin a build: its job's retention applies to it again";
     get "/jobs/{name}/builds/{number}/log" => logs::get, "read", 200, "Read a build's output from ?offset=";
     get "/jobs/{name}/builds/{number}/artifacts" => artifacts::list, "read", 200, "List the files a build archived, with their sizes";
     get "/jobs/{name}/builds/{number}/artifacts/{path:.*}" => artifacts::get, "read", 200, "Download one archived file (path as listed)";

@@ -3,7 +3,7 @@
 -- Retention discards history, never a build someone waits for: trimming takes ended builds
 -- from the oldest end and stops at one still queued or running, which holds back the
 -- trimming of newer ones until it has ended (the next trigger after that catches up, at most
--- TRIM_MAX builds per trigger).
+-- TRIM_MAX builds per trigger). Pinned builds (`keep`) are never trimmed.
 -- A job with a `concurrency` limit whose slots are all taken gets the build in its waiting
 -- list instead of the queue (`admit_waiting` moves it on when a slot frees); the slot set
 -- and waiting list (KEYS 8, 9) are its concurrency group's when it names one.
@@ -64,24 +64,33 @@ local keep = tonumber(ARGV[4])
 -- An ended build is in no queue, lease or running list (the scripts that end builds take it
 -- out), so its document is all there is to delete. A document that is gone or unreadable
 -- counts as ended. With an age limit, the oldest builds also go while they ended before the
--- cutoff (RFC 3339 UTC strings compare as the times they name, to the second).
-local TRIM_MAX = 100
+-- cutoff (RFC 3339 UTC strings compare as the times they name, to the second). A pinned
+-- build (`keep`) is stepped over and stays; pinned builds older than the newest `keep` ones
+-- do not count against it. At most PINNED_MAX of them are stepped over per trigger.
+local TRIM_MAX, PINNED_MAX = 100, 1000
 local cutoff = ARGV[18]
 local len = redis.call('LLEN', KEYS[2])
-for _ = 1, TRIM_MAX do
-  local over = len > keep
+local pinned = 0
+local trimmed = 0
+while trimmed < TRIM_MAX and pinned < PINNED_MAX do
+  local over = len - pinned > keep
   if not over and cutoff == '' then break end
-  local oldest = redis.call('LINDEX', KEYS[2], -1)
+  local oldest = redis.call('LINDEX', KEYS[2], -1 - pinned)
   if not oldest then break end
   local old_key = ARGV[6] .. oldest
   local ok, d = pcall(cjson.decode, redis.call('GET', old_key) or '')
-  if ok and type(d) == 'table' and (d.status == 'queued' or d.status == 'running') then break end
-  local expired = ok and type(d) == 'table' and type(d.finished_at) == 'string'
-    and d.finished_at < cutoff
-  if not over and not expired and ok and type(d) == 'table' then break end
-  redis.call('DEL', old_key)
-  redis.call('RPOP', KEYS[2])
-  len = len - 1
+  local readable = ok and type(d) == 'table'
+  if readable and (d.status == 'queued' or d.status == 'running') then break end
+  if readable and type(d.keep) == 'table' then
+    pinned = pinned + 1
+  else
+    local expired = readable and type(d.finished_at) == 'string' and d.finished_at < cutoff
+    if not over and not expired and readable then break end
+    redis.call('DEL', old_key)
+    if pinned == 0 then redis.call('RPOP', KEYS[2]) else redis.call('LREM', KEYS[2], -1, oldest) end
+    len = len - 1
+    trimmed = trimmed + 1
+  end
 end
 
 -- Builds already waiting go first (in a group they may wait for a lower limit than this
