@@ -35,8 +35,10 @@ pub struct Application {
     addr: SocketAddr,
     scheduler: Scheduler,
     downstream: DownstreamTrigger,
-    /// The store the queue-timeout loop uses.
-    expiry: Store,
+    /// The store the queue-timeout and storage-orphan loops use.
+    background: Store,
+    /// Where the storage orphans' folders are removed from.
+    storage_root: PathBuf,
 }
 
 impl Application {
@@ -47,7 +49,7 @@ impl Application {
         let store = Store::new(&opts)?;
         health::warn_about_redis(&store).await;
         let scheduler_store = store.clone();
-        let expiry_store = store.clone();
+        let background_store = store.clone();
         let downstream = DownstreamTrigger::new(
             store.clone(),
             Store::blocking(&config.common.redis.url, downstream::BLOCK)?,
@@ -58,10 +60,11 @@ impl Application {
         let auth = Authenticator::new(&config.common.auth);
         let max_body = config.common.http.max_body_bytes;
         let prometheus = health::prometheus();
+        let served_root = storage_root.clone();
         let mut server = HttpServer::new(move || {
             let state = AppState {
                 store: store.for_this_thread(),
-                storage_root: storage_root.clone(),
+                storage_root: served_root.clone(),
                 seal_key: seal_key.clone(),
             };
             App::new()
@@ -92,7 +95,8 @@ impl Application {
             addr,
             scheduler: Scheduler::new(scheduler_store),
             downstream,
-            expiry: expiry_store,
+            background: background_store,
+            storage_root,
         })
     }
 
@@ -100,13 +104,21 @@ impl Application {
         self.addr
     }
 
-    /// Serves, queues scheduled and downstream builds, and cancels builds past their queue
-    /// timeout, until `shutdown` is cancelled, then stops gracefully (in-flight requests
+    /// Serves, queues scheduled and downstream builds, cancels builds past their queue
+    /// timeout and removes the folders retention left behind pinned builds, until `shutdown` is cancelled, then stops gracefully (in-flight requests
     /// finish, bounded by the shutdown timeout).
     pub async fn run_until_stopped(self, shutdown: CancellationToken) -> std::io::Result<()> {
         tokio::spawn(self.scheduler.run(shutdown.clone()));
         tokio::spawn(self.downstream.run(shutdown.clone()));
-        tokio::spawn(crate::expiry::run(self.expiry, shutdown.clone()));
+        tokio::spawn(crate::expiry::run(
+            self.background.clone(),
+            shutdown.clone(),
+        ));
+        tokio::spawn(crate::orphans::run(
+            self.background,
+            self.storage_root,
+            shutdown.clone(),
+        ));
         let handle = self.server.handle();
         tokio::spawn(async move {
             shutdown.cancelled().await;

@@ -6,6 +6,7 @@ mod config;
 mod downstream;
 mod expiry;
 mod openapi;
+mod orphans;
 mod routes;
 pub mod scheduler;
 mod storage;

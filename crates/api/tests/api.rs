@@ -7,6 +7,9 @@ use reqwest::Method;
 use serde_json::{json, Value};
 use support::{error_field, TestApp, ADMIN, READER, WRITER};
 
+/// How long a test waits for what the api does in the background.
+const TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
+
 fn job(extra: Value) -> Value {
     let mut base = json!({"steps": [{"name": "build", "run": "echo hi"}]});
     if let (Some(b), Some(e)) = (base.as_object_mut(), extra.as_object()) {
@@ -572,6 +575,11 @@ async fn a_pinned_build_outlives_retention_until_it_is_unpinned() {
     assert_eq!(page["builds"][0]["keep"]["by"], "ci", "{page}");
 
     // Builds 2 to 5 come and go; the job keeps its newest two and the pinned build 1.
+    let dir = |n: u32| app.storage.path().join(format!("jobs/app/{n}"));
+    for n in 1..=6 {
+        std::fs::create_dir_all(dir(n)).unwrap();
+        std::fs::write(dir(n).join("log.jsonl"), "").unwrap();
+    }
     for n in 2..=5 {
         assert_eq!(app.trigger("app").await.status(), 201);
         cancel(n).await;
@@ -584,6 +592,17 @@ async fn a_pinned_build_outlives_retention_until_it_is_unpinned() {
     }
     let one = app.get_json("/api/v1/jobs/app/builds/1").await;
     assert_eq!(one["keep"]["reason"], "release 1.4", "{one}");
+    // Workers clear away only folders below the oldest kept build, the pinned one: the
+    // api removes those of the builds trimmed from behind it.
+    kiln_testkit::wait_for(
+        "the api to remove folders left behind build 1",
+        TIMEOUT,
+        || async { (2..=4).all(|n| !dir(n).exists()).then_some(()) },
+    )
+    .await;
+    for n in [1, 5, 6] {
+        assert!(dir(n).exists(), "build {n} is kept");
+    }
 
     // Unpinned, it goes at the next trigger like any build past the count.
     let r = app.call(Method::DELETE, keep, None).await;

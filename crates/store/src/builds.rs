@@ -238,6 +238,7 @@ impl Store {
             .key(slots)
             .key(waiting)
             .key(keys::QUEUE_DEADLINES)
+            .key(keys::STORAGE_ORPHANS)
             .arg(req.job.as_str())
             .arg(rest)
             .arg(&path)
@@ -502,6 +503,18 @@ impl Store {
             Err(e) => Err(script_error(e, &format!("build {build}"))
                 .unwrap_or_else(|| StoreError::Conflict(format!("build {build} changed")))),
         }
+    }
+
+    /// Takes up to `max` storage paths of builds retention removed from behind a pinned
+    /// one (`keys::STORAGE_ORPHANS`), for the caller to remove their folders.
+    pub async fn take_storage_orphans(&self, max: usize) -> Result<Vec<String>, StoreError> {
+        let mut c = self.conn().await?;
+        let taken: Option<Vec<String>> = redis::cmd("RPOP")
+            .arg(keys::STORAGE_ORPHANS)
+            .arg(max)
+            .query_async(&mut c)
+            .await?;
+        Ok(taken.unwrap_or_default())
     }
 
     /// Cancels a queued build at once, or asks the worker running it to stop.

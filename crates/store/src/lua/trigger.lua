@@ -10,7 +10,7 @@
 -- A job with a `queue_timeout_secs` gets the build's deadline to start in the queue
 -- deadlines (expire.lua cancels it then if it has not started).
 -- KEYS: job, recent, counters, queue, marker, queues set, queue workers, slot set, waiting
---       list (the job's, or its concurrency group's), queue deadlines
+--       list (the job's, or its concurrency group's), queue deadlines, storage orphans
 -- ARGV: job name, document without its opening '{' and without number/storage_path/reason,
 --       storage prefix, retention, queue name, build key prefix, the queued event's JSON
 --       with number 0 (the number taken is put in here), liveness window ms, events channel, reason JSON
@@ -26,7 +26,7 @@
 -- a script that fails half-way.
 local limit = tonumber(ARGV[14])
 local expected = {[2] = 'list', [3] = 'hash', [4] = 'list', [5] = 'zset', [6] = 'set',
-  [7] = 'zset'}
+  [7] = 'zset', [11] = 'list'}
 if limit then expected[8], expected[9] = 'set', 'list' end
 local queue_timeout = tonumber(ARGV[16])
 if queue_timeout then expected[10] = 'zset' end
@@ -66,7 +66,9 @@ local keep = tonumber(ARGV[4])
 -- counts as ended. With an age limit, the oldest builds also go while they ended before the
 -- cutoff (RFC 3339 UTC strings compare as the times they name, to the second). A pinned
 -- build (`keep`) is stepped over and stays; pinned builds older than the newest `keep` ones
--- do not count against it. At most PINNED_MAX of them are stepped over per trigger.
+-- do not count against it. At most PINNED_MAX of them are stepped over per trigger. The
+-- folder of a build removed from behind a pinned one goes on the storage orphans list:
+-- workers clear away only the folders below the oldest build kept, which is the pinned one.
 local TRIM_MAX, PINNED_MAX = 100, 1000
 local cutoff = ARGV[18]
 local len = redis.call('LLEN', KEYS[2])
@@ -87,7 +89,14 @@ while trimmed < TRIM_MAX and pinned < PINNED_MAX do
     local expired = readable and type(d.finished_at) == 'string' and d.finished_at < cutoff
     if not over and not expired and readable then break end
     redis.call('DEL', old_key)
-    if pinned == 0 then redis.call('RPOP', KEYS[2]) else redis.call('LREM', KEYS[2], -1, oldest) end
+    if pinned == 0 then
+      redis.call('RPOP', KEYS[2])
+    else
+      redis.call('LREM', KEYS[2], -1, oldest)
+      if readable and type(d.storage_path) == 'string' then
+        redis.call('LPUSH', KEYS[11], d.storage_path)
+      end
+    end
     len = len - 1
     trimmed = trimmed + 1
   end

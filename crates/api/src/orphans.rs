@@ -1,0 +1,64 @@
+//! Removing the storage folders of builds retention deleted from behind a pinned build.
+//! Workers clear away the folders below a job's oldest kept build (`kiln-worker`'s prune),
+//! and a pinned build stays the oldest kept one for as long as it is pinned, so the trigger
+//! script lists the folders of builds it removed from behind one (`keys::STORAGE_ORPHANS`)
+//! and every api replica takes from that list (each path is taken once).
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use kiln_model::storage;
+use kiln_store::Store;
+use tokio_util::sync::CancellationToken;
+
+/// How often the list is looked at.
+const TICK: Duration = Duration::from_secs(5);
+/// Paths taken per round trip.
+const BATCH: usize = 100;
+
+/// Removes listed folders every [`TICK`], until `stop`.
+pub(crate) async fn run(store: Store, root: PathBuf, stop: CancellationToken) {
+    loop {
+        loop {
+            let paths = match store.take_storage_orphans(BATCH).await {
+                Ok(p) => p,
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot read the folders retention left behind");
+                    break;
+                }
+            };
+            let taken = paths.len();
+            let root = root.clone();
+            let removed = tokio::task::spawn_blocking(move || remove(&root, &paths)).await;
+            if let Ok(n) = removed {
+                metrics::counter!("kiln_storage_orphans_removed_total").increment(n as u64);
+            }
+            if taken < BATCH {
+                break;
+            }
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(TICK) => {}
+            _ = stop.cancelled() => return,
+        }
+    }
+}
+
+/// Removes the build folders `paths` name (below `root` only); returns how many were there.
+fn remove(root: &std::path::Path, paths: &[String]) -> usize {
+    let mut removed = 0;
+    for p in paths {
+        let Some(dir) = storage::build_dir(root, p) else {
+            tracing::warn!(storage_path = %p, "not a build folder; left alone");
+            continue;
+        };
+        match std::fs::remove_dir_all(&dir) {
+            Ok(()) => removed += 1,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => {
+                tracing::warn!(error = %e, dir = %dir.display(), "cannot remove a build folder retention left behind")
+            }
+        }
+    }
+    removed
+}
