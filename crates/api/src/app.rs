@@ -4,6 +4,7 @@
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::time::Duration;
 
 use actix_web::{dev::Server, middleware, web, App, HttpServer};
 use kiln_service_kit::auth::Authenticator;
@@ -39,6 +40,7 @@ pub struct Application {
     background: Store,
     /// Where the storage orphans' folders are removed from.
     storage_root: PathBuf,
+    retention_sweep: Duration,
 }
 
 impl Application {
@@ -97,6 +99,7 @@ impl Application {
             downstream,
             background: background_store,
             storage_root,
+            retention_sweep: config.retention_sweep(),
         })
     }
 
@@ -105,13 +108,18 @@ impl Application {
     }
 
     /// Serves, queues scheduled and downstream builds, cancels builds past their queue
-    /// timeout and removes the folders retention left behind pinned builds, until `shutdown` is cancelled, then stops gracefully (in-flight requests
+    /// timeout, sweeps retention and removes the folders retention left behind, until `shutdown` is cancelled, then stops gracefully (in-flight requests
     /// finish, bounded by the shutdown timeout).
     pub async fn run_until_stopped(self, shutdown: CancellationToken) -> std::io::Result<()> {
         tokio::spawn(self.scheduler.run(shutdown.clone()));
         tokio::spawn(self.downstream.run(shutdown.clone()));
         tokio::spawn(crate::expiry::run(
             self.background.clone(),
+            shutdown.clone(),
+        ));
+        tokio::spawn(crate::retention::run(
+            self.background.clone(),
+            self.retention_sweep,
             shutdown.clone(),
         ));
         tokio::spawn(crate::orphans::run(

@@ -1,4 +1,7 @@
-//! The api's settings: only the shared ones, plus the HTTP worker count.
+//! The api's settings: the shared ones, the HTTP worker count and the retention sweep's
+//! interval.
+
+use std::time::Duration;
 
 use kiln_service_kit::{Common, ConfigError};
 use serde::Deserialize;
@@ -11,15 +14,37 @@ pub struct ApiConfig {
     pub api: ApiSettings,
 }
 
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Deserialize)]
 #[serde(default)]
 pub struct ApiSettings {
     /// HTTP worker threads; 0 means one per core.
     pub workers: usize,
+    /// How often every job is trimmed to its retention without waiting for its next
+    /// trigger: a job nobody triggers still loses builds past `retention.days`.
+    pub retention_sweep_secs: u64,
+}
+
+impl Default for ApiSettings {
+    fn default() -> Self {
+        Self {
+            workers: 0,
+            retention_sweep_secs: 3_600,
+        }
+    }
 }
 
 impl ApiConfig {
     pub fn validate(&self) -> Result<(), ConfigError> {
+        if self.api.retention_sweep_secs == 0 {
+            return Err(ConfigError::invalid(
+                "api.retention_sweep_secs",
+                "must be at least 1",
+            ));
+        }
         self.common.validate(true)
+    }
+
+    pub(crate) fn retention_sweep(&self) -> Duration {
+        Duration::from_secs(self.api.retention_sweep_secs)
     }
 }

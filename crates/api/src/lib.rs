@@ -7,6 +7,7 @@ mod downstream;
 mod expiry;
 mod openapi;
 mod orphans;
+mod retention;
 mod routes;
 pub mod scheduler;
 mod storage;

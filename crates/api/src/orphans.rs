@@ -1,7 +1,9 @@
-//! Removing the storage folders of builds retention deleted from behind a pinned build.
-//! Workers clear away the folders below a job's oldest kept build (`kiln-worker`'s prune),
-//! and a pinned build stays the oldest kept one for as long as it is pinned, so the trigger
-//! script lists the folders of builds it removed from behind one (`keys::STORAGE_ORPHANS`)
+//! Removing the storage folders of builds retention deleted where no worker clears them
+//! away. Workers clear away the folders below a job's oldest kept build when they finish
+//! one of its builds (`kiln-worker`'s prune); a pinned build stays the oldest kept one for as
+//! long as it is pinned, and a job the retention sweep trims may never be built again. So
+//! the trigger script lists the folders of builds it removed from behind a pinned one, the
+//! sweep (`crate::retention`) those of every build it removed (`keys::STORAGE_ORPHANS`),
 //! and every api replica takes from that list (each path is taken once).
 
 use std::path::PathBuf;

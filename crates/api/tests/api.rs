@@ -642,22 +642,76 @@ async fn a_pin_past_retention_days_stays_and_reaches_the_index_again() {
     assert_eq!(es["value"], json!(["job_app_1", "job_app_1"]), "{es}");
 
     // As if it had ended two days ago: past retention.days, but pinned.
+    age(&app, "job_app_1", 2).await;
+    assert_eq!(app.trigger("app").await.status(), 201);
+    let recent = app.get_json("/api/v1/redis/job_app_recent").await;
+    assert_eq!(recent["value"], json!(["2", "1"]));
+}
+
+/// Sets a stored build's `finished_at` to `days` ago.
+async fn age(app: &TestApp, key: &str, days: i64) {
+    let mut conn = app.redis.pool().get().await.unwrap();
     let raw: String = deadpool_redis::redis::cmd("GET")
-        .arg("job_app_1")
+        .arg(key)
         .query_async(&mut conn)
         .await
         .unwrap();
     let mut doc: Value = serde_json::from_str(&raw).unwrap();
-    doc["finished_at"] = json!(chrono::Utc::now() - chrono::Duration::days(2));
+    doc["finished_at"] = json!(chrono::Utc::now() - chrono::Duration::days(days));
     let _: () = deadpool_redis::redis::cmd("SET")
-        .arg("job_app_1")
+        .arg(key)
         .arg(doc.to_string())
         .query_async(&mut conn)
         .await
         .unwrap();
-    assert_eq!(app.trigger("app").await.status(), 201);
-    let recent = app.get_json("/api/v1/redis/job_app_recent").await;
-    assert_eq!(recent["value"], json!(["2", "1"]));
+}
+
+#[tokio::test]
+async fn the_retention_sweep_trims_a_job_nobody_triggers() {
+    let app = TestApp::spawn().await;
+    app.put_job(
+        "idle",
+        job(json!({"retention": {"builds": 100, "days": 1}})),
+    )
+    .await;
+    let dir = |n: u32| app.storage.path().join(format!("jobs/idle/{n}"));
+    for n in 1..=3 {
+        assert_eq!(app.trigger("idle").await.status(), 201);
+        let r = app
+            .call(
+                Method::POST,
+                &format!("/api/v1/jobs/idle/builds/{n}/cancel"),
+                None,
+            )
+            .await;
+        assert!(r.status().is_success());
+        std::fs::create_dir_all(dir(n)).unwrap();
+        std::fs::write(dir(n).join("log.jsonl"), "").unwrap();
+    }
+    let r = app
+        .call(Method::PUT, "/api/v1/jobs/idle/builds/2/keep", None)
+        .await;
+    assert_eq!(r.status(), 200);
+    // Builds 1 and 2 ended two days ago; nobody triggers the job again.
+    age(&app, "job_idle_1", 2).await;
+    age(&app, "job_idle_2", 2).await;
+
+    let _sweeper = app.instance_with(|c| c.api.retention_sweep_secs = 1).await;
+    kiln_testkit::wait_for(
+        "the sweep to remove build 1 and its folder",
+        TIMEOUT,
+        || async {
+            (app.redis_type("job_idle_1").await == "none" && !dir(1).exists()).then_some(())
+        },
+    )
+    .await;
+    let recent = app.get_json("/api/v1/redis/job_idle_recent").await;
+    assert_eq!(
+        recent["value"],
+        json!(["3", "2"]),
+        "build 2 is pinned, 3 is new"
+    );
+    assert!(dir(2).exists() && dir(3).exists());
 }
 
 #[tokio::test]

@@ -195,8 +195,9 @@ pub const LEASE_OWNERS: &str = "kiln:lease-owners";
 /// Sorted set worker id -> last heartbeat (ms since the epoch).
 pub const WORKERS: &str = "kiln:workers";
 /// List of the storage paths (`jobs/<folder>/.../<job>/<n>`) of builds retention removed
-/// from behind a pinned one: the workers clear away the folders below a job's oldest kept
-/// build, which a pinned build holds back, so the api removes these instead.
+/// from behind a pinned one, or at the api's retention sweep: the workers clear away the
+/// folders below a job's oldest kept build when they finish one of its builds, which a
+/// pinned build holds back and an idle job never does, so the api removes these instead.
 pub const STORAGE_ORPHANS: &str = "kiln:storage-orphans";
 
 /// Set of consumers (`es`, `github`) that asked for a durable copy of every finished build.

@@ -96,6 +96,15 @@ impl SlotWait {
     }
 }
 
+/// The oldest `finished_at` a build may have under `retention.days`, as the scripts compare
+/// it (RFC 3339, UTC, to the millisecond); `None` without an age limit.
+fn retention_cutoff(days: Option<u32>) -> Option<String> {
+    days.map(|d| {
+        (Utc::now() - chrono::Duration::days(i64::from(d)))
+            .to_rfc3339_opts(SecondsFormat::Millis, true)
+    })
+}
+
 pub(crate) fn now_rfc3339() -> String {
     Utc::now().to_rfc3339_opts(SecondsFormat::Millis, true)
 }
@@ -265,15 +274,7 @@ impl Store {
                     .unwrap_or_default(),
             )
             .arg(if req.next { "1" } else { "" })
-            .arg(
-                def.retention
-                    .days
-                    .map(|d| {
-                        (Utc::now() - chrono::Duration::days(i64::from(d)))
-                            .to_rfc3339_opts(SecondsFormat::Millis, true)
-                    })
-                    .unwrap_or_default(),
-            )
+            .arg(retention_cutoff(def.retention.days).unwrap_or_default())
             .invoke_async::<(u64, String)>(&mut c)
             .await;
         match r {
@@ -503,6 +504,25 @@ impl Store {
             Err(e) => Err(script_error(e, &format!("build {build}"))
                 .unwrap_or_else(|| StoreError::Conflict(format!("build {build} changed")))),
         }
+    }
+
+    /// Trims `job`'s builds past its retention now, as its next trigger would (`trim.lua`):
+    /// the sweep for jobs nobody triggers. Their folders go onto the storage orphans list.
+    /// Returns how many builds went (at most 100 per call).
+    pub async fn sweep_retention(
+        &self,
+        job: &JobName,
+        def: &kiln_model::JobDefinition,
+    ) -> Result<u64, StoreError> {
+        let mut c = self.conn().await?;
+        Ok(scripts::TRIM
+            .key(keys::job_recent(job))
+            .key(keys::STORAGE_ORPHANS)
+            .arg(keys::build_prefix(job))
+            .arg(def.retention.builds)
+            .arg(retention_cutoff(def.retention.days).unwrap_or_default())
+            .invoke_async(&mut c)
+            .await?)
     }
 
     /// Takes up to `max` storage paths of builds retention removed from behind a pinned

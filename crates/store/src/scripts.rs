@@ -31,3 +31,4 @@ script!(CREATE_FOLDER, "lua/create_folder.lua");
 script!(CLAIM_FINISHED, "lua/claim_finished.lua");
 script!(DELETE_FOLDER, "lua/delete_folder.lua");
 script!(KEEP, "lua/keep.lua");
+script!(TRIM, "lua/trim.lua");

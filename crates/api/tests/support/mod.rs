@@ -27,9 +27,11 @@ pub(crate) struct Instance {
 
 impl Instance {
     async fn start(redis_url: &str, storage: PathBuf) -> Self {
-        let app = Application::build(config(redis_url, storage))
-            .await
-            .expect("api builds");
+        Self::start_with(config(redis_url, storage)).await
+    }
+
+    async fn start_with(config: ApiConfig) -> Self {
+        let app = Application::build(config).await.expect("api builds");
         let base = format!("http://{}", app.addr());
         let shutdown = CancellationToken::new();
         let s = shutdown.clone();
@@ -125,6 +127,14 @@ impl TestApp {
     /// Another api process on the same Redis and storage.
     pub(crate) async fn second_instance(&self) -> Instance {
         Instance::start(&self.redis.url(), self.storage.path().to_path_buf()).await
+    }
+
+    /// Another api process on the same Redis and storage, with `change` made to its
+    /// settings.
+    pub(crate) async fn instance_with(&self, change: impl FnOnce(&mut ApiConfig)) -> Instance {
+        let mut c = config(&self.redis.url(), self.storage.path().to_path_buf());
+        change(&mut c);
+        Instance::start_with(c).await
     }
 
     pub(crate) fn request(

@@ -112,3 +112,51 @@ local function free_slot(key, slots, waiting, job_prefix, queue_prefix, marker_p
     admit_waiting(slots, waiting, job_prefix, queue_prefix, marker_prefix)
   end
 end
+
+-- Trims a job's recent list to its retention: ended builds go from the oldest end while the
+-- list holds more than `keep`, or, with an age limit, while they ended before `cutoff` (RFC
+-- 3339 UTC strings compare as the times they name, to the second; '' none). An ended build
+-- is in no queue, lease or running list (the scripts that end builds take it out), so its
+-- document is all there is to delete; one that is gone or unreadable counts as ended.
+-- Retention discards history, never a build someone waits for: trimming stops at a build
+-- still queued or running, which holds back the trimming of newer ones until it has ended
+-- (at most TRIM_MAX builds go per call). A pinned build (`keep`) is stepped over and stays;
+-- pinned builds older than the newest `keep` ones do not count against it, and at most
+-- PINNED_MAX of them are stepped over per call. Workers clear away the folders below a
+-- job's oldest kept build (the pinned one, while pinned), so the storage path of a build
+-- removed from behind a pinned one goes onto `orphans` for the api to remove, as does every
+-- removed build's with `orphan_all` (a sweep of a job no worker may build again).
+-- Returns how many builds went.
+local function trim_recent(recent, build_prefix, keep, cutoff, orphans, orphan_all)
+  local TRIM_MAX, PINNED_MAX = 100, 1000
+  local len = redis.call('LLEN', recent)
+  local pinned, trimmed = 0, 0
+  while trimmed < TRIM_MAX and pinned < PINNED_MAX do
+    local over = len - pinned > keep
+    if not over and cutoff == '' then break end
+    local oldest = redis.call('LINDEX', recent, -1 - pinned)
+    if not oldest then break end
+    local old_key = build_prefix .. oldest
+    local ok, d = pcall(cjson.decode, redis.call('GET', old_key) or '')
+    local readable = ok and type(d) == 'table'
+    if readable and (d.status == 'queued' or d.status == 'running') then break end
+    if readable and type(d.keep) == 'table' then
+      pinned = pinned + 1
+    else
+      local expired = readable and type(d.finished_at) == 'string' and d.finished_at < cutoff
+      if not over and not expired and readable then break end
+      redis.call('DEL', old_key)
+      if pinned == 0 then
+        redis.call('RPOP', recent)
+      else
+        redis.call('LREM', recent, -1, oldest)
+      end
+      if (pinned > 0 or orphan_all) and readable and type(d.storage_path) == 'string' then
+        redis.call('LPUSH', orphans, d.storage_path)
+      end
+      len = len - 1
+      trimmed = trimmed + 1
+    end
+  end
+  return trimmed
+end

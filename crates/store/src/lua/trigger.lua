@@ -1,9 +1,6 @@
 -- Takes a build number, writes the build document, records it in job_<name>_recent,
--- trims to the retention (deleting the documents that fall out) and queues it: all or nothing.
--- Retention discards history, never a build someone waits for: trimming takes ended builds
--- from the oldest end and stops at one still queued or running, which holds back the
--- trimming of newer ones until it has ended (the next trigger after that catches up, at most
--- TRIM_MAX builds per trigger). Pinned builds (`keep`) are never trimmed.
+-- trims to the retention (`trim_recent`, in the prelude: ended builds only, never pinned
+-- ones) and queues it: all or nothing.
 -- A job with a `concurrency` limit whose slots are all taken gets the build in its waiting
 -- list instead of the queue (`admit_waiting` moves it on when a slot frees); the slot set
 -- and waiting list (KEYS 8, 9) are its concurrency group's when it names one.
@@ -21,7 +18,7 @@
 --       `finished_at` (RFC 3339, UTC) a build may have to stay ('' no age limit)
 -- Returns {n, document}, or {0, existing build key} when the delivery key shows this
 -- event was handled already. The storage folders of trimmed builds are the workers' to
--- clear away (they reuse them).
+-- clear away (they reuse them), or the api's behind a pinned build.
 -- Refuse before writing anything if a key holds the wrong type: Redis does not roll back
 -- a script that fails half-way.
 local limit = tonumber(ARGV[14])
@@ -60,47 +57,7 @@ redis.call('SET', key, doc)
 if ARGV[12] ~= '' then redis.call('SET', ARGV[12], key, 'EX', tonumber(ARGV[13])) end
 redis.call('LPUSH', KEYS[2], n)
 
-local keep = tonumber(ARGV[4])
--- An ended build is in no queue, lease or running list (the scripts that end builds take it
--- out), so its document is all there is to delete. A document that is gone or unreadable
--- counts as ended. With an age limit, the oldest builds also go while they ended before the
--- cutoff (RFC 3339 UTC strings compare as the times they name, to the second). A pinned
--- build (`keep`) is stepped over and stays; pinned builds older than the newest `keep` ones
--- do not count against it. At most PINNED_MAX of them are stepped over per trigger. The
--- folder of a build removed from behind a pinned one goes on the storage orphans list:
--- workers clear away only the folders below the oldest build kept, which is the pinned one.
-local TRIM_MAX, PINNED_MAX = 100, 1000
-local cutoff = ARGV[18]
-local len = redis.call('LLEN', KEYS[2])
-local pinned = 0
-local trimmed = 0
-while trimmed < TRIM_MAX and pinned < PINNED_MAX do
-  local over = len - pinned > keep
-  if not over and cutoff == '' then break end
-  local oldest = redis.call('LINDEX', KEYS[2], -1 - pinned)
-  if not oldest then break end
-  local old_key = ARGV[6] .. oldest
-  local ok, d = pcall(cjson.decode, redis.call('GET', old_key) or '')
-  local readable = ok and type(d) == 'table'
-  if readable and (d.status == 'queued' or d.status == 'running') then break end
-  if readable and type(d.keep) == 'table' then
-    pinned = pinned + 1
-  else
-    local expired = readable and type(d.finished_at) == 'string' and d.finished_at < cutoff
-    if not over and not expired and readable then break end
-    redis.call('DEL', old_key)
-    if pinned == 0 then
-      redis.call('RPOP', KEYS[2])
-    else
-      redis.call('LREM', KEYS[2], -1, oldest)
-      if readable and type(d.storage_path) == 'string' then
-        redis.call('LPUSH', KEYS[11], d.storage_path)
-      end
-    end
-    len = len - 1
-    trimmed = trimmed + 1
-  end
-end
+trim_recent(KEYS[2], ARGV[6], tonumber(ARGV[4]), ARGV[18], KEYS[11], false)
 
 -- Builds already waiting go first (in a group they may wait for a lower limit than this
 -- job's), unless this one is to go next. The claim end of a queue is its right.
