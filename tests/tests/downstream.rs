@@ -80,6 +80,8 @@ async fn a_build_that_ends_queues_the_downstream_jobs_its_status_names() {
     );
     // The upstream build's archived files are at hand.
     assert!(log.contains(&format!("shipping app-build-{one}")), "{log}");
+    // And the upstream build lists what it started.
+    downstream_of(&c, one, json!([{"job": "deploy", "number": 1}])).await;
 
     // A failure builds only the job that asked for failures. Both are decided from the
     // same hand-off, deploy first: once notify's build exists, deploy's decision is made.
@@ -91,6 +93,16 @@ async fn a_build_that_ends_queues_the_downstream_jobs_its_status_names() {
     assert_eq!(n["trigger"]["upstream"]["status"], "failure");
     assert_eq!(total_builds(&c, "deploy").await, 1);
     assert_eq!(total_builds(&c, "notify").await, 1);
+    downstream_of(&c, two, json!([{"job": "notify", "number": 1}])).await;
+}
+
+/// Waits until build `n` of `app` lists `expected` as the builds its end queued (recorded
+/// right after they are queued).
+async fn downstream_of(c: &Cluster, n: u64, expected: Value) {
+    kiln_testkit::wait_for(&format!("app #{n} to list {expected}"), T, || async {
+        (c.build("app", n).await["downstream_builds"] == expected).then_some(())
+    })
+    .await;
 }
 
 #[tokio::test]

@@ -134,6 +134,20 @@ impl DownstreamTrigger {
             next: false,
         };
         let t = self.store.trigger(&request).await?;
+        // Again for a build queued before (an entry handled twice): it is recorded once.
+        match self
+            .store
+            .add_downstream_build(build, &t.build.build_ref())
+            .await
+        {
+            Ok(_) => {}
+            // The upstream build went meanwhile (trimmed, its job deleted), or was requeued:
+            // the downstream build stands, and names it in `trigger.upstream`.
+            Err(e @ (StoreError::NotFound(_) | StoreError::Conflict(_))) => {
+                tracing::warn!(upstream = %build, error = %e, "cannot record the downstream build on its upstream build");
+            }
+            Err(e) => return Err(e),
+        }
         if !t.deduplicated {
             tracing::info!(upstream = %build, job = %d.job, number = t.build.number.0, "downstream build queued");
             metrics::counter!("kiln_builds_triggered_total").increment(1);

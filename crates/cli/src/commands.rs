@@ -537,6 +537,13 @@ fn show_build(b: &Value) -> String {
     if let Some(node) = b["node"].as_str() {
         out.push_str(&format!("node:      {node} (attempt {})\n", b["attempt"]));
     }
+    if let Some(list) = b["downstream_builds"].as_array().filter(|l| !l.is_empty()) {
+        let names: Vec<String> = list
+            .iter()
+            .map(|d| format!("{} #{}", d["job"].as_str().unwrap_or("-"), d["number"]))
+            .collect();
+        out.push_str(&format!("then:      {}\n", names.join(", ")));
+    }
     if let Some(k) = b["keep"].as_object() {
         let text = |key: &str| k.get(key).and_then(Value::as_str).unwrap_or("-");
         let mut line = format!("kept:      by {} at {}", text("by"), text("at"));
@@ -621,6 +628,7 @@ mod tests {
             "started_at": "2026-12-01T10:00:01Z", "finished_at": "2026-12-01T10:00:05Z",
             "node": "w1", "attempt": 1,
             "keep": {"by": "carol", "at": "2026-12-01T11:00:00Z", "reason": "release 1.4"},
+            "downstream_builds": [{"job": "notify", "number": 7}, {"job": "smoke", "number": 2}],
             "steps": [{"name": "build", "status": "success", "exit_code": 0, "duration_ms": 1200},
                 {"name": "push", "status": "failure", "exit_code": 2, "duration_ms": 300, "attempts": 3}]});
         let out = show_build(&b);
@@ -638,6 +646,7 @@ mod tests {
             out.contains("kept:      by carol at 2026-12-01T11:00:00Z: release 1.4\n"),
             "{out}"
         );
+        assert!(out.contains("then:      notify #7, smoke #2\n"), "{out}");
         assert_eq!(
             trigger_text(&json!({"kind": "github_push", "by": "octocat"})),
             "github push by octocat"

@@ -64,6 +64,10 @@ pub(crate) fn template(index: &str) -> Value {
                     "storage_path": {"type": "keyword"},
                     "schema_version": {"type": "integer"},
                     "cancel_requested": {"type": "boolean"},
+                    "downstream_builds": {"properties": {
+                        "job": {"type": "keyword"},
+                        "number": {"type": "long"}
+                    }},
                     "keep": {"properties": {
                         "by": {"type": "keyword"},
                         "at": {"type": "date"},

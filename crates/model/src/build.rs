@@ -177,6 +177,21 @@ pub struct BuildDocument {
     /// removes it, so a release build outlives the history around it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub keep: Option<Keep>,
+    /// The builds its end queued through its job's `downstream` (each one's
+    /// `trigger.upstream` names this build): the way down a chain, as `upstream` is the way up.
+    #[serde(
+        default,
+        deserialize_with = "vec_or_empty",
+        skip_serializing_if = "Vec::is_empty"
+    )]
+    pub downstream_builds: Vec<BuildLink>,
+}
+
+/// A build named by its job and number, as documents link to each other.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct BuildLink {
+    pub job: JobName,
+    pub number: BuildNumber,
 }
 
 /// Who pinned a build, when and why: a pinned build stays until someone unpins it or its

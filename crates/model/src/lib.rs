@@ -15,7 +15,9 @@ pub mod schedule;
 pub mod secret;
 pub mod storage;
 
-pub use build::{BuildDocument, BuildStatus, Keep, StepResult, Trigger, TriggerKind, Upstream};
+pub use build::{
+    BuildDocument, BuildLink, BuildStatus, Keep, StepResult, Trigger, TriggerKind, Upstream,
+};
 pub use events::{BuildEvent, BuildEventKind};
 pub use job::{
     Downstream, GithubSource, JobDefinition, Parameter, Repository, Retention, Step, StepWhen,

@@ -6,8 +6,8 @@ use chrono::{SecondsFormat, Utc};
 use deadpool_redis::redis::{self, AsyncCommands};
 use kiln_model::job::DOWNSTREAM_MARK;
 use kiln_model::{
-    keys, BuildDocument, BuildEvent, BuildEventKind, BuildNumber, BuildRef, BuildStatus, JobName,
-    Keep, Name, Trigger as BuildTrigger,
+    keys, BuildDocument, BuildEvent, BuildEventKind, BuildLink, BuildNumber, BuildRef, BuildStatus,
+    JobName, Keep, Name, Trigger as BuildTrigger,
 };
 
 use crate::connect::Store;
@@ -209,6 +209,7 @@ impl Store {
             cancel_requested: false,
             concurrency_group: group.cloned(),
             keep: None,
+            downstream_builds: Vec::new(),
         };
         let mut v = serde_json::to_value(&template).map_err(|e| StoreError::corrupt("build", e))?;
         if let Some(o) = v.as_object_mut() {
@@ -485,17 +486,49 @@ impl Store {
         build: &BuildRef,
         keep: Option<&Keep>,
     ) -> Result<BuildDocument, StoreError> {
+        match keep {
+            Some(k) => self.amend(build, "keep", "set", k).await,
+            None => self.amend(build, "keep", "unset", &()).await,
+        }
+    }
+
+    /// Records on an ended build a downstream build its end queued (once however often
+    /// it is called), so the upstream build lists what it started.
+    pub async fn add_downstream_build(
+        &self,
+        upstream: &BuildRef,
+        downstream: &BuildRef,
+    ) -> Result<BuildDocument, StoreError> {
+        let link = BuildLink {
+            job: downstream.job.clone(),
+            number: downstream.number,
+        };
+        self.amend(upstream, "downstream_builds", "add_build", &link)
+            .await
+    }
+
+    /// Changes one field of an ended build's document (`amend.lua`).
+    async fn amend(
+        &self,
+        build: &BuildRef,
+        field: &str,
+        op: &str,
+        value: &impl serde::Serialize,
+    ) -> Result<BuildDocument, StoreError> {
         let key = build.key();
-        let keep = match keep {
-            Some(k) => serde_json::to_string(k).map_err(|e| StoreError::corrupt(&key, e))?,
-            None => String::new(),
+        let value = if op == "unset" {
+            String::new()
+        } else {
+            serde_json::to_string(value).map_err(|e| StoreError::corrupt(&key, e))?
         };
         let mut c = self.conn().await?;
-        let r: Result<String, _> = scripts::KEEP
+        let r: Result<String, _> = scripts::AMEND
             .key(&key)
             .key(keys::FINISHED_CONSUMERS)
             .key(keys::es_finished())
-            .arg(keep)
+            .arg(field)
+            .arg(op)
+            .arg(value)
             .arg(keys::ES_CONSUMER)
             .invoke_async(&mut c)
             .await;

@@ -30,5 +30,5 @@ script!(DELETE_JOB, "lua/delete_job.lua");
 script!(CREATE_FOLDER, "lua/create_folder.lua");
 script!(CLAIM_FINISHED, "lua/claim_finished.lua");
 script!(DELETE_FOLDER, "lua/delete_folder.lua");
-script!(KEEP, "lua/keep.lua");
+script!(AMEND, "lua/amend.lua");
 script!(TRIM, "lua/trim.lua");
