@@ -42,8 +42,6 @@ async fn a_triggered_build_runs_and_its_output_is_stored() {
     assert_eq!(recent["value"], json!(["1"]));
 }
 
-/// The worker's own HTTP port (health, metrics) answers anything else with the JSON error
-/// every Kiln service uses, not an empty 404.
 /// The worker's `/healthz` is its own (it fails when the claim loop stops turning, which a
 /// liveness probe must see), and its port answers anything else in the JSON error shape.
 #[tokio::test]
@@ -70,6 +68,62 @@ async fn the_workers_http_port_reports_its_claim_loop_and_answers_the_rest_with_
         .unwrap();
     assert_eq!(r.status(), 405);
     assert_eq!(r.headers()["allow"], "GET");
+}
+
+/// The value of the sample of `metric` whose labels include every one of `labels`.
+fn sample(text: &str, metric: &str, labels: &[&str]) -> Option<f64> {
+    text.lines()
+        .filter(|l| l.starts_with(&format!("{metric}{{")))
+        .find(|l| labels.iter().all(|want| l.contains(want)))
+        .and_then(|l| l.rsplit(' ').next()?.parse().ok())
+}
+
+#[tokio::test]
+async fn a_workers_metrics_tell_how_long_builds_waited_and_ran_per_queue_and_status() {
+    let c = Cluster::start().await;
+    let w = c.worker(WorkerOpts::new("w1")).await;
+    let mut def = job(&["test \"$FAIL\" != 1"]);
+    def["parameters"] = json!([{"name": "FAIL", "default": "0"}]);
+    c.apply("app", def).await;
+    let ok = c.trigger("app").await;
+    c.wait_status("app", ok, "success", T).await;
+    let failed = c
+        .trigger_with("app", json!({"parameters": {"FAIL": "1"}}))
+        .await;
+    c.wait_status("app", failed, "failure", T).await;
+    let url = format!("http://127.0.0.1:{}/metrics", w.port);
+    let text = kiln_testkit::wait_for("both builds in the worker's metrics", T, || async {
+        let text = reqwest::get(&url).await.ok()?.text().await.ok()?;
+        let done = ["success", "failure"].iter().all(|s| {
+            let status = format!("status=\"{s}\"");
+            sample(
+                &text,
+                "kiln_build_duration_seconds_count",
+                &["queue=\"default\"", &status],
+            ) == Some(1.0)
+        });
+        done.then_some(text)
+    })
+    .await;
+    // Buckets (which add up across workers), not summaries.
+    assert_eq!(
+        sample(
+            &text,
+            "kiln_build_queue_wait_seconds_bucket",
+            &["queue=\"default\"", "le=\"+Inf\""]
+        ),
+        Some(2.0),
+        "{text}"
+    );
+    assert_eq!(
+        sample(
+            &text,
+            "kiln_build_duration_seconds_bucket",
+            &["status=\"success\"", "le=\"7200\""]
+        ),
+        Some(1.0),
+        "{text}"
+    );
 }
 
 #[tokio::test]

@@ -5,17 +5,28 @@ use std::sync::OnceLock;
 
 use actix_web::{web, HttpResponse};
 use kiln_store::Store;
-use metrics_exporter_prometheus::PrometheusBuilder;
 pub use metrics_exporter_prometheus::PrometheusHandle;
+use metrics_exporter_prometheus::{Matcher, PrometheusBuilder};
 
 static PROMETHEUS: OnceLock<PrometheusHandle> = OnceLock::new();
+
+/// Bucket bounds (seconds) of the build histograms (`kiln_build_duration_seconds`,
+/// `kiln_build_queue_wait_seconds`): from a `true` step to a two-hour build. Buckets, not
+/// the exporter's default summaries, so dashboards can add up every worker's.
+const BUILD_BUCKETS: &[f64] = &[
+    0.01, 0.05, 0.1, 0.5, 1.0, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 600.0, 1800.0, 3600.0, 7200.0,
+];
 
 /// Installs the process-wide metrics recorder once and returns its handle. Several
 /// services started in one test process share it.
 pub fn prometheus() -> PrometheusHandle {
     PROMETHEUS
         .get_or_init(|| {
-            let recorder = PrometheusBuilder::new().build_recorder();
+            // Refused only for empty bounds, which `BUILD_BUCKETS` is not.
+            let recorder = PrometheusBuilder::new()
+                .set_buckets_for_metric(Matcher::Prefix("kiln_build_".into()), BUILD_BUCKETS)
+                .unwrap_or_else(|_| PrometheusBuilder::new())
+                .build_recorder();
             let handle = recorder.handle();
             // Fails only if another recorder was installed first; metrics then go there.
             let _ = metrics::set_global_recorder(recorder);

@@ -58,7 +58,13 @@ async fn run_claimed(w: &Arc<Worker>, claimed: Claimed, active: &Arc<Active>, sl
     let started = Instant::now();
     let was_cancelled = doc.cancel_requested;
     doc.status = BuildStatus::Running;
-    doc.started_at = Some(Utc::now());
+    let now = Utc::now();
+    if doc.attempt == 1 {
+        let waited = (now - doc.queued_at).num_milliseconds().max(0) as f64 / 1000.0;
+        metrics::histogram!("kiln_build_queue_wait_seconds", "queue" => doc.queue.to_string())
+            .record(waited);
+    }
+    doc.started_at = Some(now);
     doc.node = Some(w.settings.id.to_string());
     doc.reason = None;
     doc.steps.clear();
@@ -239,6 +245,8 @@ async fn run_claimed(w: &Arc<Worker>, claimed: Claimed, active: &Arc<Active>, sl
                 finish(w, &lease, &doc, held.as_ref(), &end, claim_next, with_start).await
             {
                 metrics::counter!("kiln_worker_builds_finished_total", "status" => doc.status.as_str()).increment(1);
+                metrics::histogram!("kiln_build_duration_seconds", "queue" => doc.queue.to_string(), "status" => doc.status.as_str())
+                    .record(doc.duration_ms.unwrap_or_default() as f64 / 1000.0);
                 tracing::info!(build = %lease.build, status = %doc.status, duration_ms = doc.duration_ms, "build finished");
                 match finished.next {
                     // The worker began to stop while the finish was on its way (it may
