@@ -9,7 +9,7 @@ use std::time::Duration;
 use reqwest::Method;
 use serde_json::{json, Value};
 use support::{git, job, Cluster, WorkerOpts, WEBHOOK_SECRET};
-use wiremock::matchers::{method, path_regex};
+use wiremock::matchers::{header, method, path_regex};
 use wiremock::{Mock, MockServer, ResponseTemplate};
 
 const T: Duration = Duration::from_secs(30);
@@ -357,18 +357,29 @@ async fn branch_pushes_get_collision_free_jobs_and_deleted_branches_are_disabled
 
 /// GitHub's answers to the reconcile scan: the open pull requests and the branches of
 /// Codertocat/Hello-World (its link keys are lower-cased; GitHub's paths are not
-/// case-sensitive).
+/// case-sensitive), each with an `ETag`, and 304 with no body when asked with it.
 async fn mount_lists(gh: &MockServer, pulls: Value, branches: Value) {
-    Mock::given(method("GET"))
-        .and(path_regex(r"(?i)^/repos/codertocat/hello-world/pulls$"))
-        .respond_with(ResponseTemplate::new(200).set_body_json(pulls))
-        .mount(gh)
-        .await;
-    Mock::given(method("GET"))
-        .and(path_regex(r"(?i)^/repos/codertocat/hello-world/branches$"))
-        .respond_with(ResponseTemplate::new(200).set_body_json(branches))
-        .mount(gh)
-        .await;
+    for (list, items) in [("pulls", pulls), ("branches", branches)] {
+        let path = format!(r"(?i)^/repos/codertocat/hello-world/{list}$");
+        let etag = format!("\"{list}-v1\"");
+        Mock::given(method("GET"))
+            .and(path_regex(path.as_str()))
+            .and(header("if-none-match", etag.as_str()))
+            .respond_with(ResponseTemplate::new(304).insert_header("ETag", etag.as_str()))
+            .with_priority(1)
+            .mount(gh)
+            .await;
+        Mock::given(method("GET"))
+            .and(path_regex(path.as_str()))
+            .respond_with(
+                ResponseTemplate::new(200)
+                    .insert_header("ETag", etag.as_str())
+                    .insert_header("X-RateLimit-Remaining", "4999")
+                    .set_body_json(items),
+            )
+            .mount(gh)
+            .await;
+    }
 }
 
 async fn scans(gh: &MockServer) -> usize {
@@ -478,7 +489,18 @@ async fn the_reconcile_scan_does_what_missed_webhooks_would_have_done() {
     for (j, total) in [("app_pr2", 1), ("app_branch-main", 2)] {
         let page = c.get_json(&format!("/api/v1/jobs/{j}/builds")).await;
         assert_eq!(page["total"], total, "{j}: {page}");
+        // Those scans were answered 304 (unchanged): the lists kept from before stand in.
+        let def = c.get_json(&format!("/api/v1/jobs/{j}")).await;
+        assert_eq!(def["definition"]["disabled"], false, "{j}");
     }
+    let conditional = gh
+        .received_requests()
+        .await
+        .unwrap_or_default()
+        .iter()
+        .filter(|r| r.headers.contains_key("if-none-match"))
+        .count();
+    assert!(conditional >= 2, "later scans ask with the ETag");
     let r = c
         .call(Method::GET, "/api/v1/jobs/app_branch-other", None)
         .await;

@@ -1,9 +1,9 @@
 //! The parts of GitHub's webhook payloads Kiln reads. Our own small types, not a full model:
 //! fields GitHub adds later cannot break parsing, and every field used is visible here.
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, Serialize)]
 pub(crate) struct Repository {
     /// `owner/name`.
     pub(crate) full_name: String,
@@ -17,7 +17,7 @@ impl Repository {
     }
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, Serialize)]
 pub(crate) struct User {
     pub(crate) login: String,
 }
@@ -30,7 +30,7 @@ pub(crate) struct PullRequestEvent {
     pub(crate) repository: Repository,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, Serialize)]
 pub(crate) struct PullRequest {
     pub(crate) title: String,
     pub(crate) user: User,
@@ -38,7 +38,7 @@ pub(crate) struct PullRequest {
     pub(crate) base: Head,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, Serialize)]
 pub(crate) struct Head {
     #[serde(rename = "ref")]
     pub(crate) git_ref: String,

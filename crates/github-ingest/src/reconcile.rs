@@ -13,17 +13,21 @@
 //!
 //! One request per linked repository and kind per scan (more for over 100 open pull
 //! requests or branches, at most [`MAX_PAGES`] pages: a repository with more is built but
-//! nothing of it is disabled, since the list was not whole).
+//! nothing of it is disabled, since the list was not whole), conditional on the last
+//! answer's `ETag`, so an unchanged list costs none of the token's hourly requests.
 
 use std::collections::HashMap;
+use std::sync::Mutex;
 use std::time::Duration;
 
+use http::header::{HeaderMap, HeaderValue, ETAG, IF_NONE_MATCH};
+use http::StatusCode;
 use kiln_model::keys::GithubLinkKind;
 use kiln_model::{GithubSource, JobDefinition, JobName, Name, TriggerKind};
 use kiln_store::{Store, StoreError};
 use octocrab::Octocrab;
 use serde::de::DeserializeOwned;
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use tokio_util::sync::CancellationToken;
 
 use crate::client::describe;
@@ -34,9 +38,11 @@ use crate::payload::PullRequest;
 const PER_PAGE: usize = 100;
 /// Pages read per repository and kind: 1,000 pull requests or branches.
 const MAX_PAGES: usize = 10;
+/// Most pages whose `ETag` and items are kept; past that they start over.
+const MAX_ETAGS: usize = 10_000;
 
 /// An item of `GET /repos/{owner}/{repo}/pulls`: the webhook's `pull_request` and its number.
-#[derive(Deserialize)]
+#[derive(Deserialize, Serialize)]
 struct PullItem {
     number: u64,
     #[serde(flatten)]
@@ -44,13 +50,13 @@ struct PullItem {
 }
 
 /// An item of `GET /repos/{owner}/{repo}/branches`.
-#[derive(Deserialize)]
+#[derive(Deserialize, Serialize)]
 struct BranchItem {
     name: String,
     commit: Commit,
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, Serialize)]
 struct Commit {
     sha: String,
 }
@@ -84,6 +90,8 @@ pub(crate) struct Reconciler {
     allow_fork_prs: bool,
     cancel_superseded: bool,
     reporter: Option<Name>,
+    /// Per page asked for, the `ETag` of GitHub's last answer and the items it held.
+    etags: Mutex<HashMap<String, (HeaderValue, String)>>,
 }
 
 /// A link's owner, repository and kind from its key (`github_<org>_<repo>_<kind>`). GitHub
@@ -132,6 +140,7 @@ impl Reconciler {
             allow_fork_prs: settings.allow_fork_prs,
             cancel_superseded: settings.cancel_superseded,
             reporter,
+            etags: Mutex::default(),
         }
     }
 
@@ -213,22 +222,15 @@ impl Reconciler {
     }
 
     /// Every page of a list, and whether it was whole (not cut at [`MAX_PAGES`]).
-    async fn list<T: DeserializeOwned>(
+    async fn list<T: DeserializeOwned + Serialize>(
         &self,
         route: &str,
-        extra: &[(&str, &str)],
+        extra: &str,
     ) -> Result<(Vec<T>, bool), RepoError> {
         let mut all = Vec::new();
         for page in 1..=MAX_PAGES {
-            let page = page.to_string();
-            let per_page = PER_PAGE.to_string();
-            let mut params: Vec<(&str, &str)> = vec![("per_page", &per_page), ("page", &page)];
-            params.extend_from_slice(extra);
-            let items: Vec<T> = self
-                .github
-                .get(route, Some(&params))
-                .await
-                .map_err(|e| RepoError::Github(describe(&e).1))?;
+            let uri = format!("{route}?per_page={PER_PAGE}&page={page}{extra}");
+            let items: Vec<T> = self.page(&uri).await?;
             let last = items.len() < PER_PAGE;
             all.extend(items);
             if last {
@@ -236,6 +238,65 @@ impl Reconciler {
             }
         }
         Ok((all, false))
+    }
+
+    /// One page, asked for with the `ETag` of the last answer: GitHub answers 304 for an
+    /// unchanged list without counting it against the token's hourly requests, and the
+    /// items kept from last time stand in for it.
+    async fn page<T: DeserializeOwned + Serialize>(&self, uri: &str) -> Result<Vec<T>, RepoError> {
+        let cached = self.etags.lock().ok().and_then(|c| c.get(uri).cloned());
+        let mut headers = HeaderMap::new();
+        if let Some((etag, _)) = &cached {
+            headers.insert(IF_NONE_MATCH, etag.clone());
+        }
+        let res = self
+            .github
+            ._get_with_headers(uri, Some(headers))
+            .await
+            .map_err(|e| RepoError::Github(describe(&e).1))?;
+        if let Some(left) = res
+            .headers()
+            .get("x-ratelimit-remaining")
+            .and_then(|v| v.to_str().ok()?.parse::<f64>().ok())
+        {
+            metrics::gauge!("kiln_github_rate_limit_remaining").set(left);
+        }
+        let status = res.status();
+        if status == StatusCode::NOT_MODIFIED {
+            if let Some((_, items)) = cached {
+                metrics::counter!("kiln_github_reconcile_not_modified_total").increment(1);
+                return serde_json::from_str(&items)
+                    .map_err(|e| RepoError::Github(format!("cached list: {e}")));
+            }
+        }
+        let etag = res.headers().get(ETAG).cloned();
+        let body = self
+            .github
+            .body_to_string(res)
+            .await
+            .map_err(|e| RepoError::Github(describe(&e).1))?;
+        if !status.is_success() {
+            let message = serde_json::from_str::<serde_json::Value>(&body)
+                .ok()
+                .and_then(|v| v["message"].as_str().map(str::to_owned))
+                .unwrap_or_default();
+            return Err(RepoError::Github(format!(
+                "GitHub answered {}: {message}",
+                status.as_u16()
+            )));
+        }
+        let items: Vec<T> = serde_json::from_str(&body)
+            .map_err(|e| RepoError::Github(format!("unreadable list from {uri}: {e}")))?;
+        // What is kept is the few fields read, not GitHub's whole answer.
+        if let (Some(etag), Ok(kept), Ok(mut c)) =
+            (etag, serde_json::to_string(&items), self.etags.lock())
+        {
+            if c.len() >= MAX_ETAGS && !c.contains_key(uri) {
+                c.clear();
+            }
+            c.insert(uri.to_owned(), (etag, kept));
+        }
+        Ok(items)
     }
 
     async fn pulls(
@@ -248,7 +309,7 @@ impl Reconciler {
         scan: &mut Scan,
     ) -> Result<(), RepoError> {
         let (open, whole) = self
-            .list::<PullItem>(&format!("/repos/{org}/{repo}/pulls"), &[("state", "open")])
+            .list::<PullItem>(&format!("/repos/{org}/{repo}/pulls"), "&state=open")
             .await?;
         let derived = derived_jobs(jobs, base, &format!("{org}/{repo}"), "pull_request");
         let known: HashMap<&JobName, (&JobDefinition, &GithubSource)> =
@@ -307,7 +368,7 @@ impl Reconciler {
             return Ok(());
         }
         let (branches, whole) = self
-            .list::<BranchItem>(&format!("/repos/{org}/{repo}/branches"), &[])
+            .list::<BranchItem>(&format!("/repos/{org}/{repo}/branches"), "")
             .await?;
         let heads: HashMap<&str, &str> = branches
             .iter()
