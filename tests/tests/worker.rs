@@ -70,6 +70,43 @@ async fn the_workers_http_port_reports_its_claim_loop_and_answers_the_rest_with_
     assert_eq!(r.headers()["allow"], "GET");
 }
 
+/// Ephemeral workers, as a Kubernetes Job or KEDA ScaledJob runs them: one takes its
+/// `max_builds` and exits once they have ended, leaving the rest queued; one that finds no
+/// build for `idle_exit_secs` exits.
+#[tokio::test]
+async fn ephemeral_workers_exit_after_their_builds_or_when_idle() {
+    let c = Cluster::start().await;
+    c.apply("app", job(&["true"])).await;
+    let numbers = [
+        c.trigger("app").await,
+        c.trigger("app").await,
+        c.trigger("app").await,
+    ];
+    let mut opts = WorkerOpts::new("once");
+    opts.env.push(("KILN_WORKER__MAX_BUILDS", "2".into()));
+    let mut once = c.worker(opts).await;
+    assert_eq!(
+        once.wait_exit(T).await,
+        Some(0),
+        "it exits by itself, cleanly"
+    );
+    for n in &numbers[..2] {
+        assert_eq!(c.build("app", *n).await["status"], "success");
+    }
+    assert_eq!(c.build("app", numbers[2]).await["status"], "queued");
+    let nodes = c.get_json("/api/v1/nodes").await;
+    assert!(
+        !nodes.to_string().contains("\"once\""),
+        "it left the nodes: {nodes}"
+    );
+
+    let mut opts = WorkerOpts::new("idler");
+    opts.env.push(("KILN_WORKER__IDLE_EXIT_SECS", "1".into()));
+    let mut idler = c.worker(opts).await;
+    c.wait_status("app", numbers[2], "success", T).await;
+    assert_eq!(idler.wait_exit(T).await, Some(0), "idle, it exits");
+}
+
 /// The value of the sample of `metric` whose labels include every one of `labels`.
 fn sample(text: &str, metric: &str, labels: &[&str]) -> Option<f64> {
     text.lines()

@@ -4,7 +4,7 @@
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use actix_web::{dev::Server, web, App, HttpServer};
@@ -41,6 +41,7 @@ impl Application {
         let blocking = Store::blocking(&config.common.redis.url, settings.claim_block)?;
         health::warn_about_redis(&store).await;
         let slots = Arc::new(Semaphore::new(settings.concurrency as usize));
+        let settings_max_builds = settings.max_builds.unwrap_or(0);
         let spares = Arc::new(Spares::new(
             &settings.storage_root,
             settings.id.as_str(),
@@ -61,6 +62,8 @@ impl Application {
             claim_progress_ms: AtomicI64::new(now_ms()),
             redis_failed_ms: AtomicI64::new(0),
             renewed_ms: AtomicI64::new(now_ms()),
+            budget: AtomicU64::new(settings_max_builds),
+            last_build_ms: AtomicI64::new(now_ms()),
         });
         let (listener, addr) = kiln_service_kit::server::bind(&config.common.http)?;
         let data = web::Data::new(worker.clone());
@@ -114,10 +117,18 @@ impl Application {
             )),
         ];
         let builds = TaskTracker::new();
-        crate::claim::claim_loop(w.clone(), shutdown, builds.clone()).await;
+        crate::claim::claim_loop(w.clone(), shutdown.clone(), builds.clone()).await;
 
         w.draining.store(true, Ordering::Relaxed);
         builds.close();
+        if !shutdown.is_cancelled() {
+            // Retired (`max_builds`, `idle_exit_secs`): its builds run to their end, unless
+            // a shutdown comes first and the grace period below applies.
+            tokio::select! {
+                _ = builds.wait() => {}
+                _ = shutdown.cancelled() => {}
+            }
+        }
         tracing::info!(
             running = w.running(),
             grace_secs = w.settings.grace.as_secs(),

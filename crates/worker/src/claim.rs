@@ -1,7 +1,9 @@
 //! The claim loop: whenever a slot is free, take the next build of the queue atomically
 //! (under a lease), else block on the queue's marker until work may have arrived. A busy
 //! slot takes its next build with the finish of the last one (`run::launch`), so the loop
-//! only claims for slots that fell idle.
+//! only claims for slots that fell idle. The loop also ends, and the worker with it once
+//! its builds have ended, when `worker.max_builds` are taken or `worker.idle_exit_secs`
+//! passed without a build (ephemeral workers).
 
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -38,6 +40,13 @@ pub(crate) async fn claim_loop(w: Arc<Worker>, stop: CancellationToken, builds: 
         if stop.is_cancelled() {
             return;
         }
+        if !w.take_budget() {
+            tracing::info!(
+                max_builds = w.settings.max_builds,
+                "took worker.max_builds builds; taking no more"
+            );
+            return;
+        }
         match w
             .store
             .claim(&w.settings.queue, &w.settings.id, w.settings.lease)
@@ -54,6 +63,14 @@ pub(crate) async fn claim_loop(w: Arc<Worker>, stop: CancellationToken, builds: 
             }
             Ok(None) => {
                 drop(slot);
+                w.return_budget();
+                if w.idle_too_long() {
+                    tracing::info!(
+                        idle_exit_secs = w.settings.idle_exit.map(|d| d.as_secs()),
+                        "no build for worker.idle_exit_secs; taking no more"
+                    );
+                    return;
+                }
                 backoff = Duration::from_millis(100);
                 let wait = w
                     .blocking
@@ -69,6 +86,7 @@ pub(crate) async fn claim_loop(w: Arc<Worker>, stop: CancellationToken, builds: 
             }
             Err(e) => {
                 drop(slot);
+                w.return_budget();
                 w.record_redis_failure();
                 tracing::warn!(error = %e, "cannot claim; retrying");
                 pause(&stop, &mut backoff).await;

@@ -48,6 +48,14 @@ pub struct WorkerSettings {
     /// Most bytes of one build attempt's log: past it the rest of the output is dropped
     /// (the build goes on), so a step that prints without end cannot fill the storage.
     pub max_log_bytes: u64,
+    /// Builds this worker takes before it stops taking more and exits once they have
+    /// ended: 1 makes an ephemeral worker (a fresh pod per build, as a Kubernetes Job or
+    /// KEDA ScaledJob starts them). 0: no limit.
+    pub max_builds: u64,
+    /// Exits after this many seconds without a build (noticed within `claim_block_ms`),
+    /// so a pod started for work that another worker took does not idle for ever.
+    /// 0: never.
+    pub idle_exit_secs: u64,
 }
 
 /// Smallest `worker.max_log_bytes`: one line of output may be 64 KiB.
@@ -68,6 +76,8 @@ impl Default for WorkerSettings {
             workspace_root: std::env::temp_dir().join("kiln-work"),
             start_linger_ms: 50,
             max_log_bytes: 1 << 30,
+            max_builds: 0,
+            idle_exit_secs: 0,
         }
     }
 }
@@ -91,6 +101,10 @@ pub(crate) struct Settings {
     /// folder and log are then made on the event loop, not in the blocking pool.
     pub(crate) storage_local: bool,
     pub(crate) max_log_bytes: u64,
+    /// `worker.max_builds`; `None` without a limit.
+    pub(crate) max_builds: Option<u64>,
+    /// `worker.idle_exit_secs`; `None`: never.
+    pub(crate) idle_exit: Option<Duration>,
     /// Opens sealed secret values (`secrets.key`, the api's).
     pub(crate) seal_key: Option<std::sync::Arc<kiln_store::SealKey>>,
 }
@@ -178,6 +192,8 @@ impl WorkerConfig {
             storage_root: self.common.storage.root.clone(),
             storage_local: crate::local_fs::is_local(&self.common.storage.root),
             max_log_bytes: w.max_log_bytes,
+            max_builds: (w.max_builds > 0).then_some(w.max_builds),
+            idle_exit: (w.idle_exit_secs > 0).then(|| Duration::from_secs(w.idle_exit_secs)),
             seal_key: self.common.seal_key()?.map(std::sync::Arc::new),
         })
     }

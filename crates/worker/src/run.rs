@@ -23,6 +23,7 @@ pub(crate) fn launch(w: &Arc<Worker>, claimed: Claimed, slot: Slot) {
     let active = Arc::new(Active::new(claimed.lease.clone()));
     let key = claimed.lease.build.key();
     w.insert(key.clone(), active.clone());
+    w.note_build_activity();
     // A root span: a build launched by the finish of the one before must not become its
     // child, or a busy slot's spans would nest (and stay alive) without end.
     let span = tracing::info_span!(
@@ -38,6 +39,7 @@ pub(crate) fn launch(w: &Arc<Worker>, claimed: Claimed, slot: Slot) {
         async move {
             run_claimed(&w, claimed, &active, slot).await;
             w.remove(&key);
+            w.note_build_activity();
         }
         .instrument(span),
     );
@@ -239,11 +241,19 @@ async fn run_claimed(w: &Arc<Worker>, claimed: Claimed, active: &Arc<Active>, sl
                 last_seq,
                 attempt: doc.attempt,
             };
-            // Unless the worker is stopping, the finish also claims this slot's next build.
-            let claim_next = (!slot.stop.is_cancelled()).then_some(w.settings.lease);
-            if let Some(finished) =
-                finish(w, &lease, &doc, held.as_ref(), &end, claim_next, with_start).await
-            {
+            // Unless the worker is stopping (or has taken its `max_builds`), the finish also
+            // claims this slot's next build.
+            let claim_next =
+                (!slot.stop.is_cancelled() && w.take_budget()).then_some(w.settings.lease);
+            let finished =
+                finish(w, &lease, &doc, held.as_ref(), &end, claim_next, with_start).await;
+            let took_next = finished
+                .as_ref()
+                .is_some_and(|f| matches!(f.next, Ok(Some(_))));
+            if claim_next.is_some() && !took_next {
+                w.return_budget();
+            }
+            if let Some(finished) = finished {
                 metrics::counter!("kiln_worker_builds_finished_total", "status" => doc.status.as_str()).increment(1);
                 metrics::histogram!("kiln_build_duration_seconds", "queue" => doc.queue.to_string(), "status" => doc.status.as_str())
                     .record(doc.duration_ms.unwrap_or_default() as f64 / 1000.0);

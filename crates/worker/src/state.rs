@@ -1,7 +1,7 @@
 //! What the worker's tasks share: the builds it runs now and how healthy its loops are.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use chrono::{DateTime, Utc};
@@ -76,9 +76,44 @@ pub(crate) struct Worker {
     pub(crate) redis_failed_ms: AtomicI64,
     /// When a lease renewal last succeeded.
     pub(crate) renewed_ms: AtomicI64,
+    /// Builds it may still take under `worker.max_builds` (unused without a limit).
+    pub(crate) budget: AtomicU64,
+    /// When a build last started or ended here (ms since the epoch), for
+    /// `worker.idle_exit_secs`.
+    pub(crate) last_build_ms: AtomicI64,
 }
 
 impl Worker {
+    /// Takes one build from the `worker.max_builds` budget before a claim; false when it is
+    /// spent (the worker then retires). Always true without a limit.
+    pub(crate) fn take_budget(&self) -> bool {
+        self.settings.max_builds.is_none()
+            || self
+                .budget
+                .fetch_update(Ordering::AcqRel, Ordering::Acquire, |b| b.checked_sub(1))
+                .is_ok()
+    }
+
+    /// Gives back what a claim that found no build took.
+    pub(crate) fn return_budget(&self) {
+        if self.settings.max_builds.is_some() {
+            self.budget.fetch_add(1, Ordering::AcqRel);
+        }
+    }
+
+    /// A build started or ended now: the idle time of `worker.idle_exit_secs` starts over.
+    pub(crate) fn note_build_activity(&self) {
+        self.last_build_ms.store(now_ms(), Ordering::Relaxed);
+    }
+
+    /// Whether `worker.idle_exit_secs` has passed without a build.
+    pub(crate) fn idle_too_long(&self) -> bool {
+        self.settings.idle_exit.is_some_and(|idle| {
+            self.running() == 0
+                && now_ms() - self.last_build_ms.load(Ordering::Relaxed) >= idle.as_millis() as i64
+        })
+    }
+
     pub(crate) fn record_redis_failure(&self) {
         self.redis_failed_ms.store(now_ms(), Ordering::Relaxed);
     }
