@@ -151,8 +151,11 @@ local function trim_recent(recent, build_prefix, keep, cutoff, orphans, orphan_a
       else
         redis.call('LREM', recent, -1, oldest)
       end
+      -- pcall: the orphans list's type is not checked up front (a command on every
+      -- trigger for a push that is rare); a list broken by hand leaves a folder behind
+      -- rather than half a trigger.
       if (pinned > 0 or orphan_all) and readable and type(d.storage_path) == 'string' then
-        redis.call('LPUSH', orphans, d.storage_path)
+        redis.pcall('LPUSH', orphans, d.storage_path)
       end
       len = len - 1
       trimmed = trimmed + 1

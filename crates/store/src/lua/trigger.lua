@@ -23,7 +23,7 @@
 -- a script that fails half-way.
 local limit = tonumber(ARGV[14])
 local expected = {[2] = 'list', [3] = 'hash', [4] = 'list', [5] = 'zset', [6] = 'set',
-  [7] = 'zset', [11] = 'list'}
+  [7] = 'zset'}
 if limit then expected[8], expected[9] = 'set', 'list' end
 local queue_timeout = tonumber(ARGV[16])
 if queue_timeout then expected[10] = 'zset' end
