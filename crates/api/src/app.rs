@@ -38,6 +38,7 @@ pub struct Application {
     downstream: DownstreamTrigger,
     /// The store the queue-timeout and storage-orphan loops use.
     background: Store,
+    notifier: crate::notify::Notifier,
     /// Where the storage orphans' folders are removed from.
     storage_root: PathBuf,
     retention_sweep: Duration,
@@ -58,6 +59,9 @@ impl Application {
         );
         let storage_root = config.common.storage.root.clone();
         let seal_key = config.common.seal_key()?.map(Arc::new);
+        let notifier =
+            crate::notify::Notifier::new(store.clone(), seal_key.clone(), config.public_url())
+                .map_err(|e| BuildError::Dependency(format!("cannot make the HTTP client: {e}")))?;
         let (listener, addr) = kiln_service_kit::server::bind(&config.common.http)?;
         let auth = Authenticator::new(&config.common.auth);
         let max_body = config.common.http.max_body_bytes;
@@ -98,6 +102,7 @@ impl Application {
             scheduler: Scheduler::new(scheduler_store),
             downstream,
             background: background_store,
+            notifier,
             storage_root,
             retention_sweep: config.retention_sweep(),
         })
@@ -107,12 +112,13 @@ impl Application {
         self.addr
     }
 
-    /// Serves, queues scheduled and downstream builds, cancels builds past their queue
+    /// Serves, queues scheduled and downstream builds, sends notifications, cancels builds past their queue
     /// timeout, sweeps retention and removes the folders retention left behind, until `shutdown` is cancelled, then stops gracefully (in-flight requests
     /// finish, bounded by the shutdown timeout).
     pub async fn run_until_stopped(self, shutdown: CancellationToken) -> std::io::Result<()> {
         tokio::spawn(self.scheduler.run(shutdown.clone()));
         tokio::spawn(self.downstream.run(shutdown.clone()));
+        tokio::spawn(self.notifier.run(shutdown.clone()));
         tokio::spawn(crate::expiry::run(
             self.background.clone(),
             shutdown.clone(),

@@ -22,6 +22,9 @@ pub struct ApiSettings {
     /// How often every job is trimmed to its retention without waiting for its next
     /// trigger: a job nobody triggers still loses builds past `retention.days`.
     pub retention_sweep_secs: u64,
+    /// The api's public base URL (`https://ci.example.com`), for the links in build
+    /// notifications; without it they carry none.
+    pub public_url: Option<String>,
 }
 
 impl Default for ApiSettings {
@@ -29,6 +32,7 @@ impl Default for ApiSettings {
         Self {
             workers: 0,
             retention_sweep_secs: 3_600,
+            public_url: None,
         }
     }
 }
@@ -41,7 +45,23 @@ impl ApiConfig {
                 "must be at least 1",
             ));
         }
+        if let Some(url) = &self.api.public_url {
+            if !kiln_model::job::valid_notify_url(url) {
+                return Err(ConfigError::invalid(
+                    "api.public_url",
+                    "must be an http:// or https:// URL",
+                ));
+            }
+        }
         self.common.validate(true)
+    }
+
+    /// The public base URL without a trailing `/`.
+    pub(crate) fn public_url(&self) -> Option<String> {
+        self.api
+            .public_url
+            .as_ref()
+            .map(|u| u.trim_end_matches('/').to_owned())
     }
 
     pub(crate) fn retention_sweep(&self) -> Duration {

@@ -1,7 +1,8 @@
 //! Downstream builds: a job's `downstream` names jobs to build when one of its builds ends
 //! with a given status. The scripts that end a build (finish, cancel, reap) put its key on
-//! `kiln:finished:downstream` in the same atomic step, for jobs that name downstream jobs
-//! only, so an end is never missed however long every api replica is away. Every replica
+//! `kiln:finished:downstream` in the same atomic step, for jobs that name downstream jobs or
+//! notification targets only, so an end is never missed however long every api replica is
+//! away; this consumer also hands the builds to notify about to `crate::notify`. Every replica
 //! takes entries from there (a blocking move, so a downstream build is queued as soon as its
 //! upstream one ends) and queues each downstream build through the trigger script with a
 //! key of its own (`keys::downstream_fired`): an entry handled twice — a replica that
@@ -65,6 +66,7 @@ impl DownstreamTrigger {
         let Some(def) = self.store.get_job(&build.job).await? else {
             return Ok(refused);
         };
+        let notify = def.notify.iter().any(|n| n.on.contains(&doc.status));
         let depth = doc.trigger.upstream.as_ref().map_or(0, |u| u.depth) + 1;
         for d in def.downstream.iter().filter(|d| d.on.contains(&doc.status)) {
             if depth > MAX_DOWNSTREAM_DEPTH {
@@ -83,6 +85,12 @@ impl DownstreamTrigger {
                 ) => refused.push(format!("{}: not queued: {e}", d.job)),
                 Err(e) => return Err(e),
             }
+        }
+        // Last, so a Redis failure above (the entry is handled again) does not notify twice.
+        if notify {
+            self.store
+                .push_finished(&crate::notify::consumer(), &[entry.to_owned()])
+                .await?;
         }
         Ok(refused)
     }

@@ -5,6 +5,7 @@ mod app;
 mod config;
 mod downstream;
 mod expiry;
+mod notify;
 mod openapi;
 mod orphans;
 mod retention;

@@ -133,9 +133,10 @@ fn derived(base: &JobDefinition, source: GithubSource, from_fork: bool) -> JobDe
     d.disabled = false;
     // The base job's schedule builds the base job; a pull request or branch builds on its
     // own events only, and its builds start none of the base job's downstream jobs (a pull
-    // request must not deploy).
+    // request must not deploy) nor send its notifications (its commit status tells).
     d.schedule = None;
     d.downstream.clear();
+    d.notify.clear();
     d.github = Some(source);
     d
 }

@@ -11,9 +11,8 @@ mod derive;
 mod payload;
 mod reconcile;
 mod reporter;
-mod signature;
 mod webhook;
 
 pub use app::{Application, BuildError};
 pub use config::{GithubSettings, IngestConfig};
-pub use signature::sign;
+pub use kiln_service_kit::signature::sign;

@@ -11,7 +11,7 @@ use serde::de::DeserializeOwned;
 use crate::app::State;
 use crate::derive::{pull_request_head, Ctx, Head, Outcome, PrSkip, DELIVERY_TTL_SECS};
 use crate::payload::{DeleteEvent, PullRequestEvent, PushEvent, Repository};
-use crate::signature;
+use kiln_service_kit::signature;
 
 fn header<'a>(req: &'a HttpRequest, name: &str) -> Option<&'a str> {
     req.headers().get(name).and_then(|v| v.to_str().ok())

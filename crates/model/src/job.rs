@@ -29,6 +29,17 @@ pub const MAX_DOWNSTREAM_DEPTH: u32 = 16;
 /// downstream consumer must hear of the end.
 pub const DOWNSTREAM_MARK: &str = "\"downstream\":[";
 
+/// What a stored definition holds exactly when it names notification targets.
+pub const NOTIFY_MARK: &str = "\"notify\":[";
+
+/// The marks the scripts that end a build look for, one per line: a definition holding any
+/// of them sends the ended build to the api (`keys::downstream_finished`), which queues its
+/// downstream builds and hands it to the notifier.
+pub const AFTER_BUILD_MARKS: &str = "\"downstream\":[\n\"notify\":[";
+
+/// Most notification targets one job may name.
+pub const MAX_NOTIFY: usize = 10;
+
 /// A job definition, as users `PUT` it and as it is stored. Unknown fields are refused, so
 /// a typo (`"step"`) is an error rather than a silently ignored setting.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -96,6 +107,11 @@ pub struct JobDefinition {
     /// Left out of the stored JSON when empty (see [`DOWNSTREAM_MARK`]).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub downstream: Vec<Downstream>,
+    /// Where to `POST` a JSON message when a build ends with one of the statuses each names
+    /// (chat webhooks, paging, a dashboard). Left out of the stored JSON when empty (see
+    /// [`NOTIFY_MARK`]).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub notify: Vec<Notify>,
     /// Set on jobs github-ingest derived from a pull request or branch: where they came from.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub github: Option<GithubSource>,
@@ -113,6 +129,43 @@ pub struct Downstream {
     pub on: Vec<BuildStatus>,
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub parameters: BTreeMap<String, String>,
+}
+
+/// A notification target: an `http(s)` URL, given as is or as the name of a secret holding
+/// it (a chat webhook's URL is its password), the statuses that send it (default: the
+/// build did not succeed), and optionally a secret whose value signs each message
+/// (`X-Kiln-Signature-256: sha256=<HMAC-SHA256 of the body>`, as GitHub signs its webhooks).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Notify {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub url: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub url_secret: Option<String>,
+    #[serde(default = "default_notify_on")]
+    pub on: Vec<BuildStatus>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub signing_secret: Option<String>,
+}
+
+fn default_notify_on() -> Vec<BuildStatus> {
+    vec![
+        BuildStatus::Failure,
+        BuildStatus::TimedOut,
+        BuildStatus::Lost,
+        BuildStatus::Error,
+    ]
+}
+
+/// A notification URL as Kiln accepts it: `http(s)://host...`, at most 2,048 bytes, no
+/// spaces or control characters.
+pub fn valid_notify_url(url: &str) -> bool {
+    let rest = url
+        .strip_prefix("https://")
+        .or_else(|| url.strip_prefix("http://"));
+    url.len() <= 2048
+        && rest.is_some_and(|r| !r.is_empty() && !r.starts_with('/'))
+        && !url.chars().any(|c| c.is_whitespace() || c.is_control())
 }
 
 fn is_zero(n: &u32) -> bool {
@@ -489,7 +542,60 @@ impl JobDefinition {
                 "needs a concurrency limit: how many builds of the group's jobs run at once",
             ));
         }
-        self.validate_downstream()
+        self.validate_downstream()?;
+        self.validate_notify()
+    }
+
+    fn validate_notify(&self) -> Result<(), InvalidField> {
+        if self.notify.len() > MAX_NOTIFY {
+            return Err(InvalidField::new(
+                "notify",
+                format!("may name at most {MAX_NOTIFY} targets"),
+            ));
+        }
+        for (i, n) in self.notify.iter().enumerate() {
+            match (&n.url, &n.url_secret) {
+                (Some(url), None) if valid_notify_url(url) => {}
+                (Some(_), None) => {
+                    return Err(InvalidField::new(
+                        format!("notify[{i}].url"),
+                        "must be an http:// or https:// URL of at most 2048 bytes",
+                    ))
+                }
+                (None, Some(name)) if is_env_name(name) => {}
+                (None, Some(_)) => {
+                    return Err(InvalidField::new(
+                        format!("notify[{i}].url_secret"),
+                        "must be a secret's name: [A-Za-z_][A-Za-z0-9_]*, not starting with KILN_",
+                    ))
+                }
+                _ => {
+                    return Err(InvalidField::new(
+                        format!("notify[{i}].url"),
+                        "give either url or url_secret (the name of a secret holding the URL)",
+                    ))
+                }
+            }
+            if n.signing_secret.as_deref().is_some_and(|s| !is_env_name(s)) {
+                return Err(InvalidField::new(
+                    format!("notify[{i}].signing_secret"),
+                    "must be a secret's name: [A-Za-z_][A-Za-z0-9_]*, not starting with KILN_",
+                ));
+            }
+            if n.on.is_empty() {
+                return Err(InvalidField::new(
+                    format!("notify[{i}].on"),
+                    "must name at least one status",
+                ));
+            }
+            if let Some(j) = n.on.iter().position(|s| !s.is_final()) {
+                return Err(InvalidField::new(
+                    format!("notify[{i}].on[{j}]"),
+                    "must be a status a build ends with: success, failure, cancelled, timed_out, lost or error",
+                ));
+            }
+        }
+        Ok(())
     }
 
     /// [`JobDefinition::validate`], and the rules that need the job's own name: a job may
@@ -623,6 +729,48 @@ mod tests {
         assert!(parse(serde_json::json!({"steps": [], "step": 1})).is_err());
         assert!(parse(serde_json::json!({"steps": [], "folder": "a_b"})).is_err());
         assert!(parse(serde_json::json!({"steps": [{"name": "a", "run": "b", "x": 1}]})).is_err());
+    }
+
+    #[test]
+    fn notification_targets_are_checked_and_marked_in_the_stored_json() {
+        assert_eq!(
+            AFTER_BUILD_MARKS,
+            format!("{DOWNSTREAM_MARK}\n{NOTIFY_MARK}")
+        );
+        let d = parse(serde_json::json!({"steps": [{"name": "b", "run": "make"}],
+            "notify": [{"url": "https://chat.example/hook"},
+                {"url_secret": "SLACK_URL", "on": ["success"], "signing_secret": "SIGN"}]}))
+        .unwrap();
+        d.validate().unwrap();
+        assert_eq!(
+            d.notify[0].on.len(),
+            4,
+            "default: every way of not succeeding"
+        );
+        assert!(serde_json::to_string(&d).unwrap().contains(NOTIFY_MARK));
+        let field = |d: &JobDefinition| d.validate().unwrap_err().field;
+        for (url, secret, bad_field) in [
+            (Some("ftp://x"), None, "notify[0].url"),
+            (Some("https://"), None, "notify[0].url"),
+            (Some("https://a b"), None, "notify[0].url"),
+            (None, None, "notify[0].url"),
+            (Some("https://x"), Some("S"), "notify[0].url"),
+            (None, Some("no-dash"), "notify[0].url_secret"),
+        ] {
+            let mut bad = d.clone();
+            bad.notify[0].url = url.map(str::to_owned);
+            bad.notify[0].url_secret = secret.map(str::to_owned);
+            assert_eq!(field(&bad), bad_field, "{url:?} {secret:?}");
+        }
+        let mut bad = d.clone();
+        bad.notify[1].on = vec![BuildStatus::Queued];
+        assert_eq!(field(&bad), "notify[1].on[0]");
+        let mut bad = d.clone();
+        bad.notify[1].signing_secret = Some("KILN_X".into());
+        assert_eq!(field(&bad), "notify[1].signing_secret");
+        let mut bad = d.clone();
+        bad.notify = vec![d.notify[0].clone(); MAX_NOTIFY + 1];
+        assert_eq!(field(&bad), "notify");
     }
 
     #[test]

@@ -129,6 +129,11 @@ pub fn es_finished() -> String {
     format!("{}{ES_CONSUMER}", prefix::FINISHED)
 }
 
+/// The consumer name of the api's notifier: `kiln:finished:notify` gets, from the api's
+/// after-build consumer, the key of every ended build whose job's `notify` names a target
+/// for its status.
+pub const NOTIFY_CONSUMER: &str = "notify";
+
 /// `kiln:finished:<DOWNSTREAM_CONSUMER>`.
 pub fn downstream_finished() -> String {
     format!("{}{DOWNSTREAM_CONSUMER}", prefix::FINISHED)

@@ -4,7 +4,7 @@ use std::collections::BTreeMap;
 
 use chrono::{SecondsFormat, Utc};
 use deadpool_redis::redis::{self, AsyncCommands};
-use kiln_model::job::DOWNSTREAM_MARK;
+use kiln_model::job::AFTER_BUILD_MARKS;
 use kiln_model::{
     keys, BuildDocument, BuildEvent, BuildEventKind, BuildLink, BuildNumber, BuildRef, BuildStatus,
     JobName, Keep, Name, Trigger as BuildTrigger,
@@ -472,7 +472,7 @@ impl Store {
             .arg(keys::prefix::JOB_WAITING)
             .arg(keys::prefix::FINISHED)
             .arg(keys::EVENTS_CHANNEL)
-            .arg(DOWNSTREAM_MARK)
+            .arg(AFTER_BUILD_MARKS)
             .arg(keys::prefix::GROUP_SLOTS)
             .arg(keys::prefix::GROUP_WAITING)
             .invoke_async(&mut c)
@@ -593,7 +593,7 @@ impl Store {
             .arg(format!("cancelled by {by} before it started"))
             .arg(keys::prefix::QUEUE)
             .arg(keys::prefix::QUEUE_MARKER)
-            .arg(DOWNSTREAM_MARK)
+            .arg(AFTER_BUILD_MARKS)
             .arg(keys::prefix::JOB)
             .invoke_async(&mut c)
             .await?;

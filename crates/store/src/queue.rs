@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use deadpool_redis::redis::{self, AsyncCommands};
-use kiln_model::job::DOWNSTREAM_MARK;
+use kiln_model::job::AFTER_BUILD_MARKS;
 use kiln_model::{
     keys, BuildDocument, BuildEvent, BuildEventKind, BuildRef, BuildStatus, Name, NodeInfo,
     OutputMessage,
@@ -282,7 +282,7 @@ impl Store {
             })
             .arg(keys::prefix::QUEUE)
             .arg(keys::prefix::QUEUE_MARKER)
-            .arg(DOWNSTREAM_MARK)
+            .arg(AFTER_BUILD_MARKS)
             .invoke_async(&mut c)
             .await
             .map_err(|e| fenced(e, lease))?;
@@ -370,7 +370,7 @@ impl Store {
             .arg(keys::prefix::RUNNING)
             .arg(keys::prefix::JOB_SLOTS)
             .arg(keys::prefix::JOB_WAITING)
-            .arg(DOWNSTREAM_MARK)
+            .arg(AFTER_BUILD_MARKS)
             .arg(keys::prefix::GROUP_SLOTS)
             .arg(keys::prefix::GROUP_WAITING)
             .invoke_async(&mut c)

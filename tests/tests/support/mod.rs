@@ -310,6 +310,24 @@ impl Cluster {
         (p, format!("http://127.0.0.1:{port}"))
     }
 
+    /// Everything the processes of `bin_name` (`kiln-api`, ...) wrote to their logs so far.
+    pub fn logs_of(&self, bin_name: &str) -> String {
+        let mut all = String::new();
+        for e in std::fs::read_dir(self.logs.path())
+            .into_iter()
+            .flatten()
+            .flatten()
+        {
+            if e.file_name()
+                .to_string_lossy()
+                .starts_with(&format!("{bin_name}-"))
+            {
+                all.push_str(&std::fs::read_to_string(e.path()).unwrap_or_default());
+            }
+        }
+        all
+    }
+
     pub fn url(&self, path: &str) -> String {
         format!("http://127.0.0.1:{}{path}", self.api.port)
     }

@@ -68,7 +68,7 @@ routes! {
     get "/secrets" => secrets::list, "read", 200, "List secrets by name (never their values)";
     put "/secrets/{name}" => secrets::put, "write", 201, "Set or replace a secret";
     delete "/secrets/{name}" => secrets::delete, "write", 204, "Delete a secret";
-    get "/dead-letters/{consumer}" => dead_letters::list, "read", 200, "List what a consumer (es, github, downstream) gave up on, newest first";
+    get "/dead-letters/{consumer}" => dead_letters::list, "read", 200, "List what a consumer (es, github, downstream, notify) gave up on, newest first";
     get "/redis/{key}" => raw::get, "admin", 200, "Read any key of Kiln's Redis layout";
     get "/openapi.json" => openapi_json, "none", 200, "This document";
 }

@@ -5,7 +5,7 @@
 -- KEYS: build, queue, consumers set, slot set, waiting list (the job's, or its concurrency
 --       group's), job, downstream consumer's list
 -- ARGV: now, finished prefix, events channel, cancel channel, reason, queue prefix,
---       queue marker prefix, downstream mark, job prefix
+--       queue marker prefix, after-build marks, job prefix
 local raw = redis.call('GET', KEYS[1])
 if not raw then return 'missing' end
 local doc = cjson.decode(raw)

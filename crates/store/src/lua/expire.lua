@@ -4,7 +4,7 @@
 -- dropped from the deadlines. Idempotent: every api replica runs it.
 -- KEYS: queue deadlines, consumers set, downstream consumer's list
 -- ARGV: now (RFC 3339), batch limit, job prefix, queue prefix, queue marker prefix, job slots
---       prefix, job waiting prefix, finished prefix, events channel, downstream mark, group
+--       prefix, job waiting prefix, finished prefix, events channel, after-build marks, group
 --       slots prefix, group waiting prefix
 -- Returns how many builds it cancelled and how many deadlines it went through.
 local due = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', now_ms(), 'LIMIT', 0, tonumber(ARGV[2]))

@@ -13,7 +13,7 @@
 -- ARGV: owner, document, finished prefix, events channel, event JSON, output channel,
 --       end message JSON, last lines message JSON ('' none), next owner ('' claim nothing),
 --       lease ms, job key prefix, started event JSON ('' none: the start was written
---       before), queue prefix, queue marker prefix, downstream mark
+--       before), queue prefix, queue marker prefix, after-build marks
 -- Returns {oldest kept, key, document, job definition}, the last three false unless it
 -- claimed a build.
 if redis.call('HGET', KEYS[2], KEYS[1]) ~= ARGV[1] then return redis.error_reply('STALE lease') end

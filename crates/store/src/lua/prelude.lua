@@ -5,14 +5,21 @@ local function now_ms()
 end
 
 -- Hands a finished build to every registered durable consumer (indexer, status reporter),
--- and to the api's downstream consumer when its job's definition holds `mark` (it names
--- downstream jobs; see `job::DOWNSTREAM_MARK`).
-local function push_finished(consumers_set, finished_prefix, key, job_key, downstream, mark)
+-- and to the api's after-build consumer when its job's definition holds one of `marks`
+-- (one per line: it names downstream jobs or notification targets; see
+-- `job::AFTER_BUILD_MARKS`).
+local function push_finished(consumers_set, finished_prefix, key, job_key, downstream, marks)
   for _, c in ipairs(redis.call('SMEMBERS', consumers_set)) do
     redis.call('LPUSH', finished_prefix .. c, key)
   end
   local def = redis.call('GET', job_key)
-  if def and string.find(def, mark, 1, true) then redis.call('LPUSH', downstream, key) end
+  if not def then return end
+  for mark in string.gmatch(marks, '[^\n]+') do
+    if string.find(def, mark, 1, true) then
+      redis.call('LPUSH', downstream, key)
+      return
+    end
+  end
 end
 
 local function event(kind, doc, at)

@@ -4,7 +4,7 @@
 -- KEYS: leases, owners, consumers set, downstream consumer's list
 -- ARGV: now (RFC 3339), job prefix, queue prefix, marker prefix, inflight prefix,
 --       finished prefix, events channel, batch limit, running prefix, job slots prefix,
---       job waiting prefix, downstream mark, group slots prefix, group waiting prefix
+--       job waiting prefix, after-build marks, group slots prefix, group waiting prefix
 local requeued, lost = 0, 0
 local expired = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', now_ms(), 'LIMIT', 0, tonumber(ARGV[8]))
 for _, key in ipairs(expired) do

@@ -1,5 +1,6 @@
-//! `X-Hub-Signature-256`: HMAC-SHA256 of the raw body under the webhook secret, compared in
-//! constant time.
+//! `sha256=<hex>` signatures: HMAC-SHA256 of a raw body under a shared secret, as GitHub
+//! signs its webhooks (`X-Hub-Signature-256`, checked by github-ingest in constant time) and
+//! as Kiln signs its build notifications (`X-Kiln-Signature-256`).
 
 use hmac::{Hmac, Mac};
 use sha2::Sha256;
@@ -8,7 +9,7 @@ type HmacSha256 = Hmac<Sha256>;
 
 /// True when `header` is `sha256=<hex>` of the body's HMAC under `secret`. The comparison
 /// (`verify_slice`) takes the same time wherever the first differing byte is.
-pub(crate) fn verify(secret: &[u8], body: &[u8], header: Option<&str>) -> bool {
+pub fn verify(secret: &[u8], body: &[u8], header: Option<&str>) -> bool {
     let Some(hex_sig) = header.and_then(|h| h.trim().strip_prefix("sha256=")) else {
         return false;
     };
@@ -22,7 +23,8 @@ pub(crate) fn verify(secret: &[u8], body: &[u8], header: Option<&str>) -> bool {
     mac.verify_slice(&sig).is_ok()
 }
 
-/// The header value GitHub would send for `body` (for tests and the README's curl example).
+/// The header value for `body` signed with `secret`, as GitHub sends it and as Kiln's
+/// notifications carry it.
 pub fn sign(secret: &[u8], body: &[u8]) -> String {
     let mut mac = HmacSha256::new_from_slice(secret).expect("HMAC takes keys of any length");
     mac.update(body);

@@ -1,0 +1,307 @@
+//! Build notifications: a job's `notify` names URLs to `POST` a JSON message to when one of
+//! its builds ends with a given status (a chat webhook, a pager, a dashboard). The
+//! after-build consumer (`crate::downstream`, which hears of every ended build whose job
+//! names downstream jobs or notification targets, durably) hands such builds to the
+//! durable list `kiln:finished:notify`; every api replica takes entries from there (each
+//! entry is taken by one), sends, and acknowledges. Delivery is at least once: a replica
+//! that dies mid-entry sends it again on restart, so each message carries the same
+//! `X-Kiln-Delivery` id for receivers that must not act twice.
+//!
+//! A target that answers 2xx is done; 408, 429, 5xx, a timeout or no answer is tried
+//! [`ATTEMPTS`] times in all, then, like a 4xx at once, becomes a dead letter
+//! (`GET /dead-letters/notify`) naming the target by its index and host only: a chat
+//! webhook's URL is its password, so it is never logged or shown.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use kiln_model::job::Notify;
+use kiln_model::{keys, BuildDocument, BuildRef, Name};
+use kiln_service_kit::shutdown::retry_until_ok;
+use kiln_service_kit::signature::sign;
+use kiln_store::{SealKey, Store, StoreError};
+use serde_json::json;
+use tokio_util::sync::CancellationToken;
+
+/// Tries per target before it is a dead letter.
+const ATTEMPTS: u32 = 3;
+/// Longest one request may take.
+const TIMEOUT: Duration = Duration::from_secs(10);
+/// Pause between tries (doubled each time).
+const RETRY: Duration = Duration::from_secs(1);
+/// Pause when there is nothing to send.
+const IDLE: Duration = Duration::from_millis(250);
+/// Entries taken per round.
+const BATCH: usize = 20;
+
+/// The consumer name whose lists the notifier reads (`kiln:finished:notify`).
+pub(crate) fn consumer() -> Name {
+    Name::parse(keys::NOTIFY_CONSUMER).expect("a valid consumer name")
+}
+
+/// Sends the notifications of ended builds.
+pub(crate) struct Notifier {
+    store: Store,
+    http: reqwest::Client,
+    seal_key: Option<Arc<SealKey>>,
+    /// The api's public URL, for the link in each message.
+    public_url: Option<String>,
+    consumer: Name,
+}
+
+/// Why one target was not notified.
+enum Failure {
+    /// Worth another try (no answer, 408, 429, 5xx).
+    Transient(String),
+    /// Will not get better (4xx, a secret missing, no URL).
+    Permanent(String),
+}
+
+/// A URL's scheme and host, the part of it that may be shown.
+fn host_of(url: &str) -> &str {
+    let start = url.find("://").map_or(0, |i| i + 3);
+    let end = url[start..]
+        .find(['/', '?', '#'])
+        .map_or(url.len(), |i| start + i);
+    &url[..end]
+}
+
+/// The message for `doc`: what people read (`text`, which chat webhooks such as Slack's
+/// and Mattermost's show) and the fields programs read.
+fn message(doc: &BuildDocument, public_url: Option<&str>) -> serde_json::Value {
+    let path = format!("/api/v1/jobs/{}/builds/{}", doc.job, doc.number);
+    let mut text = format!("{} #{} {}", doc.job, doc.number, doc.status);
+    if let Some(reason) = &doc.reason {
+        text.push_str(&format!(": {reason}"));
+    }
+    if let Some(base) = public_url {
+        text.push_str(&format!(" ({base}{path}/log)"));
+    }
+    json!({
+        "text": text,
+        "event": "build.finished",
+        "job": doc.job,
+        "number": doc.number,
+        "status": doc.status,
+        "reason": doc.reason,
+        "exit_code": doc.exit_code,
+        "duration_ms": doc.duration_ms,
+        "queued_at": doc.queued_at,
+        "finished_at": doc.finished_at,
+        "trigger": doc.trigger,
+        "parameters": doc.parameters,
+        "url": public_url.map(|base| format!("{base}{path}")),
+    })
+}
+
+impl Notifier {
+    pub(crate) fn new(
+        store: Store,
+        seal_key: Option<Arc<SealKey>>,
+        public_url: Option<String>,
+    ) -> Result<Self, reqwest::Error> {
+        let http = reqwest::Client::builder()
+            .timeout(TIMEOUT)
+            .redirect(reqwest::redirect::Policy::none())
+            .user_agent(concat!("kiln/", env!("CARGO_PKG_VERSION")))
+            .build()?;
+        Ok(Self {
+            store,
+            http,
+            seal_key,
+            public_url,
+            consumer: consumer(),
+        })
+    }
+
+    /// Handles what an earlier run left in progress, then every build handed over, until
+    /// `stop`.
+    pub(crate) async fn run(self, stop: CancellationToken) {
+        let read = retry_until_ok(
+            "notifier cannot read Redis yet",
+            Duration::from_secs(1),
+            &stop,
+            || self.store.unfinished(&self.consumer),
+        );
+        let Some(mut batch) = read.await else { return };
+        loop {
+            if batch.is_empty() {
+                match self.store.claim_finished(&self.consumer, BATCH).await {
+                    Ok(b) => batch = b,
+                    Err(e) => tracing::warn!(error = %e, "notifier cannot claim work"),
+                }
+            }
+            if batch.is_empty() {
+                tokio::select! {
+                    _ = tokio::time::sleep(IDLE) => continue,
+                    _ = stop.cancelled() => return,
+                }
+            }
+            for entry in std::mem::take(&mut batch) {
+                if !self.settle(&entry, &stop).await {
+                    return;
+                }
+            }
+        }
+    }
+
+    /// Sends one entry's messages and records the outcome (acknowledged, or a dead letter
+    /// naming the targets that failed), retrying while Redis fails. False when stopped
+    /// first: the entry stays in progress for the next start.
+    async fn settle(&self, entry: &str, stop: &CancellationToken) -> bool {
+        let mut backoff = Duration::from_millis(250);
+        loop {
+            let outcome = match self.deliver(entry, stop).await {
+                Err(e) if !e.is_unavailable() => Ok(vec![e.to_string()]),
+                other => other,
+            };
+            let done = match outcome {
+                Ok(failed) if failed.is_empty() => {
+                    self.store
+                        .ack_finished(&self.consumer, &[entry.to_owned()])
+                        .await
+                }
+                Ok(failed) => {
+                    let reason = failed.join("; ");
+                    tracing::warn!(build = entry, reason = %reason, "notifications not delivered");
+                    self.store.dead_letter(&self.consumer, entry, &reason).await
+                }
+                Err(e) => Err(e),
+            };
+            let Err(e) = done else { return true };
+            tracing::warn!(build = entry, error = %e, "cannot record notifications yet");
+            tokio::select! {
+                _ = tokio::time::sleep(backoff) => {}
+                _ = stop.cancelled() => return false,
+            }
+            backoff = (backoff * 2).min(Duration::from_secs(30));
+        }
+    }
+
+    /// Sends the build's message to each target whose `on` holds its status; returns why
+    /// each one that failed did. Errors are Redis failures.
+    async fn deliver(
+        &self,
+        entry: &str,
+        stop: &CancellationToken,
+    ) -> Result<Vec<String>, StoreError> {
+        let mut failed = Vec::new();
+        let Ok(build) = BuildRef::from_key(entry) else {
+            return Ok(failed);
+        };
+        let (Some(doc), Some(def)) = (
+            self.store.get_build(&build).await?,
+            self.store.get_job(&build.job).await?,
+        ) else {
+            return Ok(failed);
+        };
+        let body = message(&doc, self.public_url.as_deref()).to_string();
+        let delivery = format!("{}:{}", entry, doc.queued_at.timestamp_millis());
+        for (i, target) in def.notify.iter().enumerate() {
+            if !target.on.contains(&doc.status) {
+                continue;
+            }
+            if let Err(why) = self.send(target, &body, &delivery, stop).await {
+                failed.push(format!("notify[{i}]: {why}"));
+            }
+        }
+        metrics::counter!("kiln_notifications_failed_total").increment(failed.len() as u64);
+        Ok(failed)
+    }
+
+    /// One target, tried up to [`ATTEMPTS`] times.
+    async fn send(
+        &self,
+        target: &Notify,
+        body: &str,
+        delivery: &str,
+        stop: &CancellationToken,
+    ) -> Result<(), String> {
+        let url = match (&target.url, &target.url_secret) {
+            (Some(url), _) => url.clone(),
+            (None, Some(name)) => self.secret(name).await?,
+            (None, None) => return Err("no url".into()),
+        };
+        let signature = match &target.signing_secret {
+            Some(name) => Some(sign(self.secret(name).await?.as_bytes(), body.as_bytes())),
+            None => None,
+        };
+        let host = host_of(&url).to_owned();
+        let mut pause = RETRY;
+        for attempt in 1..=ATTEMPTS {
+            let mut req = self
+                .http
+                .post(&url)
+                .header("Content-Type", "application/json")
+                .header("X-Kiln-Event", "build.finished")
+                .header("X-Kiln-Delivery", delivery)
+                .body(body.to_owned());
+            if let Some(s) = &signature {
+                req = req.header("X-Kiln-Signature-256", s);
+            }
+            let failure = match req.send().await {
+                Ok(r) if r.status().is_success() => {
+                    metrics::counter!("kiln_notifications_sent_total").increment(1);
+                    return Ok(());
+                }
+                Ok(r) => {
+                    let code = r.status().as_u16();
+                    let why = format!("{host} answered {code}");
+                    if code == 408 || code == 429 || code >= 500 {
+                        Failure::Transient(why)
+                    } else {
+                        Failure::Permanent(why)
+                    }
+                }
+                // Without the URL: reqwest's errors name it.
+                Err(e) if e.is_timeout() => {
+                    Failure::Transient(format!("{host} did not answer within {TIMEOUT:?}"))
+                }
+                Err(_) => Failure::Transient(format!("cannot reach {host}")),
+            };
+            match failure {
+                Failure::Permanent(why) => return Err(why),
+                Failure::Transient(why) if attempt == ATTEMPTS => {
+                    return Err(format!("{why} ({ATTEMPTS} tries)"))
+                }
+                Failure::Transient(why) => {
+                    tracing::info!(host = %host, reason = %why, attempt, "notification not delivered; trying again");
+                }
+            }
+            tokio::select! {
+                _ = tokio::time::sleep(pause) => {}
+                _ = stop.cancelled() => return Err(format!("{host}: the api stopped")),
+            }
+            pause *= 2;
+        }
+        Err(format!("{host}: not delivered"))
+    }
+
+    /// A secret's value (a URL, a signing key); the error names the secret, never a value.
+    async fn secret(&self, name: &str) -> Result<String, String> {
+        self.store
+            .secret_values(&[name.to_owned()], self.seal_key.as_deref())
+            .await
+            .map_err(|e| e.to_string())?
+            .pop()
+            .ok_or_else(|| format!("secret '{name}' has no value"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_the_scheme_and_host_of_a_url_are_shown() {
+        assert_eq!(
+            host_of("https://hooks.slack.com/services/T0/B0/secret"),
+            "https://hooks.slack.com"
+        );
+        assert_eq!(
+            host_of("http://127.0.0.1:9/x?token=1"),
+            "http://127.0.0.1:9"
+        );
+        assert_eq!(host_of("https://example.com"), "https://example.com");
+    }
+}
