@@ -201,7 +201,19 @@ impl Notifier {
             if !target.on.contains(&doc.status) {
                 continue;
             }
-            if let Err(why) = self.send(target, &body, &delivery, stop).await {
+            // Secrets are read first: Redis failing is the entry's to retry, not a target's.
+            let (url, signature) = match self.secrets_of(target, &body).await {
+                Ok(read) => read,
+                Err(e) if e.is_unavailable() => return Err(e),
+                Err(e) => {
+                    failed.push(format!("notify[{i}]: {e}"));
+                    continue;
+                }
+            };
+            if let Err(why) = self
+                .send(&url, signature.as_deref(), &body, &delivery, stop)
+                .await
+            {
                 failed.push(format!("notify[{i}]: {why}"));
             }
         }
@@ -209,34 +221,54 @@ impl Notifier {
         Ok(failed)
     }
 
-    /// One target, tried up to [`ATTEMPTS`] times.
-    async fn send(
+    /// A target's URL and, with `signing_secret`, the body's signature: secrets are read
+    /// (and opened) at send time and never logged; an error names the secret, not a value.
+    async fn secrets_of(
         &self,
         target: &Notify,
         body: &str,
-        delivery: &str,
-        stop: &CancellationToken,
-    ) -> Result<(), String> {
+    ) -> Result<(String, Option<String>), StoreError> {
         let url = match (&target.url, &target.url_secret) {
             (Some(url), _) => url.clone(),
-            (None, Some(name)) => self.secret(name).await?,
-            (None, None) => return Err("no url".into()),
+            (None, Some(name)) => {
+                let url = self.secret(name).await?;
+                if !kiln_model::job::valid_notify_url(&url) {
+                    return Err(StoreError::Invalid {
+                        field: "url_secret".into(),
+                        message: format!("secret '{name}' does not hold an http(s) URL"),
+                    });
+                }
+                url
+            }
+            (None, None) => return Err(StoreError::NotFound("notify url".into())),
         };
         let signature = match &target.signing_secret {
             Some(name) => Some(sign(self.secret(name).await?.as_bytes(), body.as_bytes())),
             None => None,
         };
-        let host = host_of(&url).to_owned();
+        Ok((url, signature))
+    }
+
+    /// One target, tried up to [`ATTEMPTS`] times.
+    async fn send(
+        &self,
+        url: &str,
+        signature: Option<&str>,
+        body: &str,
+        delivery: &str,
+        stop: &CancellationToken,
+    ) -> Result<(), String> {
+        let host = host_of(url).to_owned();
         let mut pause = RETRY;
         for attempt in 1..=ATTEMPTS {
             let mut req = self
                 .http
-                .post(&url)
+                .post(url)
                 .header("Content-Type", "application/json")
                 .header("X-Kiln-Event", "build.finished")
                 .header("X-Kiln-Delivery", delivery)
                 .body(body.to_owned());
-            if let Some(s) = &signature {
+            if let Some(s) = signature {
                 req = req.header("X-Kiln-Signature-256", s);
             }
             let failure = match req.send().await {
@@ -277,14 +309,13 @@ impl Notifier {
         Err(format!("{host}: not delivered"))
     }
 
-    /// A secret's value (a URL, a signing key); the error names the secret, never a value.
-    async fn secret(&self, name: &str) -> Result<String, String> {
+    /// A secret's value (a URL, a signing key).
+    async fn secret(&self, name: &str) -> Result<String, StoreError> {
         self.store
             .secret_values(&[name.to_owned()], self.seal_key.as_deref())
-            .await
-            .map_err(|e| e.to_string())?
+            .await?
             .pop()
-            .ok_or_else(|| format!("secret '{name}' has no value"))
+            .ok_or_else(|| StoreError::NotFound(format!("secret '{name}'")))
     }
 }
 
