@@ -131,6 +131,10 @@ spec:
 {{- define "kiln.env.api" -}}
 {{ include "kiln.secretEnv" (dict "root" . "env" "KILN_AUTH__TOKENS" "existing" .Values.auth.existingSecret "key" .Values.auth.existingSecretKey) }}
 {{ include "kiln.env.secretsKey" . }}
+{{- with .Values.github.publicUrl }}
+- name: KILN_API__PUBLIC_URL
+  value: {{ . | quote }}
+{{- end }}
 {{- end -}}
 
 {{/* The key that seals secret values, for the api and the workers. */}}
