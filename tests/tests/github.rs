@@ -688,6 +688,96 @@ async fn fork_pull_requests_built_when_allowed_get_none_of_the_secrets() {
 }
 
 #[tokio::test]
+async fn a_pull_request_from_a_fork_waits_for_someone_to_approve_each_head() {
+    let Some(fx) = fixtures() else { return };
+    let c = Cluster::start().await;
+    let gh = github_fake().await;
+    let (_i, url) = c
+        .ingest(&gh.uri(), &[("KILN_GITHUB__FORK_PR_APPROVAL", "true")])
+        .await;
+    let hook = Hook {
+        url,
+        client: reqwest::Client::new(),
+    };
+    let mut def = job(&["true"]);
+    def["secrets"] = json!(["DEPLOY_TOKEN"]);
+    c.apply("app", def).await;
+    link(&c, "pullrequest", "app").await;
+    let mut fork = payload(&fx, "pull_request/opened.payload.json");
+    fork["pull_request"]["head"]["repo"]["full_name"] = json!("mallory/Hello-World");
+    let head = fork["pull_request"]["head"]["sha"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let (status, body) = hook.send("pull_request", "f-1", &fork).await;
+    assert_eq!(status, 202, "{body}");
+    assert_eq!(
+        body,
+        json!({"outcome": "awaiting_approval", "job": "app_pr2", "sha": head})
+    );
+    let def = c.get_json("/api/v1/jobs/app_pr2").await;
+    assert_eq!(
+        def["definition"]["github"]["awaiting_approval"],
+        json!(head)
+    );
+    assert_eq!(def["definition"].get("secrets"), None, "{def}");
+    let page = c.get_json("/api/v1/jobs/app_pr2/builds").await;
+    assert_eq!(page["total"], 0, "nothing runs before approval");
+
+    let approve = "/api/v1/jobs/app_pr2/approve";
+    let r = c
+        .client
+        .post(c.url(approve))
+        .json(&json!({}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 401, "approving needs a token");
+    let r = c
+        .call(
+            Method::POST,
+            approve,
+            Some(json!({"sha": "0123456789abcdef"})),
+        )
+        .await;
+    assert_eq!(r.status(), 400, "not the head that waits");
+    let e: Value = r.json().await.unwrap();
+    assert_eq!(e["error"]["field"], "sha", "{e}");
+    let r = c
+        .call(Method::POST, approve, Some(json!({"sha": &head[..12]})))
+        .await;
+    assert_eq!(r.status(), 201);
+    let b: Value = r.json().await.unwrap();
+    assert_eq!(b["trigger"]["sha"], json!(head), "{b}");
+    assert_eq!(b["trigger"]["by"], "tests", "the approver asked for it");
+    let def = c.get_json("/api/v1/jobs/app_pr2").await;
+    assert_eq!(def["definition"]["github"].get("awaiting_approval"), None);
+    let r = c.call(Method::POST, approve, None).await;
+    assert_eq!(r.status(), 409, "approved already");
+
+    // A new head waits again; the approved one's build is superseded.
+    let mut sync = payload(&fx, "pull_request/synchronize.payload.json");
+    sync["pull_request"]["head"]["repo"]["full_name"] = json!("mallory/Hello-World");
+    sync["number"] = json!(2);
+    let moved = "d".repeat(40);
+    sync["pull_request"]["head"]["sha"] = json!(moved);
+    let (status, body) = hook.send("pull_request", "f-2", &sync).await;
+    assert_eq!(
+        (status, body["outcome"].as_str()),
+        (202, Some("awaiting_approval")),
+        "{body}"
+    );
+    let page = c.get_json("/api/v1/jobs/app_pr2/builds").await;
+    assert_eq!(page["total"], 1, "{page}");
+    assert_eq!(page["builds"][0]["status"], "cancelled");
+    let def = c.get_json("/api/v1/jobs/app_pr2").await;
+    assert_eq!(
+        def["definition"]["github"]["awaiting_approval"],
+        json!(moved)
+    );
+}
+
+#[tokio::test]
 async fn closed_pull_request_jobs_are_deleted_after_their_retention() {
     let Some(fx) = fixtures() else { return };
     let c = Cluster::start().await;

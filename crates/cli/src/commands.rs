@@ -76,6 +76,14 @@ enum JobCommand {
     },
     /// Print a job's definition (JSON), and when its next scheduled build comes.
     Show { name: String },
+    /// Approve the head of a pull request from a fork that waits for it, queueing its build.
+    Approve {
+        name: String,
+        /// The head you reviewed (7 or more hex digits): refused if the pull request has
+        /// moved on since.
+        #[arg(long)]
+        sha: Option<String>,
+    },
 }
 
 #[derive(Subcommand)]
@@ -156,6 +164,19 @@ pub(crate) fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             if let Some(next) = v["next_scheduled_build"].as_str() {
                 eprintln!("next scheduled build: {next}");
             }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Job(JobCommand::Approve { name, sha }) => {
+            let b = api.json(
+                Method::POST,
+                &format!("/api/v1/jobs/{name}/approve"),
+                Some(&json!({ "sha": sha })),
+            )?;
+            eprintln!(
+                "{name} #{}: queued ({})",
+                b["number"],
+                b["trigger"]["sha"].as_str().unwrap_or("-")
+            );
             Ok(ExitCode::SUCCESS)
         }
         Command::Job(JobCommand::List { folder }) => {

@@ -27,6 +27,10 @@ pub struct GithubSettings {
     pub token: Option<Secret>,
     /// Build pull requests from forks (they run untrusted code).
     pub allow_fork_prs: bool,
+    /// Without `allow_fork_prs`: give a pull request from a fork its job, and build each
+    /// head once someone with a writing token approves it (`POST /jobs/{name}/approve`),
+    /// instead of ignoring it.
+    pub fork_pr_approval: bool,
     /// The commit status context shown on GitHub.
     pub status_context: String,
     /// The api's public base URL, for the status's link to the build log.
@@ -55,6 +59,7 @@ impl Default for GithubSettings {
             api_url: "https://api.github.com".into(),
             token: None,
             allow_fork_prs: false,
+            fork_pr_approval: false,
             status_context: "kiln".into(),
             public_url: "http://127.0.0.1:8080".into(),
             cancel_superseded: true,
@@ -74,7 +79,7 @@ pub(crate) struct Settings {
     pub(crate) webhook_path: String,
     pub(crate) api_url: String,
     pub(crate) token: Option<Secret>,
-    pub(crate) allow_fork_prs: bool,
+    pub(crate) forks: crate::derive::ForkPolicy,
     pub(crate) status_context: String,
     pub(crate) public_url: String,
     pub(crate) cancel_superseded: bool,
@@ -120,7 +125,11 @@ impl IngestConfig {
             webhook_path: g.webhook_path.clone(),
             api_url: g.api_url.trim_end_matches('/').to_owned(),
             token: g.token.clone().filter(|t| !t.expose().is_empty()),
-            allow_fork_prs: g.allow_fork_prs,
+            forks: match (g.allow_fork_prs, g.fork_pr_approval) {
+                (true, _) => crate::derive::ForkPolicy::Build,
+                (false, true) => crate::derive::ForkPolicy::Approve,
+                (false, false) => crate::derive::ForkPolicy::Ignore,
+            },
             status_context: g.status_context.clone(),
             public_url: g.public_url.trim_end_matches('/').to_owned(),
             cancel_superseded: g.cancel_superseded,

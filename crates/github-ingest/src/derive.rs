@@ -32,6 +32,11 @@ pub(crate) enum Outcome {
         job: JobName,
         cancelled: usize,
     },
+    /// A pull request from a fork got its job; its head waits for someone's approval.
+    AwaitingApproval {
+        job: JobName,
+        sha: String,
+    },
     Ignored {
         reason: String,
     },
@@ -52,6 +57,7 @@ impl Outcome {
             Self::Queued { .. } => "queued",
             Self::Duplicate { .. } => "duplicate",
             Self::Disabled { .. } => "disabled",
+            Self::AwaitingApproval { .. } => "awaiting_approval",
             Self::Ignored { .. } => "ignored",
             Self::Pong { .. } => "pong",
         }
@@ -64,16 +70,28 @@ pub(crate) struct Head {
     pub(crate) job: JobName,
     pub(crate) kind: TriggerKind,
     pub(crate) source: GithubSource,
-    /// A pull request from a fork (built only with `github.allow_fork_prs`): it runs code
-    /// from outside the repository, so its job gets none of the base job's secrets.
+    /// A pull request from a fork (built only with `github.allow_fork_prs`, or once
+    /// approved): it runs code from outside the repository, so its job gets none of the
+    /// base job's secrets.
     pub(crate) from_fork: bool,
+    /// Its head is not built until someone approves it (`ForkPolicy::Approve`).
+    pub(crate) needs_approval: bool,
+}
+
+/// What becomes of a pull request from a fork: `github.allow_fork_prs` builds it,
+/// `github.fork_pr_approval` waits for someone to approve each head, neither ignores it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum ForkPolicy {
+    Build,
+    Approve,
+    Ignore,
 }
 
 /// Why an open pull request gets no build.
 pub(crate) enum PrSkip {
     /// Its head repository was deleted: there is nothing to clone.
     HeadRepoGone,
-    /// It comes from a fork and `github.allow_fork_prs` is off.
+    /// It comes from a fork, and forks are ignored (`ForkPolicy::Ignore`).
     Fork,
 }
 
@@ -85,12 +103,12 @@ pub(crate) fn pull_request_head(
     repository: &str,
     number: u64,
     pr: PullRequest,
-    allow_fork_prs: bool,
+    forks: ForkPolicy,
 ) -> Result<Head, PrSkip> {
     let head_repo = pr.head.repo.as_ref().ok_or(PrSkip::HeadRepoGone)?;
     let base_repo = pr.base.repo.as_ref().map_or(repository, |r| &r.full_name);
     let from_fork = !head_repo.full_name.eq_ignore_ascii_case(base_repo);
-    if from_fork && !allow_fork_prs {
+    if from_fork && forks == ForkPolicy::Ignore {
         return Err(PrSkip::Fork);
     }
     Ok(Head {
@@ -108,8 +126,10 @@ pub(crate) fn pull_request_head(
             head_sha: pr.head.sha,
             head_ref: pr.head.git_ref,
             closed_at: None,
+            awaiting_approval: None,
         },
         from_fork,
+        needs_approval: from_fork && forks == ForkPolicy::Approve,
     })
 }
 
@@ -160,9 +180,13 @@ impl Ctx<'_> {
         let sha = head.source.head_sha.clone();
         let author = head.source.author.clone();
         let git_ref = head.source.head_ref.clone();
-        self.store
-            .put_job(&head.job, &derived(&base, head.source, head.from_fork))
-            .await?;
+        let mut def = derived(&base, head.source, head.from_fork);
+        if head.needs_approval {
+            if let Some(g) = def.github.as_mut() {
+                g.awaiting_approval = Some(sha.clone());
+            }
+        }
+        self.store.put_job(&head.job, &def).await?;
         let superseded = if self.cancel_superseded {
             let short = &sha[..sha.len().min(8)];
             self.store
@@ -171,6 +195,10 @@ impl Ctx<'_> {
         } else {
             0
         };
+        if head.needs_approval {
+            self.store.mark_delivery(&dedup, DELIVERY_TTL_SECS).await?;
+            return Ok(Outcome::AwaitingApproval { job: head.job, sha });
+        }
         let t = self
             .store
             .trigger(&TriggerRequest {

@@ -87,7 +87,7 @@ pub(crate) struct Reconciler {
     store: Store,
     github: Octocrab,
     every: Duration,
-    allow_fork_prs: bool,
+    forks: crate::derive::ForkPolicy,
     cancel_superseded: bool,
     reporter: Option<Name>,
     /// Per page asked for, the `ETag` of GitHub's last answer and the items it held.
@@ -137,7 +137,7 @@ impl Reconciler {
             store,
             github,
             every,
-            allow_fork_prs: settings.allow_fork_prs,
+            forks: settings.forks,
             cancel_superseded: settings.cancel_superseded,
             reporter,
             etags: Mutex::default(),
@@ -336,7 +336,7 @@ impl Reconciler {
                 &repository,
                 item.number,
                 item.pr,
-                self.allow_fork_prs,
+                self.forks,
             ) else {
                 continue;
             };
@@ -386,9 +386,11 @@ impl Reconciler {
                             head_sha: (*sha).to_owned(),
                             author: None,
                             closed_at: None,
+                            awaiting_approval: None,
                             ..g.clone()
                         },
                         from_fork: false,
+                        needs_approval: false,
                     };
                     self.build(ctx, head, scan).await?;
                 }

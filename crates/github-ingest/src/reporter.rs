@@ -16,10 +16,10 @@ use crate::config::Settings;
 use crate::derive::final_state;
 
 /// The consumer name of the status reporter.
-pub(crate) const CONSUMER: &str = "github";
-/// Prefix of entries github-ingest adds when it queues a build; plain build keys come from
-/// the finish script.
-pub(crate) const PENDING: &str = "pending:";
+pub(crate) const CONSUMER: &str = kiln_model::keys::GITHUB_CONSUMER;
+/// Prefix of entries github-ingest (and the api's approval of a fork's pull request) adds
+/// when it queues a build; plain build keys come from the finish script.
+pub(crate) const PENDING: &str = kiln_model::keys::GITHUB_PENDING;
 /// Entries handled per round.
 const BATCH: usize = 20;
 /// Pause when there is nothing to report.

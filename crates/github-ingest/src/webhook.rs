@@ -159,7 +159,7 @@ async fn pull_request(
         &e.repository.full_name,
         e.number,
         e.pull_request,
-        state.settings.allow_fork_prs,
+        state.settings.forks,
     ) {
         Ok(head) => head,
         Err(PrSkip::HeadRepoGone) => {
@@ -170,7 +170,7 @@ async fn pull_request(
         }
         Err(PrSkip::Fork) => {
             return Ok(Outcome::ignored(
-                "pull requests from forks are not built (github.allow_fork_prs is off)",
+                "pull requests from forks are not built (github.allow_fork_prs and github.fork_pr_approval are off)",
             ))
         }
     };
@@ -211,8 +211,10 @@ async fn push(ctx: &Ctx<'_>, delivery: &str, e: PushEvent) -> Result<Outcome, Ap
             head_ref: branch.to_owned(),
             clone_url: e.repository.clone_url,
             closed_at: None,
+            awaiting_approval: None,
         },
         from_fork: false,
+        needs_approval: false,
     };
     Ok(ctx.build(head, delivery).await?)
 }

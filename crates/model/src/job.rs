@@ -199,6 +199,11 @@ pub struct GithubSource {
     /// cleanup task deletes the job a configured number of days later.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub closed_at: Option<chrono::DateTime<chrono::Utc>>,
+    /// The head sha of a pull request from a fork that waits for someone to approve it
+    /// (`POST /jobs/{name}/approve`, with `github.fork_pr_approval`) before it is built:
+    /// it runs code from outside the repository.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub awaiting_approval: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

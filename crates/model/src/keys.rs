@@ -124,6 +124,13 @@ pub const DOWNSTREAM_CONSUMER: &str = "downstream";
 /// (`keep`) hands the changed document to the index again, and to no other consumer.
 pub const ES_CONSUMER: &str = "es";
 
+/// github-ingest's commit-status reporter's consumer name (`kiln:finished:github`).
+pub const GITHUB_CONSUMER: &str = "github";
+
+/// Prefix of the entries that ask the status reporter to post `pending` for a build just
+/// queued (`pending:<build key>`); plain build keys ask for its final status.
+pub const GITHUB_PENDING: &str = "pending:";
+
 /// `kiln:finished:<ES_CONSUMER>`.
 pub fn es_finished() -> String {
     format!("{}{ES_CONSUMER}", prefix::FINISHED)

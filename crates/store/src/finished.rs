@@ -125,6 +125,13 @@ impl Store {
         Ok(())
     }
 
+    /// Whether `consumer` is registered (its service runs and asked for finished builds).
+    pub async fn is_consumer(&self, consumer: &Name) -> Result<bool, StoreError> {
+        let mut c = self.conn().await?;
+        Ok(c.sismember(keys::FINISHED_CONSUMERS, consumer.as_str())
+            .await?)
+    }
+
     /// Stops copying finished builds to a consumer that is switched off, so its list does
     /// not grow without a reader.
     pub async fn unregister_consumer(&self, consumer: &Name) -> Result<(), StoreError> {

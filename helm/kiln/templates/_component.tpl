@@ -157,6 +157,8 @@ spec:
   value: {{ .Values.github.apiUrl | quote }}
 - name: KILN_GITHUB__ALLOW_FORK_PRS
   value: {{ .Values.github.allowForkPrs | quote }}
+- name: KILN_GITHUB__FORK_PR_APPROVAL
+  value: {{ .Values.github.forkPrApproval | quote }}
 - name: KILN_GITHUB__RECONCILE_INTERVAL_SECS
   value: {{ .Values.github.reconcileIntervalSecs | quote }}
 - name: KILN_GITHUB__STATUS_CONTEXT

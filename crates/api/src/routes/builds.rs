@@ -114,12 +114,17 @@ async fn queue(
         })
         .await?;
     metrics::counter!("kiln_builds_triggered_total").increment(1);
-    Ok(HttpResponse::Created()
+    Ok(created(t.build))
+}
+
+/// 201 with a build just queued and its `Location`.
+pub(crate) fn created(build: BuildDocument) -> HttpResponse {
+    HttpResponse::Created()
         .insert_header((
             "Location",
-            format!("{API_PREFIX}/jobs/{name}/builds/{}", t.build.number),
+            format!("{API_PREFIX}/jobs/{}/builds/{}", build.job, build.number),
         ))
-        .json(t.build))
+        .json(build)
 }
 
 #[derive(Deserialize)]

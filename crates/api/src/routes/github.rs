@@ -1,15 +1,18 @@
 //! `/github/...`: links from a GitHub repository's pull requests or branch pushes to the job
-//! github-ingest copies for each of them (`github_<org>_<repo>_pullrequest|branch`).
+//! github-ingest copies for each of them (`github_<org>_<repo>_pullrequest|branch`), and the
+//! approval of a pull request from a fork (`/jobs/{name}/approve`).
 
 use actix_web::{web, HttpRequest, HttpResponse};
-use kiln_model::keys::GithubLinkKind;
+use kiln_model::keys::{self, GithubLinkKind};
+use kiln_model::{Name, Trigger, TriggerKind};
 use kiln_service_kit::auth::{Reader, Writer};
 use kiln_service_kit::body::Body;
 use kiln_service_kit::error::ApiError;
+use kiln_store::TriggerRequest;
 use serde::Deserialize;
 use serde_json::json;
 
-use super::{body_json, job_name};
+use super::{body_json, body_or_default, job_name};
 use crate::app::AppState;
 
 fn parts(path: &(String, String, String)) -> Result<(String, String, GithubLinkKind), ApiError> {
@@ -95,4 +98,78 @@ pub(crate) async fn delete(
 
 pub(crate) async fn list(_: Reader, state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
     Ok(HttpResponse::Ok().json(json!({ "links": state.store.list_links().await? })))
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct ApproveBody {
+    /// The head the approver reviewed: refused if the pull request moved on since.
+    #[serde(default)]
+    sha: Option<String>,
+}
+
+/// Approves the head of a pull request from a fork that waits for it (with
+/// `github.fork_pr_approval`): its build is queued, `by` the approver. Each new head waits
+/// again. Naming the reviewed `sha` makes sure the code built is the code read.
+pub(crate) async fn approve(
+    who: Writer,
+    state: web::Data<AppState>,
+    path: web::Path<String>,
+    req: HttpRequest,
+    body: Body,
+) -> Result<HttpResponse, ApiError> {
+    let name = job_name(&path)?;
+    let b: ApproveBody = body_or_default(&req, &body)?;
+    let mut def = state
+        .store
+        .get_job(&name)
+        .await?
+        .ok_or_else(|| ApiError::NotFound(format!("job {name} not found")))?;
+    let Some(source) = def.github.as_mut().filter(|g| g.kind == "pull_request") else {
+        return Err(ApiError::Conflict(format!(
+            "job {name} is not a pull request's job"
+        )));
+    };
+    let Some(sha) = source.awaiting_approval.take() else {
+        return Err(ApiError::Conflict(format!(
+            "nothing of job {name} waits for approval"
+        )));
+    };
+    if b.sha
+        .as_ref()
+        .is_some_and(|s| !sha.starts_with(s.as_str()) || s.len() < 7)
+    {
+        return Err(ApiError::bad_request(
+            "sha",
+            format!("the pull request's head is {sha}: review that and approve it"),
+        ));
+    }
+    let git_ref = source.head_ref.clone();
+    state.store.put_job(&name, &def).await?;
+    let t = state
+        .store
+        .trigger(&TriggerRequest {
+            job: name.clone(),
+            parameters: Default::default(),
+            trigger: Trigger {
+                sha: Some(sha.clone()),
+                git_ref: Some(git_ref),
+                ..Trigger::new(TriggerKind::GithubPullRequest, Some(who.0.name))
+            },
+            dedup: Some((
+                keys::github_delivery(&format!("approve-{name}-{sha}")),
+                24 * 3600,
+            )),
+            next: false,
+        })
+        .await?;
+    // The status reporter, when it runs, posts `pending` as for any pull request's build.
+    let reporter =
+        Name::parse(keys::GITHUB_CONSUMER).map_err(|e| ApiError::Unexpected(e.to_string()))?;
+    if state.store.is_consumer(&reporter).await? {
+        let entry = format!("{}{}", keys::GITHUB_PENDING, t.build.build_ref().key());
+        state.store.push_finished(&reporter, &[entry]).await?;
+    }
+    metrics::counter!("kiln_builds_triggered_total").increment(1);
+    Ok(super::builds::created(t.build))
 }

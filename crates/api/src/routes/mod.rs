@@ -61,6 +61,7 @@ routes! {
     get "/jobs/{name}/builds/{number}/artifacts/{path:.*}" => artifacts::get, "read", 200, "Download one archived file (path as listed)";
     get "/nodes" => nodes::list, "read", 200, "List live workers";
     get "/queue" => nodes::queue, "read", 200, "List queues with their depth and waiting builds";
+    post "/jobs/{name}/approve" => github::approve, "write", 201, "Approve the head of a pull request from a fork that waits for it (github.fork_pr_approval): its build is queued";
     get "/github/links" => github::list, "read", 200, "List every GitHub link";
     put "/github/{org}/{repo}/{kind}" => github::put, "write", 200, "Link a repository's pullrequest or branch events to a job";
     get "/github/{org}/{repo}/{kind}" => github::get, "read", 200, "Read a GitHub link";
