@@ -659,14 +659,12 @@ async fn fork_pull_requests_are_not_built_by_default() {
     assert_eq!(r.status(), 404);
 }
 
-#[tokio::test]
-async fn fork_pull_requests_built_when_allowed_get_none_of_the_secrets() {
-    let Some(fx) = fixtures() else { return };
+/// A cluster whose github-ingest has `setting` on, the job `app` (with a secret) linked for
+/// pull requests, and an `opened` delivery of a pull request from mallory's fork.
+async fn forked(fx: &Path, setting: &str) -> (Cluster, Hook, support::Proc, Value) {
     let c = Cluster::start().await;
     let gh = github_fake().await;
-    let (_i, url) = c
-        .ingest(&gh.uri(), &[("KILN_GITHUB__ALLOW_FORK_PRS", "true")])
-        .await;
+    let (ingest, url) = c.ingest(&gh.uri(), &[(setting, "true")]).await;
     let hook = Hook {
         url,
         client: reqwest::Client::new(),
@@ -675,8 +673,15 @@ async fn fork_pull_requests_built_when_allowed_get_none_of_the_secrets() {
     def["secrets"] = json!(["DEPLOY_TOKEN"]);
     c.apply("app", def).await;
     link(&c, "pullrequest", "app").await;
-    let mut fork = payload(&fx, "pull_request/opened.payload.json");
+    let mut fork = payload(fx, "pull_request/opened.payload.json");
     fork["pull_request"]["head"]["repo"]["full_name"] = json!("mallory/Hello-World");
+    (c, hook, ingest, fork)
+}
+
+#[tokio::test]
+async fn fork_pull_requests_built_when_allowed_get_none_of_the_secrets() {
+    let Some(fx) = fixtures() else { return };
+    let (c, hook, _i, fork) = forked(&fx, "KILN_GITHUB__ALLOW_FORK_PRS").await;
     let (status, body) = hook.send("pull_request", "f-1", &fork).await;
     assert_eq!(
         (status, body["outcome"].as_str()),
@@ -690,21 +695,7 @@ async fn fork_pull_requests_built_when_allowed_get_none_of_the_secrets() {
 #[tokio::test]
 async fn a_pull_request_from_a_fork_waits_for_someone_to_approve_each_head() {
     let Some(fx) = fixtures() else { return };
-    let c = Cluster::start().await;
-    let gh = github_fake().await;
-    let (_i, url) = c
-        .ingest(&gh.uri(), &[("KILN_GITHUB__FORK_PR_APPROVAL", "true")])
-        .await;
-    let hook = Hook {
-        url,
-        client: reqwest::Client::new(),
-    };
-    let mut def = job(&["true"]);
-    def["secrets"] = json!(["DEPLOY_TOKEN"]);
-    c.apply("app", def).await;
-    link(&c, "pullrequest", "app").await;
-    let mut fork = payload(&fx, "pull_request/opened.payload.json");
-    fork["pull_request"]["head"]["repo"]["full_name"] = json!("mallory/Hello-World");
+    let (c, hook, _i, fork) = forked(&fx, "KILN_GITHUB__FORK_PR_APPROVAL").await;
     let head = fork["pull_request"]["head"]["sha"]
         .as_str()
         .unwrap()

@@ -168,6 +168,21 @@ pub fn valid_notify_url(url: &str) -> bool {
         && !url.chars().any(|c| c.is_whitespace() || c.is_control())
 }
 
+/// An `on` list (of `downstream` or `notify`): at least one status, each one a build ends
+/// with.
+fn check_on(on: &[BuildStatus], field: &str) -> Result<(), InvalidField> {
+    if on.is_empty() {
+        return Err(InvalidField::new(field, "must name at least one status"));
+    }
+    match on.iter().position(|s| !s.is_final()) {
+        Some(j) => Err(InvalidField::new(
+            format!("{field}[{j}]"),
+            "must be a status a build ends with: success, failure, cancelled, timed_out, lost or error",
+        )),
+        None => Ok(()),
+    }
+}
+
 fn is_zero(n: &u32) -> bool {
     *n == 0
 }
@@ -587,18 +602,7 @@ impl JobDefinition {
                     "must be a secret's name: [A-Za-z_][A-Za-z0-9_]*, not starting with KILN_",
                 ));
             }
-            if n.on.is_empty() {
-                return Err(InvalidField::new(
-                    format!("notify[{i}].on"),
-                    "must name at least one status",
-                ));
-            }
-            if let Some(j) = n.on.iter().position(|s| !s.is_final()) {
-                return Err(InvalidField::new(
-                    format!("notify[{i}].on[{j}]"),
-                    "must be a status a build ends with: success, failure, cancelled, timed_out, lost or error",
-                ));
-            }
+            check_on(&n.on, &format!("notify[{i}].on"))?;
         }
         Ok(())
     }
@@ -630,18 +634,7 @@ impl JobDefinition {
                     "is named twice",
                 ));
             }
-            if d.on.is_empty() {
-                return Err(InvalidField::new(
-                    format!("downstream[{i}].on"),
-                    "must name at least one status",
-                ));
-            }
-            if let Some(j) = d.on.iter().position(|s| !s.is_final()) {
-                return Err(InvalidField::new(
-                    format!("downstream[{i}].on[{j}]"),
-                    "must be a status a build ends with: success, failure, cancelled, timed_out, lost or error",
-                ));
-            }
+            check_on(&d.on, &format!("downstream[{i}].on"))?;
             if let Some(k) = d.parameters.keys().find(|k| !is_env_name(k)) {
                 return Err(InvalidField::new(
                     format!("downstream[{i}].parameters.{k}"),
