@@ -1,6 +1,6 @@
 //! Build notifications through the real api, worker and redis-server to a real HTTP
-//! receiver standing in for a chat webhook: who gets which message, signed, retried, and
-//! what a target that refuses leaves behind.
+//! receiver standing in for a chat webhook: who gets which message, signed, retried, only
+//! on a change of status when asked, and what a target that refuses leaves behind.
 
 mod support;
 
@@ -106,7 +106,8 @@ async fn an_ended_build_notifies_the_targets_its_status_names() {
         {"url": format!("{base}/hook/plain"), "on": ["success", "failure"]},
         {"url_secret": "HOOK_URL", "signing_secret": "SIGNING_KEY"},
         {"url": format!("{base}/flaky"), "on": ["failure"]},
-        {"url": format!("{base}/gone"), "on": ["failure"]}
+        {"url": format!("{base}/gone"), "on": ["failure"]},
+        {"url": format!("{base}/hook/changes"), "on": ["success", "failure"], "only_on_change": true}
     ]);
     c.apply("app", def).await;
     let _w = c.worker(WorkerOpts::new("w1")).await;
@@ -176,6 +177,23 @@ async fn an_ended_build_notifies_the_targets_its_status_names() {
         flaky[1].delivery, secret[0].delivery,
         "every target gets the same id for one build"
     );
+
+    // `only_on_change`: a second failure in a row says nothing; the fix does.
+    let again = c
+        .trigger_with("app", json!({"parameters": {"FAIL": "1"}}))
+        .await;
+    c.wait_status("app", again, "failure", T).await;
+    let fixed = c.trigger("app").await;
+    c.wait_status("app", fixed, "success", T).await;
+    kiln_testkit::wait_for("the fix's message", T, || async {
+        (messages(&log, "/hook/plain").len() == 4).then_some(())
+    })
+    .await;
+    let numbers: Vec<Value> = messages(&log, "/hook/changes")
+        .iter()
+        .map(|m| m.json()["number"].clone())
+        .collect();
+    assert_eq!(numbers, [json!(ok), json!(failed), json!(fixed)]);
 
     // Neither a secret's URL nor its value reaches the api's log.
     let logs = c.logs_of("kiln-api");

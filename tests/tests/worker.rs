@@ -84,7 +84,7 @@ async fn ephemeral_workers_exit_after_their_builds_or_when_idle() {
     ];
     let mut opts = WorkerOpts::new("once");
     opts.env.push(("KILN_WORKER__MAX_BUILDS", "2".into()));
-    let mut once = c.worker(opts).await;
+    let mut once = c.spawn_worker(opts);
     assert_eq!(
         once.wait_exit(T).await,
         Some(0),
@@ -102,7 +102,7 @@ async fn ephemeral_workers_exit_after_their_builds_or_when_idle() {
 
     let mut opts = WorkerOpts::new("idler");
     opts.env.push(("KILN_WORKER__IDLE_EXIT_SECS", "1".into()));
-    let mut idler = c.worker(opts).await;
+    let mut idler = c.spawn_worker(opts);
     c.wait_status("app", numbers[2], "success", T).await;
     assert_eq!(idler.wait_exit(T).await, Some(0), "idle, it exits");
 }

@@ -16,7 +16,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use kiln_model::job::Notify;
-use kiln_model::{keys, BuildDocument, BuildRef, Name};
+use kiln_model::{keys, BuildDocument, BuildRef, BuildStatus, Name};
 use kiln_service_kit::shutdown::retry_until_ok;
 use kiln_service_kit::signature::sign;
 use kiln_store::{SealKey, Store, StoreError};
@@ -33,6 +33,9 @@ const RETRY: Duration = Duration::from_secs(1);
 const IDLE: Duration = Duration::from_millis(250);
 /// Entries taken per round.
 const BATCH: usize = 20;
+/// How many of a job's builds before an ended one `only_on_change` looks through for the
+/// previous ended build.
+const PREVIOUS_WINDOW: usize = 200;
 
 /// The consumer name whose lists the notifier reads (`kiln:finished:notify`).
 pub(crate) fn consumer() -> Name {
@@ -197,8 +200,13 @@ impl Notifier {
         };
         let body = message(&doc, self.public_url.as_deref()).to_string();
         let delivery = format!("{}:{}", entry, doc.queued_at.timestamp_millis());
+        let changes_only = def
+            .notify
+            .iter()
+            .any(|n| n.only_on_change && n.on.contains(&doc.status));
+        let unchanged = changes_only && self.previous_status(&doc).await? == Some(doc.status);
         for (i, target) in def.notify.iter().enumerate() {
-            if !target.on.contains(&doc.status) {
+            if !target.on.contains(&doc.status) || (target.only_on_change && unchanged) {
                 continue;
             }
             // Secrets are read first: Redis failing is the entry's to retry, not a target's.
@@ -219,6 +227,32 @@ impl Notifier {
         }
         metrics::counter!("kiln_notifications_failed_total").increment(failed.len() as u64);
         Ok(failed)
+    }
+
+    /// The status of the job's newest build older than `doc` that has ended (builds still
+    /// running are passed over), among the [`PREVIOUS_WINDOW`] builds before it; `None` when
+    /// there is none, which counts as a change.
+    async fn previous_status(
+        &self,
+        doc: &BuildDocument,
+    ) -> Result<Option<BuildStatus>, StoreError> {
+        const PAGE: usize = 50;
+        let mut offset = 0;
+        while offset < PREVIOUS_WINDOW {
+            let (page, total) = self.store.list_builds(&doc.job, offset, PAGE).await?;
+            let found = page
+                .iter()
+                .find(|b| b.number < doc.number && b.status.is_final())
+                .map(|b| b.status);
+            if found.is_some() {
+                return Ok(found);
+            }
+            offset += PAGE;
+            if offset >= total {
+                break;
+            }
+        }
+        Ok(None)
     }
 
     /// A target's URL and, with `signing_secret`, the body's signature: secrets are read

@@ -133,8 +133,9 @@ pub struct Downstream {
 
 /// A notification target: an `http(s)` URL, given as is or as the name of a secret holding
 /// it (a chat webhook's URL is its password), the statuses that send it (default: the
-/// build did not succeed), and optionally a secret whose value signs each message
-/// (`X-Kiln-Signature-256: sha256=<HMAC-SHA256 of the body>`, as GitHub signs its webhooks).
+/// build did not succeed), optionally a secret whose value signs each message
+/// (`X-Kiln-Signature-256: sha256=<HMAC-SHA256 of the body>`, as GitHub signs its webhooks),
+/// and whether only a change of status is worth a message.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Notify {
@@ -146,6 +147,10 @@ pub struct Notify {
     pub on: Vec<BuildStatus>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub signing_secret: Option<String>,
+    /// Only when the status differs from the job's previous ended build's (or there is
+    /// none): "broken" and "fixed" once each, not every failure of a red streak.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub only_on_change: bool,
 }
 
 fn default_notify_on() -> Vec<BuildStatus> {
@@ -737,7 +742,8 @@ mod tests {
         );
         let d = parse(serde_json::json!({"steps": [{"name": "b", "run": "make"}],
             "notify": [{"url": "https://chat.example/hook"},
-                {"url_secret": "SLACK_URL", "on": ["success"], "signing_secret": "SIGN"}]}))
+                {"url_secret": "SLACK_URL", "on": ["success"], "signing_secret": "SIGN",
+                    "only_on_change": true}]}))
         .unwrap();
         d.validate().unwrap();
         assert_eq!(
@@ -745,6 +751,7 @@ mod tests {
             4,
             "default: every way of not succeeding"
         );
+        assert!(!d.notify[0].only_on_change && d.notify[1].only_on_change);
         assert!(serde_json::to_string(&d).unwrap().contains(NOTIFY_MARK));
         let field = |d: &JobDefinition| d.validate().unwrap_err().field;
         for (url, secret, bad_field) in [

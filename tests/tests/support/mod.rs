@@ -226,6 +226,14 @@ impl Cluster {
     }
 
     pub async fn worker(&self, opts: WorkerOpts) -> Proc {
+        let p = self.spawn_worker(opts);
+        self.wait_healthy(p.port).await;
+        p
+    }
+
+    /// A worker process, not waited for: one that may be gone before it would answer
+    /// `/healthz` (an ephemeral worker with quick builds).
+    pub fn spawn_worker(&self, opts: WorkerOpts) -> Proc {
         let port = free_port();
         let mut env = vec![
             ("KILN_REDIS__URL", self.redis_url.clone()),
@@ -256,9 +264,7 @@ impl Cluster {
             env.push(("KILN_WORKER__MAX_LOG_BYTES", n.to_string()));
         }
         env.extend(opts.env.iter().cloned());
-        let p = spawn("kiln-worker", port, &env, self.logs.path());
-        self.wait_healthy(port).await;
-        p
+        spawn("kiln-worker", port, &env, self.logs.path())
     }
 
     /// Starts a stream gateway; returns it with its `ws://` base URL.
