@@ -70,6 +70,47 @@ async fn the_workers_http_port_reports_its_claim_loop_and_answers_the_rest_with_
     assert_eq!(r.headers()["allow"], "GET");
 }
 
+/// What `/nodes` says of worker `id` (`Null` when it is not live).
+async fn node(c: &Cluster, id: &str) -> serde_json::Value {
+    let nodes = c.get_json("/api/v1/nodes").await;
+    nodes["nodes"]
+        .as_array()
+        .and_then(|n| n.iter().find(|n| n["id"] == id).cloned())
+        .unwrap_or_default()
+}
+
+/// An operator pauses a worker (maintenance of its machine): it takes nothing new until
+/// resumed, and says so in `/nodes`.
+#[tokio::test]
+async fn a_paused_worker_takes_no_new_build_until_resumed() {
+    let c = Cluster::start().await;
+    let _w = c.worker(WorkerOpts::new("w1")).await;
+    c.apply("app", job(&["true"])).await;
+    let r = c
+        .call(Method::POST, "/api/v1/nodes/nobody/pause", None)
+        .await;
+    assert_eq!(r.status(), 404);
+    let r = c.call(Method::POST, "/api/v1/nodes/w1/pause", None).await;
+    assert_eq!(r.status(), 200);
+    kiln_testkit::wait_for("w1 to say it is paused", T, || async {
+        (node(&c, "w1").await["state"] == "paused").then_some(())
+    })
+    .await;
+    let n = c.trigger("app").await;
+    // Two more heartbeats of the paused worker, and the build still waits.
+    for _ in 0..2 {
+        let seen = node(&c, "w1").await["last_seen"].clone();
+        kiln_testkit::wait_for("another heartbeat", T, || async {
+            (node(&c, "w1").await["last_seen"] != seen).then_some(())
+        })
+        .await;
+    }
+    assert_eq!(c.build("app", n).await["status"], "queued");
+    let r = c.call(Method::POST, "/api/v1/nodes/w1/resume", None).await;
+    assert_eq!(r.status(), 200);
+    c.wait_status("app", n, "success", T).await;
+}
+
 /// Ephemeral workers, as a Kubernetes Job or KEDA ScaledJob runs them: one takes its
 /// `max_builds` and exits once they have ended, leaving the rest queued; one that finds no
 /// build for `idle_exit_secs` exits.

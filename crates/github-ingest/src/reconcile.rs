@@ -94,19 +94,6 @@ pub(crate) struct Reconciler {
     etags: Mutex<HashMap<String, (HeaderValue, String)>>,
 }
 
-/// A link's owner, repository and kind from its key (`github_<org>_<repo>_<kind>`). GitHub
-/// owner names hold no `_`, so the first one ends the owner; repository names may hold it.
-fn parse_link(key: &str) -> Option<(String, String, GithubLinkKind)> {
-    let rest = key.strip_prefix("github_")?;
-    let (rest, kind) = if let Some(r) = rest.strip_suffix("_pullrequest") {
-        (r, GithubLinkKind::Pullrequest)
-    } else {
-        (rest.strip_suffix("_branch")?, GithubLinkKind::Branch)
-    };
-    let (org, repo) = rest.split_once('_')?;
-    Some((org.to_owned(), repo.to_owned(), kind))
-}
-
 /// The jobs derived from `base` for events of `repository` of `kind`, with their source.
 fn derived_jobs<'a>(
     jobs: &'a [(JobName, JobDefinition)],
@@ -189,7 +176,7 @@ impl Reconciler {
             reporter: self.reporter.as_ref(),
         };
         for link in links {
-            let Some((org, repo, kind)) = parse_link(&link.key) else {
+            let Some((org, repo, kind)) = kiln_model::keys::parse_github_link(&link.key) else {
                 continue;
             };
             let Some(base) = link
@@ -420,26 +407,5 @@ impl Reconciler {
             _ => {}
         }
         Ok(())
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn link_keys_give_back_owner_repository_and_kind() {
-        let (o, r, k) = parse_link("github_acme_my_repo_pullrequest").unwrap();
-        assert_eq!(
-            (o.as_str(), r.as_str(), k),
-            ("acme", "my_repo", GithubLinkKind::Pullrequest)
-        );
-        let (o, r, k) = parse_link("github_acme-inc_app_branch").unwrap();
-        assert_eq!(
-            (o.as_str(), r.as_str(), k),
-            ("acme-inc", "app", GithubLinkKind::Branch)
-        );
-        assert!(parse_link("github_acme_app_tag").is_none());
-        assert!(parse_link("job_app").is_none());
     }
 }

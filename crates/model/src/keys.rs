@@ -92,6 +92,19 @@ pub fn github_link(org: &str, repo: &str, kind: GithubLinkKind) -> String {
     )
 }
 
+/// A link key's owner, repository and kind (`github_link` read back). GitHub owner names
+/// hold no `_`, so the first one ends the owner; repository names may hold it.
+pub fn parse_github_link(key: &str) -> Option<(String, String, GithubLinkKind)> {
+    let rest = key.strip_prefix("github_")?;
+    let (rest, kind) = if let Some(r) = rest.strip_suffix("_pullrequest") {
+        (r, GithubLinkKind::Pullrequest)
+    } else {
+        (rest.strip_suffix("_branch")?, GithubLinkKind::Branch)
+    };
+    let (org, repo) = rest.split_once('_')?;
+    Some((org.to_owned(), repo.to_owned(), kind))
+}
+
 /// Set of every `github_<org>_<repo>_<kind>` link key, so links can be listed without
 /// scanning the keyspace.
 pub const GITHUB_LINKS: &str = "kiln:github-links";
@@ -211,6 +224,10 @@ pub const WORKERS: &str = "kiln:workers";
 /// folders below a job's oldest kept build when they finish one of its builds, which a
 /// pinned build holds back and an idle job never does, so the api removes these instead.
 pub const STORAGE_ORPHANS: &str = "kiln:storage-orphans";
+
+/// Set of the ids of workers an operator paused (`POST /nodes/{id}/pause`): each reads it
+/// with its heartbeat, takes no new build while in it, and finishes the ones it runs.
+pub const PAUSED_WORKERS: &str = "kiln:paused-workers";
 
 /// Set of consumers (`es`, `github`) that asked for a durable copy of every finished build.
 pub const FINISHED_CONSUMERS: &str = "kiln:finished-consumers";
@@ -376,6 +393,22 @@ mod tests {
             github_link("MyOrg", "Repo", GithubLinkKind::Pullrequest),
             "github_myorg_repo_pullrequest"
         );
+    }
+
+    #[test]
+    fn link_keys_give_back_owner_repository_and_kind() {
+        for (org, repo, kind) in [
+            ("acme", "my_repo", GithubLinkKind::Pullrequest),
+            ("acme-inc", "app", GithubLinkKind::Branch),
+        ] {
+            let key = github_link(org, repo, kind);
+            assert_eq!(
+                parse_github_link(&key),
+                Some((org.to_owned(), repo.to_owned(), kind))
+            );
+        }
+        assert!(parse_github_link("github_acme_app_tag").is_none());
+        assert!(parse_github_link("job_app").is_none());
     }
 
     #[test]

@@ -117,6 +117,8 @@ pub struct Finished {
 pub struct Heartbeat {
     pub stale: Vec<String>,
     pub cancelled: Vec<String>,
+    /// An operator paused the worker: it takes no new build until resumed.
+    pub paused: bool,
 }
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -338,6 +340,7 @@ impl Store {
             .key(keys::node(&node.id))
             .key(keys::LEASES)
             .key(keys::LEASE_OWNERS)
+            .key(keys::PAUSED_WORKERS)
             .arg(node.id.as_str())
             .arg(json)
             .arg(node_ttl.as_millis() as u64)
@@ -347,8 +350,13 @@ impl Store {
             inv.arg(l.build.key()).arg(l.owner());
         }
         let mut c = self.conn().await?;
-        let (stale, cancelled): (Vec<String>, Vec<String>) = inv.invoke_async(&mut c).await?;
-        Ok(Heartbeat { stale, cancelled })
+        let (stale, cancelled, paused): (Vec<String>, Vec<String>, bool) =
+            inv.invoke_async(&mut c).await?;
+        Ok(Heartbeat {
+            stale,
+            cancelled,
+            paused,
+        })
     }
 
     /// Requeues or ends (as `lost`) up to `limit` builds whose lease expired.
@@ -380,6 +388,17 @@ impl Store {
 
     /// Registers a durable consumer of finished builds (`kiln:finished:<consumer>`); from
     /// then on every finished build is pushed to its list until it is unregistered.
+    /// Pauses (`true`) or resumes a worker by id: its next heartbeat tells it.
+    pub async fn set_worker_paused(&self, worker: &Name, paused: bool) -> Result<(), StoreError> {
+        let mut c = self.conn().await?;
+        let _: i64 = if paused {
+            c.sadd(keys::PAUSED_WORKERS, worker.as_str()).await?
+        } else {
+            c.srem(keys::PAUSED_WORKERS, worker.as_str()).await?
+        };
+        Ok(())
+    }
+
     pub async fn register_consumer(&self, consumer: &Name) -> Result<(), StoreError> {
         let mut c = self.conn().await?;
         let _: i64 = c.sadd(keys::FINISHED_CONSUMERS, consumer.as_str()).await?;

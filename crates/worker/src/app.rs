@@ -59,6 +59,7 @@ impl Application {
             slots,
             started_at: Utc::now(),
             draining: AtomicBool::new(false),
+            paused: AtomicBool::new(false),
             claim_progress_ms: AtomicI64::new(now_ms()),
             redis_failed_ms: AtomicI64::new(0),
             renewed_ms: AtomicI64::new(now_ms()),

@@ -40,6 +40,14 @@ pub(crate) async fn claim_loop(w: Arc<Worker>, stop: CancellationToken, builds: 
         if stop.is_cancelled() {
             return;
         }
+        if w.paused.load(Ordering::Relaxed) {
+            // Paused by an operator: look again after the next heartbeat.
+            drop(slot);
+            tokio::select! {
+                _ = tokio::time::sleep(w.settings.renew) => continue,
+                _ = stop.cancelled() => return,
+            }
+        }
         if !w.take_budget() {
             tracing::info!(
                 max_builds = w.settings.max_builds,

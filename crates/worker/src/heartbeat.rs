@@ -16,6 +16,8 @@ pub(crate) fn node_info(w: &Worker) -> NodeInfo {
     let builds: Vec<String> = w.leases().iter().map(|l| l.build.key()).collect();
     let state = if w.draining.load(Ordering::Relaxed) {
         "draining"
+    } else if w.paused.load(Ordering::Relaxed) {
+        "paused"
     } else if builds.is_empty() {
         "idle"
     } else {
@@ -54,6 +56,12 @@ pub(crate) async fn heartbeat_loop(w: Arc<Worker>, stop: CancellationToken) {
         {
             Ok(hb) => {
                 w.renewed_ms.store(now_ms(), Ordering::Relaxed);
+                if w.paused.swap(hb.paused, Ordering::Relaxed) != hb.paused {
+                    tracing::info!(
+                        paused = hb.paused,
+                        "an operator paused or resumed this worker"
+                    );
+                }
                 for key in hb.stale {
                     if let Some(a) = w.find(&key) {
                         tracing::warn!(build = %key, "lease taken away; stopping the build");

@@ -241,10 +241,12 @@ async fn run_claimed(w: &Arc<Worker>, claimed: Claimed, active: &Arc<Active>, sl
                 last_seq,
                 attempt: doc.attempt,
             };
-            // Unless the worker is stopping (or has taken its `max_builds`), the finish also
-            // claims this slot's next build.
-            let claim_next =
-                (!slot.stop.is_cancelled() && w.take_budget()).then_some(w.settings.lease);
+            // Unless the worker is stopping, paused or has taken its `max_builds`, the
+            // finish also claims this slot's next build.
+            let claim_next = (!slot.stop.is_cancelled()
+                && !w.paused.load(std::sync::atomic::Ordering::Relaxed)
+                && w.take_budget())
+            .then_some(w.settings.lease);
             let finished =
                 finish(w, &lease, &doc, held.as_ref(), &end, claim_next, with_start).await;
             let took_next = finished

@@ -70,6 +70,9 @@ pub(crate) struct Worker {
     pub(crate) slots: Arc<Semaphore>,
     pub(crate) started_at: DateTime<Utc>,
     pub(crate) draining: AtomicBool,
+    /// An operator paused it (`kiln:paused-workers`, read with each heartbeat): it takes
+    /// no new build and finishes the ones it runs.
+    pub(crate) paused: AtomicBool,
     /// When the claim loop last completed an iteration (ms since the epoch).
     pub(crate) claim_progress_ms: AtomicI64,
     /// When a Redis call last failed (ms since the epoch; 0 = never).

@@ -60,6 +60,8 @@ routes! {
     get "/jobs/{name}/builds/{number}/artifacts" => artifacts::list, "read", 200, "List the files a build archived, with their sizes";
     get "/jobs/{name}/builds/{number}/artifacts/{path:.*}" => artifacts::get, "read", 200, "Download one archived file (path as listed)";
     get "/nodes" => nodes::list, "read", 200, "List live workers";
+    post "/nodes/{id}/pause" => nodes::pause, "admin", 200, "Pause a live worker: it takes no new build and finishes the ones it runs";
+    post "/nodes/{id}/resume" => nodes::resume, "admin", 200, "Resume a paused worker";
     get "/queue" => nodes::queue, "read", 200, "List queues with their depth and waiting builds";
     post "/jobs/{name}/approve" => github::approve, "write", 201, "Approve the head of a pull request from a fork that waits for it (github.fork_pr_approval): its build is queued";
     get "/github/links" => github::list, "read", 200, "List every GitHub link";

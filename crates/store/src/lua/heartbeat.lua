@@ -1,6 +1,7 @@
 -- One call per worker per renew interval: extends the leases it still holds, says which
--- are stale (taken from it) or cancelled, and records the worker as alive.
--- KEYS: workers, queue workers, node, leases, owners
+-- are stale (taken from it) or cancelled and whether an operator paused the worker, and
+-- records the worker as alive.
+-- KEYS: workers, queue workers, node, leases, owners, paused workers
 -- ARGV: worker, node JSON, node ttl ms, lease ms, nodes channel, then key, owner pairs
 local now = now_ms()
 local stale, cancelled = {}, {}
@@ -23,4 +24,4 @@ redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now - ttl)
 redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', now - ttl)
 redis.call('SET', KEYS[3], ARGV[2], 'PX', ttl)
 redis.call('PUBLISH', ARGV[5], ARGV[2])
-return {stale, cancelled}
+return {stale, cancelled, redis.call('SISMEMBER', KEYS[6], ARGV[1])}
