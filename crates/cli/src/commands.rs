@@ -49,6 +49,19 @@ enum Command {
     /// Secrets: set, list by name, delete.
     #[command(subcommand)]
     Secret(SecretCommand),
+    /// Workers: list them, pause one for maintenance, resume it.
+    #[command(subcommand)]
+    Node(NodeCommand),
+}
+
+#[derive(Subcommand)]
+enum NodeCommand {
+    /// List live workers: id, queue, state, builds running / slots.
+    List,
+    /// Pause a worker: it finishes what it runs and takes nothing new (admin token).
+    Pause { id: String },
+    /// Resume a paused worker (admin token).
+    Resume { id: String },
 }
 
 #[derive(Subcommand)]
@@ -238,6 +251,23 @@ pub(crate) fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                     s["updated_by"].as_str().unwrap_or_default()
                 );
             }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Node(NodeCommand::List) => {
+            let v = api.json(Method::GET, "/api/v1/nodes", None)?;
+            for n in v["nodes"].as_array().into_iter().flatten() {
+                println!("{}", node_line(n));
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Node(NodeCommand::Pause { id }) => {
+            api.json(Method::POST, &format!("/api/v1/nodes/{id}/pause"), None)?;
+            eprintln!("{id}: paused from its next heartbeat; it finishes what it runs");
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Node(NodeCommand::Resume { id }) => {
+            api.json(Method::POST, &format!("/api/v1/nodes/{id}/resume"), None)?;
+            eprintln!("{id}: resumed");
             Ok(ExitCode::SUCCESS)
         }
         Command::Secret(SecretCommand::Delete { name }) => {
@@ -593,6 +623,19 @@ fn show_build(b: &Value) -> String {
     out
 }
 
+/// One worker of `/nodes`: id, queue, state, and builds running against its slots.
+fn node_line(n: &Value) -> String {
+    let text = |k: &str| n[k].as_str().unwrap_or("-").to_owned();
+    format!(
+        "{:<32} {:<16} {:<9} {}/{}",
+        text("id"),
+        text("queue"),
+        text("state"),
+        n["builds"].as_array().map_or(0, Vec::len),
+        n["concurrency"]
+    )
+}
+
 fn exit_for(status: &str, job: &str, n: u64) -> ExitCode {
     eprintln!("{job} #{n}: {status}");
     if status == "success" {
@@ -668,6 +711,12 @@ mod tests {
             "{out}"
         );
         assert!(out.contains("then:      notify #7, smoke #2\n"), "{out}");
+        let node = json!({"id": "w1", "queue": "default", "state": "paused",
+            "builds": ["job_app_3"], "concurrency": 4});
+        assert_eq!(
+            node_line(&node).split_whitespace().collect::<Vec<_>>(),
+            ["w1", "default", "paused", "1/4"]
+        );
         assert_eq!(
             trigger_text(&json!({"kind": "github_push", "by": "octocat"})),
             "github push by octocat"
