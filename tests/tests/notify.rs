@@ -31,8 +31,12 @@ impl Received {
 
 type Log = Arc<Mutex<Vec<Received>>>;
 
+/// How long `/slow` takes to answer (less than the notifier's 10 s timeout).
+const SLOW: Duration = Duration::from_secs(8);
+
 /// A receiver on a free port: `/hook/*` answers 200, `/flaky` 503 to its first message
-/// then 200, `/gone` 410. Returns its base URL and what it received.
+/// then 200, `/gone` 410, `/slow` 200 after [`SLOW`]. Returns its base URL and what it
+/// received.
 async fn receiver() -> (String, Log) {
     let log: Log = Log::default();
     let seen = log.clone();
@@ -48,17 +52,24 @@ async fn receiver() -> (String, Log) {
                         .map(str::to_owned)
                 };
                 let path = req.path().to_owned();
-                let mut log = seen.lock().unwrap();
-                let earlier = log.iter().filter(|r| r.path == path).count();
-                log.push(Received {
-                    path: path.clone(),
-                    delivery: header("x-kiln-delivery").unwrap_or_default(),
-                    signature: header("x-kiln-signature-256"),
-                    body: body.to_vec(),
-                });
+                let earlier = {
+                    let mut log = seen.lock().unwrap();
+                    let earlier = log.iter().filter(|r| r.path == path).count();
+                    log.push(Received {
+                        path: path.clone(),
+                        delivery: header("x-kiln-delivery").unwrap_or_default(),
+                        signature: header("x-kiln-signature-256"),
+                        body: body.to_vec(),
+                    });
+                    earlier
+                };
                 match path.as_str() {
                     "/flaky" if earlier == 0 => HttpResponse::ServiceUnavailable().finish(),
                     "/gone" => HttpResponse::Gone().finish(),
+                    "/slow" => {
+                        tokio::time::sleep(SLOW).await;
+                        HttpResponse::Ok().finish()
+                    }
                     _ => HttpResponse::Ok().finish(),
                 }
             }
@@ -198,4 +209,35 @@ async fn an_ended_build_notifies_the_targets_its_status_names() {
     // Neither a secret's URL nor its value reaches the api's log.
     let logs = c.logs_of("kiln-api");
     assert!(!logs.contains("secret-token-in-the-path") && !logs.contains("sign-me-0123"));
+}
+
+#[tokio::test]
+async fn a_slow_target_holds_up_only_its_own_builds_message() {
+    let c = Cluster::start().await;
+    let (base, log) = receiver().await;
+    for (name, path) in [("slow", "/slow"), ("quick", "/hook/quick")] {
+        let mut def = job(&["true"]);
+        def["notify"] = json!([{"url": format!("{base}{path}"), "on": ["success"]}]);
+        c.apply(name, def).await;
+    }
+    let _w = c.worker(WorkerOpts::new("w1")).await;
+    let slow = c.trigger("slow").await;
+    c.wait_status("slow", slow, "success", T).await;
+    kiln_testkit::wait_for("the slow target to be asked", T, || async {
+        (!messages(&log, "/slow").is_empty()).then_some(())
+    })
+    .await;
+    let asked = std::time::Instant::now();
+    let quick = c.trigger("quick").await;
+    c.wait_status("quick", quick, "success", T).await;
+    kiln_testkit::wait_for("the quick target's message", T, || async {
+        (!messages(&log, "/hook/quick").is_empty()).then_some(())
+    })
+    .await;
+    // Well before the slow target answers (the build's own run takes a fraction of it).
+    assert!(
+        asked.elapsed() < SLOW / 2,
+        "the quick message waited for the slow target: {:?}",
+        asked.elapsed()
+    );
 }

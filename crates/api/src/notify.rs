@@ -3,17 +3,22 @@
 //! after-build consumer (`crate::downstream`, which hears of every ended build whose job
 //! names downstream jobs or notification targets, durably) hands such builds to the
 //! durable list `kiln:finished:notify`; every api replica takes entries from there (each
-//! entry is taken by one), sends, and acknowledges. Delivery is at least once: a replica
-//! that dies mid-entry sends it again on restart, so each message carries the same
-//! `X-Kiln-Delivery` id for receivers that must not act twice.
+//! entry is taken by one) and sends up to [`CONCURRENT`] builds' messages at once, so one
+//! slow target holds up only its own build's. Delivery is at least once, and messages may
+//! arrive out of order (each says when its build ended): a replica that dies mid-entry
+//! sends it again on restart, so each message carries the same `X-Kiln-Delivery` id for
+//! receivers that must not act twice.
 //!
 //! A target that answers 2xx is done; 408, 429, 5xx, a timeout or no answer is tried
 //! [`ATTEMPTS`] times in all, then, like a 4xx at once, becomes a dead letter
 //! (`GET /dead-letters/notify`) naming the target by its index and host only: a chat
 //! webhook's URL is its password, so it is never logged or shown.
 
+use std::collections::VecDeque;
 use std::sync::Arc;
 use std::time::Duration;
+
+use futures::stream::{FuturesUnordered, StreamExt};
 
 use kiln_model::job::Notify;
 use kiln_model::{keys, BuildDocument, BuildRef, BuildStatus, Name};
@@ -31,8 +36,9 @@ const TIMEOUT: Duration = Duration::from_secs(10);
 const RETRY: Duration = Duration::from_secs(1);
 /// Pause when there is nothing to send.
 const IDLE: Duration = Duration::from_millis(250);
-/// Entries taken per round.
-const BATCH: usize = 20;
+/// Builds whose messages are sent at once: a target that does not answer holds up only its
+/// own build's entry.
+const CONCURRENT: usize = 8;
 /// How many of a job's builds before an ended one `only_on_change` looks through for the
 /// previous ended build.
 const PREVIOUS_WINDOW: usize = 200;
@@ -126,24 +132,35 @@ impl Notifier {
             &stop,
             || self.store.unfinished(&self.consumer),
         );
-        let Some(mut batch) = read.await else { return };
+        let Some(unfinished) = read.await else {
+            return;
+        };
+        let mut waiting = VecDeque::from(unfinished);
+        let mut sending = FuturesUnordered::new();
         loop {
-            if batch.is_empty() {
-                match self.store.claim_finished(&self.consumer, BATCH).await {
-                    Ok(b) => batch = b,
+            if waiting.is_empty() && sending.len() < CONCURRENT {
+                match self
+                    .store
+                    .claim_finished(&self.consumer, CONCURRENT - sending.len())
+                    .await
+                {
+                    Ok(more) => waiting.extend(more),
                     Err(e) => tracing::warn!(error = %e, "notifier cannot claim work"),
                 }
             }
-            if batch.is_empty() {
-                tokio::select! {
-                    _ = tokio::time::sleep(IDLE) => continue,
-                    _ = stop.cancelled() => return,
-                }
+            while sending.len() < CONCURRENT {
+                let Some(entry) = waiting.pop_front() else {
+                    break;
+                };
+                let stop = &stop;
+                let this = &self;
+                sending.push(async move { this.settle(&entry, stop).await });
             }
-            for entry in std::mem::take(&mut batch) {
-                if !self.settle(&entry, &stop).await {
-                    return;
-                }
+            // An entry done, or a pause while there is room for more, then look again.
+            tokio::select! {
+                Some(_) = sending.next(), if !sending.is_empty() => {}
+                _ = tokio::time::sleep(IDLE), if sending.len() < CONCURRENT => {}
+                _ = stop.cancelled() => return,
             }
         }
     }
