@@ -1,5 +1,5 @@
 //! The `kiln` CLI against real services: apply, start --follow (over the gateway and over
-//! the api's log offsets), cancel, artifacts, secrets, exit codes.
+//! the api's log offsets), cancel, artifacts, secrets, pins, workers, exit codes.
 
 mod support;
 
@@ -248,4 +248,59 @@ async fn a_secret_is_set_from_standard_input_used_listed_and_deleted() {
     let out = kiln(&c, None, &["secret", "delete", "API_KEY"]);
     assert_eq!(out.status.code(), Some(2), "gone");
     assert!(String::from_utf8_lossy(&out.stderr).contains("404"));
+}
+
+/// This session's commands, as the README shows them: pin a build, list and pause workers.
+#[tokio::test]
+async fn keep_and_node_commands_reach_the_api() {
+    let c = Cluster::start().await;
+    let _w = c.worker(WorkerOpts::new("w1")).await;
+    c.apply("app", support::job(&["true"])).await;
+    let n = c.trigger("app").await;
+    c.wait_status("app", n, "success", T).await;
+    let n = n.to_string();
+    let out = kiln(
+        &c,
+        None,
+        &["build", "keep", "app", &n, "--reason", "release"],
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let b = c.build("app", n.parse().unwrap()).await;
+    assert_eq!(b["keep"]["reason"], "release", "{b}");
+    let shown = kiln(&c, None, &["build", "list", "app"]);
+    assert!(String::from_utf8_lossy(&shown.stdout).contains(", kept"));
+    assert!(kiln(&c, None, &["build", "unkeep", "app", &n])
+        .status
+        .success());
+    assert!(c
+        .build("app", n.parse().unwrap())
+        .await
+        .get("keep")
+        .is_none());
+
+    let out = kiln(&c, None, &["node", "pause", "w1"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let listed = kiln_testkit::wait_for("w1 listed as paused", T, || async {
+        let out = kiln(&c, None, &["node", "list"]);
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        text.split_whitespace()
+            .collect::<Vec<_>>()
+            .windows(3)
+            .any(|w| w == ["w1", "default", "paused"])
+            .then_some(text)
+    })
+    .await;
+    assert!(listed.contains("0/1"), "{listed}");
+    assert!(kiln(&c, None, &["node", "resume", "w1"]).status.success());
+    assert!(!kiln(&c, None, &["node", "pause", "nobody"])
+        .status
+        .success());
 }

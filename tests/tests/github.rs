@@ -434,30 +434,11 @@ async fn the_reconcile_scan_does_what_missed_webhooks_would_have_done() {
         );
     }
 
-    let pr = kiln_testkit::wait_for("the scan to build pull request 2", T, || async {
-        let r = c
-            .call(Method::GET, "/api/v1/jobs/app_pr2/builds/1", None)
-            .await;
-        if r.status() == 200 {
-            r.json::<Value>().await.ok()
-        } else {
-            None
-        }
-    })
-    .await;
+    // No worker runs: the builds the scan queued wait.
+    let pr = c.wait_status("app_pr2", 1, "queued", T).await;
     assert_eq!(pr["trigger"]["kind"], "github_pull_request", "{pr}");
     assert_eq!(pr["trigger"]["sha"], json!(head), "{pr}");
-    let main = kiln_testkit::wait_for("the scan to build main's new head", T, || async {
-        let r = c
-            .call(Method::GET, "/api/v1/jobs/app_branch-main/builds/2", None)
-            .await;
-        if r.status() == 200 {
-            r.json::<Value>().await.ok()
-        } else {
-            None
-        }
-    })
-    .await;
+    let main = c.wait_status("app_branch-main", 2, "queued", T).await;
     assert_eq!(main["trigger"]["sha"], json!(moved), "{main}");
     assert_eq!(
         c.build("app_branch-main", 1).await["status"],

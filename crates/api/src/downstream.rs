@@ -29,7 +29,6 @@ const BATCH: usize = 20;
 /// How long a downstream build's once-only key lives: longer than any replica stays down
 /// with an entry in progress.
 const FIRED_TTL_SECS: u64 = 7 * 24 * 3600;
-const MAX_BACKOFF: Duration = Duration::from_secs(30);
 
 /// Queues the downstream builds of ended builds.
 pub(crate) struct DownstreamTrigger {
@@ -92,6 +91,7 @@ impl DownstreamTrigger {
                 .push_finished(&crate::notify::consumer(), &[entry.to_owned()])
                 .await?;
         }
+        metrics::counter!("kiln_downstream_refused_total").increment(refused.len() as u64);
         Ok(refused)
     }
 
@@ -164,40 +164,17 @@ impl DownstreamTrigger {
     }
 
     /// Handles one entry until it is done (acknowledged, or a dead letter naming what could
-    /// not be queued), retrying while Redis fails. Returns false when stopped first: the
-    /// entry stays in the processing list for the next start.
+    /// not be queued), retrying while Redis fails. False when stopped first.
     async fn settle(&self, entry: &str, stop: &CancellationToken) -> bool {
-        let mut backoff = Duration::from_millis(250);
-        loop {
-            // An unreadable document or definition will not read better later: it is a
-            // dead letter rather than an entry that holds up the ones behind it.
-            let handled = match self.handle(entry).await {
-                Err(e) if !e.is_unavailable() => Ok(vec![e.to_string()]),
-                handled => handled,
-            };
-            let done = match handled {
-                Ok(refused) if refused.is_empty() => {
-                    self.store
-                        .ack_finished(&self.consumer, &[entry.to_owned()])
-                        .await
-                }
-                Ok(refused) => {
-                    let reason = refused.join("; ");
-                    tracing::warn!(upstream = entry, reason = %reason, "downstream builds not queued");
-                    metrics::counter!("kiln_downstream_refused_total")
-                        .increment(refused.len() as u64);
-                    self.store.dead_letter(&self.consumer, entry, &reason).await
-                }
-                Err(e) => Err(e),
-            };
-            let Err(e) = done else { return true };
-            tracing::warn!(upstream = entry, error = %e, retry_in_ms = backoff.as_millis() as u64, "cannot queue downstream builds yet");
-            tokio::select! {
-                _ = tokio::time::sleep(backoff) => {}
-                _ = stop.cancelled() => return false,
-            }
-            backoff = (backoff * 2).min(MAX_BACKOFF);
-        }
+        crate::settle::settle(
+            &self.store,
+            &self.consumer,
+            entry,
+            "downstream builds",
+            stop,
+            || self.handle(entry),
+        )
+        .await
     }
 
     /// Handles what an earlier run left in progress, then every ended build as it comes,

@@ -11,6 +11,7 @@ mod orphans;
 mod retention;
 mod routes;
 pub mod scheduler;
+mod settle;
 mod storage;
 
 pub use app::{Application, BuildError};

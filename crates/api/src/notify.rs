@@ -166,36 +166,17 @@ impl Notifier {
     }
 
     /// Sends one entry's messages and records the outcome (acknowledged, or a dead letter
-    /// naming the targets that failed), retrying while Redis fails. False when stopped
-    /// first: the entry stays in progress for the next start.
+    /// naming the targets that failed), retrying while Redis fails. False when stopped first.
     async fn settle(&self, entry: &str, stop: &CancellationToken) -> bool {
-        let mut backoff = Duration::from_millis(250);
-        loop {
-            let outcome = match self.deliver(entry, stop).await {
-                Err(e) if !e.is_unavailable() => Ok(vec![e.to_string()]),
-                other => other,
-            };
-            let done = match outcome {
-                Ok(failed) if failed.is_empty() => {
-                    self.store
-                        .ack_finished(&self.consumer, &[entry.to_owned()])
-                        .await
-                }
-                Ok(failed) => {
-                    let reason = failed.join("; ");
-                    tracing::warn!(build = entry, reason = %reason, "notifications not delivered");
-                    self.store.dead_letter(&self.consumer, entry, &reason).await
-                }
-                Err(e) => Err(e),
-            };
-            let Err(e) = done else { return true };
-            tracing::warn!(build = entry, error = %e, "cannot record notifications yet");
-            tokio::select! {
-                _ = tokio::time::sleep(backoff) => {}
-                _ = stop.cancelled() => return false,
-            }
-            backoff = (backoff * 2).min(Duration::from_secs(30));
-        }
+        crate::settle::settle(
+            &self.store,
+            &self.consumer,
+            entry,
+            "notifications",
+            stop,
+            || self.deliver(entry, stop),
+        )
+        .await
     }
 
     /// Sends the build's message to each target whose `on` holds its status; returns why

@@ -220,7 +220,7 @@ impl Ctx<'_> {
             });
         }
         if let Some(reporter) = self.reporter {
-            let entry = format!("{}{}", crate::reporter::PENDING, t.build.build_ref().key());
+            let entry = keys::github_pending(&t.build.build_ref());
             self.store.push_finished(reporter, &[entry]).await?;
         }
         Ok(Outcome::Queued {

@@ -144,6 +144,11 @@ pub const GITHUB_CONSUMER: &str = "github";
 /// queued (`pending:<build key>`); plain build keys ask for its final status.
 pub const GITHUB_PENDING: &str = "pending:";
 
+/// The status reporter's entry asking it to post `pending` for `build`.
+pub fn github_pending(build: &BuildRef) -> String {
+    format!("{GITHUB_PENDING}{}", build.key())
+}
+
 /// `kiln:finished:<ES_CONSUMER>`.
 pub fn es_finished() -> String {
     format!("{}{ES_CONSUMER}", prefix::FINISHED)

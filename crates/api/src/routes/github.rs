@@ -167,7 +167,7 @@ pub(crate) async fn approve(
     let reporter =
         Name::parse(keys::GITHUB_CONSUMER).map_err(|e| ApiError::Unexpected(e.to_string()))?;
     if state.store.is_consumer(&reporter).await? {
-        let entry = format!("{}{}", keys::GITHUB_PENDING, t.build.build_ref().key());
+        let entry = keys::github_pending(&t.build.build_ref());
         state.store.push_finished(&reporter, &[entry]).await?;
     }
     metrics::counter!("kiln_builds_triggered_total").increment(1);
