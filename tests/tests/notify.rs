@@ -250,3 +250,56 @@ async fn a_slow_target_holds_up_only_its_own_builds_message() {
         asked.elapsed()
     );
 }
+
+#[tokio::test]
+async fn a_matrix_notifies_once_with_the_whole_matrixs_status() {
+    let c = Cluster::start().await;
+    let (base, log) = receiver().await;
+    let mut w = WorkerOpts::new("w");
+    w.concurrency = 3;
+    let _w = c.worker(w).await;
+    let mut def = job(&["[ \"$OS\" != mac ]"]);
+    def["matrix"] = json!({"axes": {"OS": ["linux", "mac", "windows"]}});
+    def["notify"] = json!([{"url": format!("{base}/hook/matrix")}]);
+    c.apply("app", def).await;
+    let mut marker = job(&["false"]);
+    marker["notify"] = json!([{"url": format!("{base}/hook/marker")}]);
+    c.apply("marker", marker).await;
+
+    let n = c.trigger("app").await;
+    c.wait_status("app", n, "success", T).await;
+    c.wait_status("app", n + 1, "failure", T).await;
+    c.wait_status("app", n + 2, "success", T).await;
+    let got = kiln_testkit::wait_for("the matrix's message", T, || async {
+        messages(&log, "/hook/matrix").pop()
+    })
+    .await;
+    let m = got.json();
+    assert_eq!(
+        m["number"], n,
+        "the matrix is named by its first build: {m}"
+    );
+    assert_eq!(m["status"], "failure");
+    assert_eq!(m["matrix"], json!({"group": n, "size": 3}));
+    let text = m["text"].as_str().unwrap();
+    assert!(
+        text.contains(&format!(
+            "1 of the matrix's 3 builds did not succeed: #{} (OS=mac) failure",
+            n + 1
+        )),
+        "{text}"
+    );
+
+    // The marker's end is handed to the notifier after every cell's end: once its message
+    // is in, a second message of the matrix would have been sent too.
+    c.trigger("marker").await;
+    kiln_testkit::wait_for("the marker's message", T, || async {
+        messages(&log, "/hook/marker").pop()
+    })
+    .await;
+    let all: Vec<String> = messages(&log, "/hook/matrix")
+        .iter()
+        .map(|r| format!("{} {}", r.delivery, r.json()["text"]))
+        .collect();
+    assert_eq!(all.len(), 1, "{all:#?}");
+}

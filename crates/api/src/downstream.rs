@@ -11,6 +11,10 @@
 //! A downstream build that cannot be queued (its job is gone or disabled, a parameter it
 //! does not define, a chain longer than [`MAX_DOWNSTREAM_DEPTH`]) is a dead letter of the
 //! `downstream` consumer with the reason, for `GET /dead-letters/downstream`.
+//!
+//! A matrix (`kiln_model::matrix`) is one build to what follows it: its downstream builds
+//! are queued, and its notifications sent, once all its cells have ended, with the whole
+//! matrix's status, as if its first build were the whole of it.
 
 use std::time::Duration;
 
@@ -59,9 +63,24 @@ impl DownstreamTrigger {
         let Ok(build) = BuildRef::from_key(entry) else {
             return Ok(refused);
         };
-        let Some(doc) = self.store.get_build(&build).await? else {
+        let Some(cell) = self.store.get_build(&build).await? else {
             return Ok(refused);
         };
+        let matrix = cell.matrix.is_some();
+        // A matrix's cells each bring their end here; the whole matrix's end is acted on
+        // once, by the entry that finds its last cell ended and claims it first.
+        let Some(doc) = self.store.ended_as_a_whole(cell).await? else {
+            return Ok(refused);
+        };
+        if matrix
+            && !self
+                .store
+                .claim_matrix_end(&doc, entry, FIRED_TTL_SECS)
+                .await?
+        {
+            return Ok(refused);
+        }
+        let build = doc.build_ref();
         let Some(def) = self.store.get_job(&build.job).await? else {
             return Ok(refused);
         };
@@ -88,7 +107,7 @@ impl DownstreamTrigger {
         // Last, so a Redis failure above (the entry is handled again) does not notify twice.
         if notify {
             self.store
-                .push_finished(&crate::notify::consumer(), &[entry.to_owned()])
+                .push_finished(&crate::notify::consumer(), &[build.key()])
                 .await?;
         }
         metrics::counter!("kiln_downstream_refused_total").increment(refused.len() as u64);
@@ -158,7 +177,7 @@ impl DownstreamTrigger {
         }
         if !t.deduplicated {
             tracing::info!(upstream = %build, job = %d.job, number = t.build.number.0, "downstream build queued");
-            metrics::counter!("kiln_builds_triggered_total").increment(1);
+            metrics::counter!("kiln_builds_triggered_total").increment(t.builds().count() as u64);
         }
         Ok(())
     }

@@ -99,6 +99,7 @@ fn message(doc: &BuildDocument, public_url: Option<&str>) -> serde_json::Value {
         "finished_at": doc.finished_at,
         "trigger": doc.trigger,
         "parameters": doc.parameters,
+        "matrix": doc.matrix.as_ref().map(|m| json!({"group": m.group, "size": m.size})),
         "url": public_url.map(|base| format!("{base}{path}")),
     })
 }
@@ -196,6 +197,9 @@ impl Notifier {
         ) else {
             return Ok(failed);
         };
+        let Some(doc) = self.store.ended_as_a_whole(doc).await? else {
+            return Ok(failed);
+        };
         let body = message(&doc, self.public_url.as_deref()).to_string();
         let delivery = format!("{}:{}", entry, doc.queued_at.timestamp_millis());
         let changes_only = def
@@ -228,7 +232,7 @@ impl Notifier {
     }
 
     /// The status of the job's newest build older than `doc` that has ended (builds still
-    /// running are passed over), among the [`PREVIOUS_WINDOW`] builds before it; `None` when
+    /// running are passed over; a matrix's, the whole matrix's), among the [`PREVIOUS_WINDOW`] builds before it; `None` when
     /// there is none, which counts as a change.
     async fn previous_status(
         &self,
@@ -240,10 +244,11 @@ impl Notifier {
             let (page, total) = self.store.list_builds(&doc.job, offset, PAGE).await?;
             let found = page
                 .iter()
-                .find(|b| b.number < doc.number && b.status.is_final())
-                .map(|b| b.status);
-            if found.is_some() {
-                return Ok(found);
+                .find(|b| b.number < doc.number && b.status.is_final());
+            if let Some(b) = found {
+                // A matrix's cell stands for its matrix.
+                let whole = self.store.ended_as_a_whole(b.clone()).await?;
+                return Ok(Some(whole.map_or(b.status, |w| w.status)));
             }
             offset += PAGE;
             if offset >= total {

@@ -72,7 +72,8 @@ impl Scheduler {
                 Ok(t) => {
                     if !t.deduplicated {
                         tracing::info!(job = %job, number = t.build.number.0, minute = %slot, "scheduled build queued");
-                        metrics::counter!("kiln_builds_triggered_total").increment(1);
+                        metrics::counter!("kiln_builds_triggered_total")
+                            .increment(t.builds().count() as u64);
                         queued.push(BuildRef::new(job.clone(), t.build.number));
                     }
                 }

@@ -139,7 +139,15 @@ enum BuildCommand {
         follow: bool,
     },
     /// Cancel a queued or running build.
-    Cancel { job: String, number: u64 },
+    Cancel {
+        job: String,
+        number: u64,
+        /// Every build of the build's matrix still queued or running.
+        #[arg(long)]
+        matrix: bool,
+    },
+    /// Show a matrix build's whole matrix: each cell's build and status.
+    Matrix { job: String, number: u64 },
     /// Pin an ended build: retention never removes it.
     Keep {
         job: String,
@@ -315,7 +323,7 @@ pub(crate) fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             )?;
             for b in v["builds"].as_array().into_iter().flatten() {
                 println!(
-                    "#{:<6} {:<10} {:<26} {:<10} {}{}",
+                    "#{:<6} {:<10} {:<26} {:<10} {}{}{}",
                     b["number"],
                     b["status"].as_str().unwrap_or_default(),
                     b["queued_at"].as_str().unwrap_or_default(),
@@ -324,7 +332,10 @@ pub(crate) fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                         .map(|d| format!("{d} ms"))
                         .unwrap_or_default(),
                     trigger_text(&b["trigger"]),
-                    if b["keep"].is_object() { ", kept" } else { "" }
+                    if b["keep"].is_object() { ", kept" } else { "" },
+                    cell_text(&b["matrix"]["cell"])
+                        .map(|c| format!(" [{c}]"))
+                        .unwrap_or_default()
                 );
             }
             Ok(ExitCode::SUCCESS)
@@ -356,7 +367,39 @@ pub(crate) fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             print!("{text}");
             Ok(ExitCode::SUCCESS)
         }
-        Command::Build(BuildCommand::Cancel { job, number }) => {
+        Command::Build(BuildCommand::Cancel {
+            job,
+            number,
+            matrix: true,
+        }) => {
+            let v = api.json(
+                Method::POST,
+                &format!("/api/v1/jobs/{job}/builds/{number}/matrix/cancel"),
+                None,
+            )?;
+            let list = v["cancelled"].as_array().cloned().unwrap_or_default();
+            for c in &list {
+                eprintln!(
+                    "{job} #{}: {}",
+                    c["number"],
+                    c["outcome"].as_str().unwrap_or("-")
+                );
+            }
+            if list.is_empty() {
+                eprintln!("{job} #{number}: no build of its matrix was queued or running");
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Build(BuildCommand::Matrix { job, number }) => {
+            let v = api.json(
+                Method::GET,
+                &format!("/api/v1/jobs/{job}/builds/{number}/matrix"),
+                None,
+            )?;
+            print!("{}", matrix_text(&v));
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Build(BuildCommand::Cancel { job, number, .. }) => {
             let res = api.send(
                 Method::POST,
                 &format!("/api/v1/jobs/{job}/builds/{number}/cancel"),
@@ -427,12 +470,66 @@ fn started(
     let n = b["number"]
         .as_u64()
         .context("the api returned no build number")?;
-    eprintln!("started {job} #{n}");
-    if follow_output {
+    let size = b["matrix"]["size"].as_u64().unwrap_or(1);
+    if size > 1 {
+        eprintln!(
+            "started {job} #{n} to #{}, a matrix of {size} builds",
+            n + size - 1
+        );
+    } else {
+        eprintln!("started {job} #{n}");
+    }
+    if !follow_output {
+        println!("{n}");
+        return Ok(ExitCode::SUCCESS);
+    }
+    if size == 1 {
         return follow.run(api, job, n);
     }
-    println!("{n}");
-    Ok(ExitCode::SUCCESS)
+    // Each cell's output in turn (the ones after the first replay what they printed so
+    // far); the exit code is the whole matrix's.
+    let mut all_passed = true;
+    for k in n..n + size {
+        eprintln!("--- {job} #{k} ---");
+        let status = follow.status(api, job, k)?;
+        eprintln!("{job} #{k}: {status}");
+        all_passed &= status == "success";
+    }
+    Ok(if all_passed {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
+    })
+}
+
+/// A matrix cell's values in words: `OS=linux, RUST=stable`; `None` for no cell.
+fn cell_text(cell: &Value) -> Option<String> {
+    let c = cell.as_object()?;
+    Some(
+        c.iter()
+            .map(|(k, v)| format!("{k}={}", v.as_str().unwrap_or_default()))
+            .collect::<Vec<_>>()
+            .join(", "),
+    )
+}
+
+/// `GET .../matrix` as `kiln build matrix` prints it.
+fn matrix_text(v: &Value) -> String {
+    let mut out = format!(
+        "{} matrix #{}: {}\n",
+        v["job"].as_str().unwrap_or("-"),
+        v["group"],
+        v["status"].as_str().unwrap_or("not ended")
+    );
+    for b in v["builds"].as_array().into_iter().flatten() {
+        out.push_str(&format!(
+            "  #{:<6} {:<10} {}\n",
+            b["number"],
+            b["status"].as_str().unwrap_or("gone"),
+            cell_text(&b["cell"]).unwrap_or_default()
+        ));
+    }
+    out
 }
 
 /// Streams one artifact to `output` (default: its file name in the working folder),
@@ -526,9 +623,14 @@ struct Follow {
 impl Follow {
     /// Prints the output until the build ends; exit code 0 for success, 1 otherwise.
     fn run(&self, api: &Api, job: &str, n: u64) -> anyhow::Result<ExitCode> {
+        Ok(exit_for(&self.status(api, job, n)?, job, n))
+    }
+
+    /// Prints the output until the build ends; returns the status it ended with.
+    fn status(&self, api: &Api, job: &str, n: u64) -> anyhow::Result<String> {
         if let Some(gw) = &self.gateway {
             match crate::ws::follow(gw, self.token.as_deref(), job, n) {
-                Ok(status) => return Ok(exit_for(&status, job, n)),
+                Ok(status) => return Ok(status),
                 Err(e) => {
                     eprintln!("kiln: the stream gateway failed ({e:#}); following over the api")
                 }
@@ -588,6 +690,14 @@ fn show_build(b: &Value) -> String {
     if let Some(node) = b["node"].as_str() {
         out.push_str(&format!("node:      {node} (attempt {})\n", b["attempt"]));
     }
+    if let Some(cell) = cell_text(&b["matrix"]["cell"]) {
+        out.push_str(&format!(
+            "matrix:    {cell} (cell {} of {}, matrix #{})\n",
+            b["matrix"]["index"].as_u64().map_or(0, |i| i + 1),
+            b["matrix"]["size"],
+            b["matrix"]["group"]
+        ));
+    }
     if let Some(list) = b["downstream_builds"].as_array().filter(|l| !l.is_empty()) {
         let names: Vec<String> = list
             .iter()
@@ -645,8 +755,8 @@ fn exit_for(status: &str, job: &str, n: u64) -> ExitCode {
     }
 }
 
-/// Follows a build's output over the api's log offsets until it ends.
-fn follow_log(api: &Api, job: &str, n: u64) -> anyhow::Result<ExitCode> {
+/// Follows a build's output over the api's log offsets until it ends; returns its status.
+fn follow_log(api: &Api, job: &str, n: u64) -> anyhow::Result<String> {
     let mut offset = 0u64;
     let mut out = std::io::stdout();
     loop {
@@ -675,7 +785,7 @@ fn follow_log(api: &Api, job: &str, n: u64) -> anyhow::Result<ExitCode> {
         }
     }
     let b = api.json(Method::GET, &format!("/api/v1/jobs/{job}/builds/{n}"), None)?;
-    Ok(exit_for(b["status"].as_str().unwrap_or("unknown"), job, n))
+    Ok(b["status"].as_str().unwrap_or("unknown").to_owned())
 }
 
 #[cfg(test)]

@@ -37,7 +37,8 @@ pub(crate) fn template(index: &str) -> Value {
         "template": {
             "mappings": {
                 "dynamic_templates": [
-                    {"parameters": {"path_match": "parameters.*", "mapping": {"type": "keyword"}}}
+                    {"parameters": {"path_match": "parameters.*", "mapping": {"type": "keyword"}}},
+                    {"matrix_cell": {"path_match": "matrix.cell.*", "mapping": {"type": "keyword"}}}
                 ],
                 "properties": {
                     "key": {"type": "keyword"},
@@ -72,6 +73,12 @@ pub(crate) fn template(index: &str) -> Value {
                         "by": {"type": "keyword"},
                         "at": {"type": "date"},
                         "reason": {"type": "text"}
+                    }},
+                    "matrix": {"properties": {
+                        "group": {"type": "long"},
+                        "index": {"type": "integer"},
+                        "size": {"type": "integer"},
+                        "cell": {"type": "object"}
                     }},
                     "parameters": {"type": "object"},
                     "steps": steps

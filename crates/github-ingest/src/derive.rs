@@ -220,8 +220,11 @@ impl Ctx<'_> {
             });
         }
         if let Some(reporter) = self.reporter {
-            let entry = keys::github_pending(&t.build.build_ref());
-            self.store.push_finished(reporter, &[entry]).await?;
+            let entries: Vec<String> = t
+                .builds()
+                .map(|b| keys::github_pending(&b.build_ref()))
+                .collect();
+            self.store.push_finished(reporter, &entries).await?;
         }
         Ok(Outcome::Queued {
             job: head.job,

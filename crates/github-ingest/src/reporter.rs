@@ -170,7 +170,11 @@ impl Reporter {
             .github
             .repos(owner, repo)
             .create_status(sha, state)
-            .context(self.context.clone())
+            .context(match &doc.matrix {
+                // Each cell of a matrix is a check of its own, as GitHub shows a workflow's jobs.
+                Some(m) => format!("{} ({})", self.context, m.label()),
+                None => self.context.clone(),
+            })
             .target(target)
             .description(format!("{description} (#{})", build.number))
             .send()

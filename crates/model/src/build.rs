@@ -185,6 +185,9 @@ pub struct BuildDocument {
         skip_serializing_if = "Vec::is_empty"
     )]
     pub downstream_builds: Vec<BuildLink>,
+    /// Its cell, for a build of a job with a `matrix`: the trigger queued the whole group.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub matrix: Option<crate::MatrixCell>,
 }
 
 /// A build named by its job and number, as documents link to each other.

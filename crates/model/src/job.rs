@@ -61,6 +61,10 @@ pub struct JobDefinition {
     pub secrets: Vec<String>,
     #[serde(default)]
     pub parameters: Vec<Parameter>,
+    /// Each trigger queues one build per combination of these values (see
+    /// [`crate::matrix`]); the steps get the cell's values as environment variables.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub matrix: Option<crate::Matrix>,
     #[serde(default = "default_queue")]
     pub queue: Name,
     #[serde(default = "default_timeout")]
@@ -567,8 +571,31 @@ impl JobDefinition {
                 "needs a concurrency limit: how many builds of the group's jobs run at once",
             ));
         }
+        self.validate_matrix()?;
         self.validate_downstream()?;
         self.validate_notify()
+    }
+
+    /// How many builds one trigger queues: one per cell of its matrix, or one.
+    pub fn builds_per_trigger(&self) -> usize {
+        self.matrix.as_ref().map_or(1, |m| m.cells().len())
+    }
+
+    fn validate_matrix(&self) -> Result<(), InvalidField> {
+        let Some(m) = &self.matrix else { return Ok(()) };
+        m.validate(|name| {
+            self.env.contains_key(name)
+                || self.secrets.iter().any(|s| s == name)
+                || self.parameters.iter().any(|p| p.name == name)
+        })?;
+        let cells = m.cells().len();
+        if (self.retention.builds as usize) < cells {
+            return Err(InvalidField::new(
+                "retention.builds",
+                format!("must keep at least one whole matrix ({cells} builds)"),
+            ));
+        }
+        Ok(())
     }
 
     fn validate_notify(&self) -> Result<(), InvalidField> {

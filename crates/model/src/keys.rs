@@ -174,6 +174,17 @@ pub fn downstream_fired(upstream: &BuildRef, queued_at_ms: i64, target: &JobName
     )
 }
 
+/// String with a one-week TTL: which ended cell (value: its build key) of the matrix whose
+/// first build is `group` (queued at `queued_at_ms`) handles the whole matrix's end for the
+/// after-build consumer. Cells that end together may each find the group complete; the
+/// first to set this acts, and sees its own key again if it handles its entry twice.
+pub fn matrix_ended(group: &BuildRef, queued_at_ms: i64) -> String {
+    format!(
+        "kiln:matrix-ended:{}:{}:{queued_at_ms}",
+        group.job, group.number
+    )
+}
+
 /// Sorted set build key -> when it stops waiting (ms since the epoch, Redis clock), for
 /// builds of jobs with a `queue_timeout_secs`, from their trigger. Members whose build
 /// started or ended go when their time comes: only a build still waiting for its first

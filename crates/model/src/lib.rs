@@ -8,6 +8,7 @@ pub mod build;
 pub mod events;
 pub mod job;
 pub mod keys;
+pub mod matrix;
 pub mod names;
 pub mod node;
 pub mod output;
@@ -23,6 +24,7 @@ pub use job::{
     Downstream, GithubSource, JobDefinition, Parameter, Repository, Retention, Step, StepWhen,
 };
 pub use keys::{BuildRef, Entry};
+pub use matrix::{Matrix, MatrixCell};
 pub use names::{BuildNumber, JobName, Name, NameError};
 pub use node::NodeInfo;
 pub use output::{LogLine, OutputMessage, Stream};

@@ -40,6 +40,16 @@ pub struct TriggeredBuild {
     pub build: BuildDocument,
     /// True when the delivery had been handled before: `build` is the build it queued then.
     pub deduplicated: bool,
+    /// A matrix job's other builds, queued with `build` (its first cell) by the same
+    /// trigger; empty for a job without a matrix, or a delivery handled before.
+    pub matrix_builds: Vec<BuildDocument>,
+}
+
+impl TriggeredBuild {
+    /// Every build the trigger queued: `build`, then a matrix's other builds.
+    pub fn builds(&self) -> impl Iterator<Item = &BuildDocument> {
+        std::iter::once(&self.build).chain(&self.matrix_builds)
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -210,6 +220,7 @@ impl Store {
             concurrency_group: group.cloned(),
             keep: None,
             downstream_builds: Vec::new(),
+            matrix: None,
         };
         let mut v = serde_json::to_value(&template).map_err(|e| StoreError::corrupt("build", e))?;
         if let Some(o) = v.as_object_mut() {
@@ -235,6 +246,15 @@ impl Store {
         ))
         .to_string();
 
+        let cells = match &def.matrix {
+            Some(m) => m
+                .cells()
+                .iter()
+                .map(serde_json::to_string)
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(|e| StoreError::corrupt("matrix cell", e))?,
+            None => Vec::new(),
+        };
         let (slots, waiting) = keys::slot_keys(&req.job, group);
         let mut c = self.conn().await?;
         let r = scripts::TRIGGER
@@ -276,11 +296,13 @@ impl Store {
             )
             .arg(if req.next { "1" } else { "" })
             .arg(retention_cutoff(def.retention.days).unwrap_or_default())
-            .invoke_async::<(u64, String)>(&mut c)
+            .arg(&cells)
+            .invoke_async::<(u64, Vec<String>)>(&mut c)
             .await;
         match r {
             Ok((0, existing)) => {
                 drop(c);
+                let existing = existing.concat();
                 let build = BuildRef::from_key(&existing)
                     .map_err(|e| StoreError::Conflict(format!("{existing}: {e}")))?;
                 let doc = self
@@ -290,13 +312,26 @@ impl Store {
                 Ok(Attempt::Queued(Box::new(TriggeredBuild {
                     build: doc,
                     deduplicated: true,
+                    matrix_builds: Vec::new(),
                 })))
             }
-            Ok((n, doc)) => {
-                let key = BuildRef::new(req.job.clone(), BuildNumber(n)).key();
+            Ok((first, docs)) => {
+                let mut builds = (first..)
+                    .zip(&docs)
+                    .map(|(n, doc)| {
+                        parse(&BuildRef::new(req.job.clone(), BuildNumber(n)).key(), doc)
+                    })
+                    .collect::<Result<Vec<_>, _>>()?;
+                if builds.is_empty() {
+                    return Err(StoreError::Unavailable(
+                        "the trigger's reply held no build".into(),
+                    ));
+                }
+                let build = builds.remove(0);
                 Ok(Attempt::Queued(Box::new(TriggeredBuild {
-                    build: parse(&key, &doc)?,
+                    build,
                     deduplicated: false,
+                    matrix_builds: builds,
                 })))
             }
             Err(e) => match script_error(e, what) {

@@ -9,6 +9,7 @@ mod error;
 mod finished;
 mod job_cache;
 mod links;
+mod matrix;
 mod nodes;
 mod pubsub;
 mod queue;

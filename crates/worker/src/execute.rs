@@ -250,10 +250,14 @@ impl Execution<'_> {
 
     /// What every step of the build gets on top of the worker's own environment (less its
     /// `KILN_*` settings, see `process::Launcher`): the job's env, the build's parameters,
-    /// and Kiln's variables, each overriding the one before.
+    /// its matrix cell's values, and Kiln's variables, each overriding the one before.
     fn base_env(&self, ws: &Path, doc: &BuildDocument) -> BTreeMap<String, String> {
         let mut env = self.def.env.clone();
         env.extend(doc.parameters.clone());
+        if let Some(m) = &doc.matrix {
+            env.extend(m.cell.clone());
+            env.insert("KILN_MATRIX".into(), m.label());
+        }
         env.insert("KILN_JOB".into(), doc.job.to_string());
         env.insert("KILN_BUILD_NUMBER".into(), doc.number.to_string());
         env.insert("KILN_ATTEMPT".into(), doc.attempt.to_string());

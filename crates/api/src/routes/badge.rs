@@ -1,4 +1,5 @@
-//! `/jobs/{name}/badge.svg`: the status of a job's newest ended build as a small SVG image,
+//! `/jobs/{name}/badge.svg`: the status of a job's newest ended build (a matrix job's newest
+//! ended matrix) as a small SVG image,
 //! for a README or a wall screen. It needs a reading token like every read, unless the job
 //! says `public_badge` — then anyone may fetch it (it tells only that status), as an image
 //! embedded in a page cannot send a token.
@@ -25,11 +26,26 @@ pub(crate) async fn get(
         // Whether a job exists is itself for readers only.
         Reader::extract(&req).await?;
     }
-    if def.is_none() {
+    let Some(def) = def else {
         return Err(ApiError::NotFound(format!("job {name} not found")));
+    };
+    // A matrix job's builds come in groups: look back over two whole matrices more.
+    let look_back = LOOK_BACK + 2 * def.builds_per_trigger();
+    let (builds, _) = state.store.list_builds(&name, 0, look_back).await?;
+    let mut status = None;
+    let mut seen_groups = Vec::new();
+    for b in builds.into_iter().filter(|b| b.status.is_final()) {
+        let group = b.matrix.as_ref().map(|m| m.group);
+        if group.is_some_and(|g| seen_groups.contains(&g)) {
+            continue;
+        }
+        seen_groups.extend(group);
+        // A matrix counts once all its cells have ended, with the whole matrix's status.
+        if let Some(whole) = state.store.ended_as_a_whole(b).await? {
+            status = Some(whole.status);
+            break;
+        }
     }
-    let (builds, _) = state.store.list_builds(&name, 0, LOOK_BACK).await?;
-    let status = builds.iter().map(|b| b.status).find(|s| s.is_final());
     Ok(HttpResponse::Ok()
         .content_type("image/svg+xml")
         .insert_header(("Cache-Control", "no-cache"))

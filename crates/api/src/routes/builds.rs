@@ -113,7 +113,7 @@ async fn queue(
             next,
         })
         .await?;
-    metrics::counter!("kiln_builds_triggered_total").increment(1);
+    metrics::counter!("kiln_builds_triggered_total").increment(t.builds().count() as u64);
     Ok(created(t.build))
 }
 

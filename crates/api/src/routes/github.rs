@@ -167,9 +167,12 @@ pub(crate) async fn approve(
     let reporter =
         Name::parse(keys::GITHUB_CONSUMER).map_err(|e| ApiError::Unexpected(e.to_string()))?;
     if state.store.is_consumer(&reporter).await? {
-        let entry = keys::github_pending(&t.build.build_ref());
-        state.store.push_finished(&reporter, &[entry]).await?;
+        let entries: Vec<String> = t
+            .builds()
+            .map(|b| keys::github_pending(&b.build_ref()))
+            .collect();
+        state.store.push_finished(&reporter, &entries).await?;
     }
-    metrics::counter!("kiln_builds_triggered_total").increment(1);
+    metrics::counter!("kiln_builds_triggered_total").increment(t.builds().count() as u64);
     Ok(super::builds::created(t.build))
 }

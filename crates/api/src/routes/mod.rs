@@ -10,6 +10,7 @@ mod folders;
 mod github;
 mod jobs;
 mod logs;
+mod matrix;
 mod nodes;
 mod raw;
 mod secrets;
@@ -54,6 +55,8 @@ routes! {
     get "/jobs/{name}/builds/{number}" => builds::get, "read", 200, "Read a build document";
     post "/jobs/{name}/builds/{number}/cancel" => builds::cancel, "write", 202, "Cancel a queued or running build";
     post "/jobs/{name}/builds/{number}/rebuild" => builds::rebuild, "write", 201, "Run a build again with its parameters and revision";
+    get "/jobs/{name}/builds/{number}/matrix" => matrix::get, "read", 200, "Read a matrix build's whole matrix: each cell's build and the matrix's status";
+    post "/jobs/{name}/builds/{number}/matrix/cancel" => matrix::cancel, "write", 202, "Cancel every build of a matrix still queued or running";
     put "/jobs/{name}/builds/{number}/keep" => builds::keep, "write", 200, "Pin an ended build so retention never removes it (optional reason)";
     delete "/jobs/{name}/builds/{number}/keep" => builds::unkeep, "write", 200, "Unpin a build: its job's retention applies to it again";
     get "/jobs/{name}/builds/{number}/log" => logs::get, "read", 200, "Read a build's output from ?offset=";
