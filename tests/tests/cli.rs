@@ -304,3 +304,59 @@ async fn keep_and_node_commands_reach_the_api() {
         .status
         .success());
 }
+
+#[tokio::test]
+async fn a_matrix_is_followed_cell_by_cell_and_exits_with_its_result() {
+    let c = Cluster::start().await;
+    let mut w = WorkerOpts::new("w1");
+    w.concurrency = 2;
+    let _w = c.worker(w).await;
+    let (_g, gw) = c.gateway().await;
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("m.toml");
+    std::fs::write(
+        &file,
+        "name = \"m\"\n[[steps]]\nname = \"s\"\nrun = \"echo on-$OS; [ $OS != mac ]\"\n[matrix.axes]\nOS = [\"linux\", \"mac\"]\n",
+    )
+    .unwrap();
+    let out = kiln(&c, None, &["job", "apply", "-f", file.to_str().unwrap()]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    for gateway in [Some(gw.as_str()), None] {
+        let out = kiln(&c, gateway, &["build", "start", "m", "--follow"]);
+        let (stdout, stderr) = (
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr),
+        );
+        assert_eq!(out.status.code(), Some(1), "one cell failed: {stderr}");
+        assert!(
+            stdout.contains("on-linux") && stdout.contains("on-mac"),
+            "{stdout}"
+        );
+        assert!(stderr.contains("a matrix of 2 builds"), "{stderr}");
+    }
+    let out = kiln(&c, None, &["build", "matrix", "m", "1"]);
+    let shown = String::from_utf8_lossy(&out.stdout);
+    assert!(shown.starts_with("m matrix #1: failure\n"), "{shown}");
+    assert!(shown.contains("#2      failure    OS=mac"), "{shown}");
+    let out = kiln(&c, None, &["build", "show", "m", "4"]);
+    let shown = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        shown.contains("matrix:    OS=mac (cell 2 of 2, matrix #3)"),
+        "{shown}"
+    );
+    let out = kiln(&c, None, &["build", "list", "m"]);
+    let listing = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(
+        listing
+            .lines()
+            .filter(|l| l.ends_with("[OS=linux]"))
+            .count(),
+        2,
+        "{listing}"
+    );
+}

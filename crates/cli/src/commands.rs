@@ -324,7 +324,7 @@ pub(crate) fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             for b in v["builds"].as_array().into_iter().flatten() {
                 println!(
                     "#{:<6} {:<10} {:<26} {:<10} {}{}{}",
-                    b["number"],
+                    b["number"].as_u64().unwrap_or_default(),
                     b["status"].as_str().unwrap_or_default(),
                     b["queued_at"].as_str().unwrap_or_default(),
                     b["duration_ms"]
@@ -524,7 +524,7 @@ fn matrix_text(v: &Value) -> String {
     for b in v["builds"].as_array().into_iter().flatten() {
         out.push_str(&format!(
             "  #{:<6} {:<10} {}\n",
-            b["number"],
+            b["number"].as_u64().unwrap_or_default(),
             b["status"].as_str().unwrap_or("gone"),
             cell_text(&b["cell"]).unwrap_or_default()
         ));
