@@ -815,3 +815,55 @@ async fn the_webhook_asked_with_another_method_says_which_one_works() {
     let r = reqwest::get(format!("{base}/healthz")).await.unwrap();
     assert_eq!(r.status(), 200);
 }
+
+#[tokio::test]
+async fn each_cell_of_a_matrix_reports_a_status_of_its_own() {
+    let Some(fx) = fixtures() else { return };
+    let (c, gh, hook, _i) = linked("pullrequest").await;
+    let mut def = job(&["echo on $OS"]);
+    def["matrix"] = json!({"axes": {"OS": ["linux", "mac"]}});
+    c.apply("app", def).await;
+    let repo_dir = tempfile::tempdir().unwrap();
+    let (clone_url, shas) = repository(repo_dir.path(), &["first"]);
+    let mut opened = payload(&fx, "pull_request/opened.payload.json");
+    opened["pull_request"]["head"]["sha"] = json!(shas[0]);
+    opened["pull_request"]["head"]["repo"]["clone_url"] = json!(clone_url);
+    let (status, body) = hook.send("pull_request", "m-1", &opened).await;
+    assert_eq!(status, 202, "{body}");
+    // Both cells wait for a worker until both are `pending` on GitHub.
+    kiln_testkit::wait_for("both cells' pending statuses", T, || async {
+        (posted_states(&gh).await == ["pending", "pending"]).then_some(())
+    })
+    .await;
+    let _w = c.worker(WorkerOpts::new("w1")).await;
+    for n in [1, 2] {
+        c.wait_status("app_pr2", n, "success", T).await;
+    }
+    // Per context, in the order posted: pending, then success.
+    let posted = kiln_testkit::wait_for("both cells' success statuses", T, || async {
+        let mut by_context = std::collections::BTreeMap::<String, Vec<String>>::new();
+        for r in gh.received_requests().await.unwrap_or_default() {
+            let v: Value = serde_json::from_slice(&r.body).ok()?;
+            by_context
+                .entry(v["context"].as_str()?.to_owned())
+                .or_default()
+                .push(v["state"].as_str()?.to_owned());
+        }
+        let done = by_context.len() == 2
+            && by_context
+                .values()
+                .all(|s| s.last().map(String::as_str) == Some("success"));
+        done.then_some(by_context)
+    })
+    .await;
+    let expected = vec!["pending".to_owned(), "success".to_owned()];
+    assert_eq!(
+        posted,
+        [
+            ("kiln (OS=linux)".to_owned(), expected.clone()),
+            ("kiln (OS=mac)".to_owned(), expected)
+        ]
+        .into_iter()
+        .collect()
+    );
+}
