@@ -36,7 +36,10 @@ async fn a_matrix_job_builds_each_cell_and_ends_as_a_whole() {
     let _w = c.worker(w).await;
     c.apply(
         "deploy",
-        job(&["echo deploying after #$KILN_UPSTREAM_BUILD_NUMBER"]),
+        job(&[
+            "echo deploying after #$KILN_UPSTREAM_BUILD_NUMBER",
+            "for d in $(echo \"$KILN_UPSTREAM_MATRIX_ARTIFACTS\" | tr : ' '); do cat $d/dist/*.txt; done",
+        ]),
     )
     .await;
     c.apply("report", job(&["echo reporting"])).await;
@@ -59,8 +62,9 @@ async fn a_matrix_job_builds_each_cell_and_ends_as_a_whole() {
     );
 
     let mut app = matrix_job(
-        "echo \"cell $OS/$RUST ($KILN_MATRIX)\"; [ \"$OS/$RUST/$FAIL\" != mac/stable/1 ]",
+        "echo \"cell $OS/$RUST ($KILN_MATRIX)\"; mkdir -p dist; echo built-$OS-$RUST > dist/out.txt; [ \"$OS/$RUST/$FAIL\" != mac/stable/1 ]",
     );
+    app["artifacts"] = json!(["dist/*.txt"]);
     app["parameters"] = json!([{"name": "FAIL", "default": "0"}]);
     app["downstream"] = json!([
         {"job": "deploy"},
@@ -100,6 +104,12 @@ async fn a_matrix_job_builds_each_cell_and_ends_as_a_whole() {
     assert_eq!(
         d["trigger"]["upstream"],
         json!({"job": "app", "number": 1, "status": "success", "depth": 1})
+    );
+    // With every cell's archived files at hand, in cell order.
+    let log = c.log("deploy", 1).await;
+    assert!(
+        log.contains("built-linux-stable\nbuilt-linux-1.80\nbuilt-mac-stable\n"),
+        "{log}"
     );
 
     // One failing cell fails the matrix: report runs, with the matrix's status.

@@ -97,8 +97,13 @@ impl Execution<'_> {
             }
         }
         if let Some(up) = &doc.trigger.upstream {
-            if let Some(dir) = self.upstream_artifacts(up).await {
+            let (first, matrix) = self.upstream_artifacts(up).await;
+            if let Some(dir) = first {
                 env.insert("KILN_UPSTREAM_ARTIFACTS".into(), dir.display().to_string());
+            }
+            if !matrix.is_empty() {
+                let dirs: Vec<String> = matrix.iter().map(|d| d.display().to_string()).collect();
+                env.insert("KILN_UPSTREAM_MATRIX_ARTIFACTS".into(), dirs.join(":"));
             }
         }
         if let Some(repo) = &self.def.repository {
@@ -177,11 +182,29 @@ impl Execution<'_> {
     }
 
     /// The folder of the files the upstream build archived, in the shared storage, for a
-    /// downstream build's steps to take what they need from; `None` when it archived none
-    /// or is gone.
-    async fn upstream_artifacts(&self, up: &Upstream) -> Option<PathBuf> {
+    /// downstream build's steps to take what they need from (`None` when it archived none
+    /// or is gone); for an upstream matrix, also the folder of each of its builds that
+    /// archived files, in cell order.
+    async fn upstream_artifacts(&self, up: &Upstream) -> (Option<PathBuf>, Vec<PathBuf>) {
         let build = BuildRef::new(up.job.clone(), up.number);
-        let doc = self.worker.store.get_build(&build).await.ok()??;
+        let Ok(Some(doc)) = self.worker.store.get_build(&build).await else {
+            return (None, Vec::new());
+        };
+        let first = self.artifacts_dir(&doc).await;
+        let Some(cell) = &doc.matrix else {
+            return (first, Vec::new());
+        };
+        let mut matrix = Vec::new();
+        if let Ok(group) = self.worker.store.matrix_group(&up.job, cell).await {
+            for d in group.iter().flatten() {
+                matrix.extend(self.artifacts_dir(d).await);
+            }
+        }
+        (first, matrix)
+    }
+
+    /// The folder holding what `doc`'s build archived, if it archived anything.
+    async fn artifacts_dir(&self, doc: &BuildDocument) -> Option<PathBuf> {
         let dir =
             kiln_model::storage::build_dir(&self.worker.settings.storage_root, &doc.storage_path)?
                 .join(output::ARTIFACTS_DIR);
