@@ -173,3 +173,22 @@ async fn cancelling_a_matrix_cancels_every_cell_still_queued_or_running() {
     let m = c.get_json("/api/v1/jobs/slow/builds/1/matrix").await;
     assert_eq!(m["status"], "cancelled", "{m}");
 }
+
+#[tokio::test]
+async fn with_fail_fast_a_failing_cell_cancels_the_rest_of_its_matrix() {
+    let c = Cluster::start().await;
+    let mut w = WorkerOpts::new("w");
+    w.concurrency = 2;
+    let _w = c.worker(w).await;
+    let mut def = job(&["if [ $OS = linux ]; then exit 3; fi; echo started; sleep 60"]);
+    def["matrix"] = json!({"axes": {"OS": ["linux", "mac", "windows"]}, "fail_fast": true});
+    c.apply("app", def).await;
+    c.trigger("app").await;
+    let failed = c.wait_status("app", 1, "failure", T).await;
+    assert_eq!(failed["exit_code"], 3);
+    for n in [2, 3] {
+        c.wait_status("app", n, "cancelled", T).await;
+    }
+    let m = c.get_json("/api/v1/jobs/app/builds/1/matrix").await;
+    assert_eq!(m["status"], "failure", "{m}");
+}

@@ -36,6 +36,10 @@ pub struct Matrix {
     pub axes: BTreeMap<String, Vec<String>>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub exclude: Vec<BTreeMap<String, String>>,
+    /// A cell that fails, times out or cannot run cancels the cells still queued or
+    /// running: the matrix has failed, and the workers are wanted elsewhere.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub fail_fast: bool,
 }
 
 /// One build's place in its matrix, on its document: the group is the first build the

@@ -2,8 +2,9 @@
 //! whole matrix's (see `kiln_model::matrix`).
 
 use deadpool_redis::redis;
-use kiln_model::{keys, BuildDocument, BuildRef, JobName, MatrixCell};
+use kiln_model::{keys, BuildDocument, BuildNumber, BuildRef, JobName, MatrixCell};
 
+use crate::builds::CancelOutcome;
 use crate::connect::Store;
 use crate::error::StoreError;
 use crate::tree::parse;
@@ -25,6 +26,29 @@ impl Store {
             .zip(raw)
             .map(|(key, raw)| raw.map(|r| parse(key, &r)).transpose())
             .collect()
+    }
+
+    /// Cancels every build of `cell`'s matrix still queued or running, as `by` (a person, or
+    /// the matrix's `fail_fast`); returns what each cancel did. Builds that end meanwhile
+    /// are passed over.
+    pub async fn cancel_matrix(
+        &self,
+        job: &JobName,
+        cell: &MatrixCell,
+        by: &str,
+    ) -> Result<Vec<(BuildNumber, CancelOutcome)>, StoreError> {
+        let mut done = Vec::new();
+        for d in self.matrix_group(job, cell).await?.iter().flatten() {
+            if d.status.is_final() {
+                continue;
+            }
+            match self.cancel(&d.build_ref(), by).await {
+                Ok(outcome) => done.push((d.number, outcome)),
+                Err(StoreError::Conflict(_) | StoreError::NotFound(_)) => {}
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(done)
     }
 
     /// What follows the end of `doc` (downstream builds, notifications) acts on: `doc`

@@ -6,6 +6,7 @@ mod app;
 mod claim;
 mod config;
 mod execute;
+mod fail_fast;
 mod heartbeat;
 mod http;
 mod local_fs;

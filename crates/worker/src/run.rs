@@ -231,7 +231,7 @@ async fn run_claimed(w: &Arc<Worker>, claimed: Claimed, active: &Arc<Active>, sl
             doc.reason = outcome.reason;
             if doc.status == BuildStatus::Cancelled {
                 doc.cancel_requested = true;
-                doc.reason = Some("cancelled through the api".into());
+                doc.reason = Some("cancelled while it ran".into());
             }
             let now = Utc::now();
             doc.finished_at = Some(now);
@@ -275,6 +275,7 @@ async fn run_claimed(w: &Arc<Worker>, claimed: Claimed, active: &Arc<Active>, sl
                 if let Some(oldest_kept) = finished.oldest_kept {
                     crate::prune::prune_storage(w, &doc, oldest_kept).await;
                 }
+                crate::fail_fast::after_cell(w, &doc).await;
             }
         }
     }

@@ -6,7 +6,7 @@ use kiln_model::matrix::matrix_status;
 use kiln_model::{BuildDocument, BuildRef, MatrixCell};
 use kiln_service_kit::auth::{Reader, Writer};
 use kiln_service_kit::error::ApiError;
-use kiln_store::{CancelOutcome, StoreError};
+use kiln_store::CancelOutcome;
 use serde_json::json;
 
 use super::builds::{build_ref, require_build};
@@ -72,17 +72,19 @@ pub(crate) async fn cancel(
     path: web::Path<(String, String)>,
 ) -> Result<HttpResponse, ApiError> {
     let r = build_ref(&path.0, &path.1)?;
-    let (_, docs) = group(&state, &r).await?;
-    let mut outcomes = Vec::new();
-    for d in docs.iter().flatten().filter(|d| !d.status.is_final()) {
-        let outcome = match state.store.cancel(&d.build_ref(), &who.0.name).await {
-            Ok(CancelOutcome::Cancelled) => "cancelled",
-            Ok(CancelOutcome::Requested) => "requested",
-            // It ended meanwhile.
-            Err(StoreError::Conflict(_) | StoreError::NotFound(_)) => continue,
-            Err(e) => return Err(e.into()),
-        };
-        outcomes.push(json!({"number": d.number, "outcome": outcome}));
-    }
+    let (cell, _) = group(&state, &r).await?;
+    let outcomes: Vec<_> = state
+        .store
+        .cancel_matrix(&r.job, &cell, &who.0.name)
+        .await?
+        .into_iter()
+        .map(|(n, outcome)| {
+            let outcome = match outcome {
+                CancelOutcome::Cancelled => "cancelled",
+                CancelOutcome::Requested => "requested",
+            };
+            json!({"number": n, "outcome": outcome})
+        })
+        .collect();
     Ok(HttpResponse::Accepted().json(json!({"cancelled": outcomes})))
 }
