@@ -4,7 +4,9 @@
 //! long as it is pinned, and a job the retention sweep trims may never be built again. So
 //! the trigger script lists the folders of builds it removed from behind a pinned one, the
 //! sweep (`crate::retention`) those of every build it removed (`keys::STORAGE_ORPHANS`),
-//! and every api replica takes from that list (each path is taken once).
+//! and every api replica takes from that list (each path is taken once, onto
+//! `keys::STORAGE_ORPHANS_TAKEN` until its folder is gone, so a replica that dies mid-way
+//! leaves it for the next start rather than on the disk for ever).
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -18,22 +20,37 @@ const TICK: Duration = Duration::from_secs(5);
 /// Paths taken per round trip.
 const BATCH: usize = 100;
 
-/// Removes listed folders every [`TICK`], until `stop`.
+/// Removes what a replica that stopped had taken, then listed folders every [`TICK`],
+/// until `stop`.
 pub(crate) async fn run(store: Store, root: PathBuf, stop: CancellationToken) {
+    let mut left = match store.taken_storage_orphans().await {
+        Ok(p) => p,
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot read the folders an api replica was removing; the next start removes them");
+            Vec::new()
+        }
+    };
     loop {
         loop {
-            let paths = match store.take_storage_orphans(BATCH).await {
-                Ok(p) => p,
-                Err(e) => {
-                    tracing::warn!(error = %e, "cannot read the folders retention left behind");
-                    break;
-                }
+            let paths = match std::mem::take(&mut left) {
+                p if !p.is_empty() => p,
+                _ => match store.take_storage_orphans(BATCH).await {
+                    Ok(p) => p,
+                    Err(e) => {
+                        tracing::warn!(error = %e, "cannot read the folders retention left behind");
+                        break;
+                    }
+                },
             };
             let taken = paths.len();
-            let root = root.clone();
-            let removed = tokio::task::spawn_blocking(move || remove(&root, &paths)).await;
+            let (root, list) = (root.clone(), paths.clone());
+            let removed = tokio::task::spawn_blocking(move || remove(&root, &list)).await;
             if let Ok(n) = removed {
                 metrics::counter!("kiln_storage_orphans_removed_total").increment(n as u64);
+            }
+            // Left on the taken list if this fails: the next start removes them again.
+            if let Err(e) = store.storage_orphans_removed(&paths).await {
+                tracing::warn!(error = %e, "cannot record removed folders; the next start looks at them again");
             }
             if taken < BATCH {
                 break;

@@ -715,6 +715,33 @@ async fn the_retention_sweep_trims_a_job_nobody_triggers() {
 }
 
 #[tokio::test]
+async fn folders_a_stopped_replica_was_removing_are_removed_by_the_next() {
+    let app = TestApp::spawn().await;
+    // As a replica leaves them when it dies between taking the paths and removing them.
+    let dirs: Vec<_> = (1..=2)
+        .map(|n| app.storage.path().join(format!("jobs/gone/{n}")))
+        .collect();
+    for d in &dirs {
+        std::fs::create_dir_all(d).unwrap();
+    }
+    let mut conn = app.redis.pool().get().await.unwrap();
+    let _: () = deadpool_redis::redis::cmd("LPUSH")
+        .arg("kiln:storage-orphans:taken")
+        .arg("jobs/gone/1")
+        .arg("jobs/gone/2")
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+
+    let _next = app.instance_with(|_| {}).await;
+    kiln_testkit::wait_for("both folders gone and recorded so", TIMEOUT, || async {
+        let gone = dirs.iter().all(|d| !d.exists());
+        (gone && app.redis_type("kiln:storage-orphans:taken").await == "none").then_some(())
+    })
+    .await;
+}
+
+#[tokio::test]
 async fn names_that_could_collide_are_refused() {
     let app = TestApp::spawn().await;
     app.put_job("app", job(json!({}))).await;

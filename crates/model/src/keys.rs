@@ -241,6 +241,11 @@ pub const WORKERS: &str = "kiln:workers";
 /// pinned build holds back and an idle job never does, so the api removes these instead.
 pub const STORAGE_ORPHANS: &str = "kiln:storage-orphans";
 
+/// List of the storage paths an api replica took from [`STORAGE_ORPHANS`] and has not yet
+/// removed the folders of: a replica that starts removes these again (removing a folder
+/// twice does no harm), so none is forgotten when one dies mid-way.
+pub const STORAGE_ORPHANS_TAKEN: &str = "kiln:storage-orphans:taken";
+
 /// Set of the ids of workers an operator paused (`POST /nodes/{id}/pause`): each reads it
 /// with its heartbeat, takes no new build while in it, and finishes the ones it runs.
 pub const PAUSED_WORKERS: &str = "kiln:paused-workers";

@@ -594,15 +594,22 @@ impl Store {
     }
 
     /// Takes up to `max` storage paths of builds retention removed from behind a pinned
-    /// one (`keys::STORAGE_ORPHANS`), for the caller to remove their folders.
+    /// one (`keys::STORAGE_ORPHANS`), for the caller to remove their folders; they stay on
+    /// `keys::STORAGE_ORPHANS_TAKEN` until [`Store::storage_orphans_removed`], so a replica
+    /// that dies meanwhile leaves them for the next start.
     pub async fn take_storage_orphans(&self, max: usize) -> Result<Vec<String>, StoreError> {
-        let mut c = self.conn().await?;
-        let taken: Option<Vec<String>> = redis::cmd("RPOP")
-            .arg(keys::STORAGE_ORPHANS)
-            .arg(max)
-            .query_async(&mut c)
-            .await?;
-        Ok(taken.unwrap_or_default())
+        self.take_into(keys::STORAGE_ORPHANS, keys::STORAGE_ORPHANS_TAKEN, max)
+            .await
+    }
+
+    /// Storage paths taken but not removed when their replica stopped, to remove again.
+    pub async fn taken_storage_orphans(&self) -> Result<Vec<String>, StoreError> {
+        self.oldest_first(keys::STORAGE_ORPHANS_TAKEN).await
+    }
+
+    /// Records taken storage paths as dealt with.
+    pub async fn storage_orphans_removed(&self, paths: &[String]) -> Result<(), StoreError> {
+        self.remove_from(keys::STORAGE_ORPHANS_TAKEN, paths).await
     }
 
     /// Cancels a queued build at once, or asks the worker running it to stop.

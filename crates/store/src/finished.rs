@@ -28,21 +28,13 @@ impl Store {
         consumer: &Name,
         max: usize,
     ) -> Result<Vec<String>, StoreError> {
-        let mut c = self.conn().await?;
-        Ok(scripts::CLAIM_FINISHED
-            .key(keys::finished(consumer))
-            .key(keys::processing(consumer))
-            .arg(max)
-            .invoke_async(&mut c)
-            .await?)
+        self.take_into(&keys::finished(consumer), &keys::processing(consumer), max)
+            .await
     }
 
     /// Entries a previous run took but did not finish (oldest first), to handle again.
     pub async fn unfinished(&self, consumer: &Name) -> Result<Vec<String>, StoreError> {
-        let mut c = self.conn().await?;
-        let mut v: Vec<String> = c.lrange(keys::processing(consumer), 0, -1).await?;
-        v.reverse();
-        Ok(v)
+        self.oldest_first(&keys::processing(consumer)).await
     }
 
     /// Marks entries handled.
@@ -51,13 +43,46 @@ impl Store {
         consumer: &Name,
         entries: &[String],
     ) -> Result<(), StoreError> {
+        self.remove_from(&keys::processing(consumer), entries).await
+    }
+
+    /// Moves up to `max` entries of the list `from`, oldest first, onto the list `taken`,
+    /// atomically, so each is in one of the two until it is removed from `taken`.
+    pub(crate) async fn take_into(
+        &self,
+        from: &str,
+        taken: &str,
+        max: usize,
+    ) -> Result<Vec<String>, StoreError> {
+        let mut c = self.conn().await?;
+        Ok(scripts::CLAIM_FINISHED
+            .key(from)
+            .key(taken)
+            .arg(max)
+            .invoke_async(&mut c)
+            .await?)
+    }
+
+    /// The entries of a list of taken entries, oldest first.
+    pub(crate) async fn oldest_first(&self, list: &str) -> Result<Vec<String>, StoreError> {
+        let mut c = self.conn().await?;
+        let mut v: Vec<String> = c.lrange(list, 0, -1).await?;
+        v.reverse();
+        Ok(v)
+    }
+
+    /// Removes one occurrence of each entry from a list of taken entries: they are done.
+    pub(crate) async fn remove_from(
+        &self,
+        list: &str,
+        entries: &[String],
+    ) -> Result<(), StoreError> {
         if entries.is_empty() {
             return Ok(());
         }
-        let key = keys::processing(consumer);
         let mut pipe = redis::pipe();
         for e in entries {
-            pipe.lrem(&key, 1, e).ignore();
+            pipe.lrem(list, 1, e).ignore();
         }
         let mut c = self.conn().await?;
         let _: () = pipe.query_async(&mut c).await?;
