@@ -11,6 +11,7 @@ mod orphans;
 mod retention;
 mod routes;
 pub mod scheduler;
+mod scope;
 mod settle;
 mod storage;
 

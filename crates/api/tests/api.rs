@@ -5,7 +5,7 @@ mod support;
 
 use reqwest::Method;
 use serde_json::{json, Value};
-use support::{error_field, TestApp, ADMIN, READER, WRITER};
+use support::{error_field, TestApp, ADMIN, READER, TEAM_A, WRITER};
 
 /// How long a test waits for what the api does in the background.
 const TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
@@ -739,6 +739,149 @@ async fn folders_a_stopped_replica_was_removing_are_removed_by_the_next() {
         (gone && app.redis_type("kiln:storage-orphans:taken").await == "none").then_some(())
     })
     .await;
+}
+
+#[tokio::test]
+async fn a_token_limited_to_folders_changes_only_what_is_inside_them() {
+    let app = TestApp::spawn().await;
+    for (name, parent) in [
+        ("team-a", None),
+        ("backend", Some("team-a")),
+        ("team-b", None),
+    ] {
+        assert_eq!(app.create_folder(name, parent).await.status(), 201);
+    }
+    for (name, folder) in [("mine", json!("backend")), ("theirs", json!("team-b"))] {
+        assert_eq!(
+            app.put_job(name, job(json!({"folder": folder})))
+                .await
+                .status(),
+            201
+        );
+        assert_eq!(app.trigger(name).await.status(), 201);
+    }
+    assert_eq!(app.put_job("rooted", job(json!({}))).await.status(), 201);
+    let team = |method: Method, path: &str, body: Option<Value>| {
+        let r = app.request(method, path, Some(TEAM_A));
+        match body {
+            Some(b) => r.json(&b),
+            None => r,
+        }
+        .send()
+    };
+
+    // Inside team-a, at any depth: allowed.
+    let allowed = [
+        (
+            Method::PUT,
+            "/api/v1/jobs/new",
+            Some(job(json!({"folder": "backend"}))),
+        ),
+        (
+            Method::PUT,
+            "/api/v1/jobs/mine",
+            Some(job(json!({"folder": "team-a"}))),
+        ),
+        (Method::POST, "/api/v1/jobs/mine/builds", None),
+        (Method::POST, "/api/v1/jobs/mine/builds/1/cancel", None),
+        (
+            Method::POST,
+            "/api/v1/folders",
+            Some(json!({"name": "tools", "parent": "backend"})),
+        ),
+        (Method::DELETE, "/api/v1/folders/tools", None),
+        (
+            Method::POST,
+            "/api/v1/jobs/new/move",
+            Some(json!({"folder": "backend"})),
+        ),
+        (Method::DELETE, "/api/v1/jobs/new", None),
+    ];
+    for (method, path, body) in allowed {
+        let r = team(method.clone(), path, body).await.unwrap();
+        assert!(r.status().is_success(), "{method} {path}: {}", r.status());
+    }
+
+    // Anything else: 403 naming the token's folders, and nothing written.
+    let before = app.snapshot().await;
+    let refused = [
+        (
+            Method::PUT,
+            "/api/v1/jobs/theirs",
+            Some(job(json!({"folder": "backend"}))),
+        ),
+        (
+            Method::PUT,
+            "/api/v1/jobs/mine",
+            Some(job(json!({"folder": "team-b"}))),
+        ),
+        (Method::PUT, "/api/v1/jobs/stray", Some(job(json!({})))),
+        (Method::DELETE, "/api/v1/jobs/theirs", None),
+        (Method::DELETE, "/api/v1/jobs/rooted", None),
+        (
+            Method::POST,
+            "/api/v1/jobs/theirs/move",
+            Some(json!({"folder": "backend"})),
+        ),
+        (
+            Method::POST,
+            "/api/v1/jobs/mine/move",
+            Some(json!({"folder": null})),
+        ),
+        (Method::POST, "/api/v1/jobs/theirs/builds", None),
+        (Method::POST, "/api/v1/jobs/theirs/builds/1/cancel", None),
+        (Method::POST, "/api/v1/jobs/theirs/builds/1/rebuild", None),
+        (Method::PUT, "/api/v1/jobs/theirs/builds/1/keep", None),
+        (Method::DELETE, "/api/v1/jobs/theirs/builds/1/keep", None),
+        (
+            Method::POST,
+            "/api/v1/jobs/theirs/builds/1/matrix/cancel",
+            None,
+        ),
+        (Method::POST, "/api/v1/jobs/theirs/approve", None),
+        (Method::POST, "/api/v1/folders", Some(json!({"name": "x"}))),
+        (
+            Method::POST,
+            "/api/v1/folders",
+            Some(json!({"name": "x", "parent": "team-b"})),
+        ),
+        (Method::DELETE, "/api/v1/folders/team-a", None),
+        (Method::DELETE, "/api/v1/folders/team-b", None),
+        (
+            Method::PUT,
+            "/api/v1/secrets/TEAM_TOKEN",
+            Some(json!({"value": "0123456789"})),
+        ),
+        (Method::DELETE, "/api/v1/secrets/TEAM_TOKEN", None),
+        (
+            Method::PUT,
+            "/api/v1/github/o/r/branch",
+            Some(json!({"job": "mine"})),
+        ),
+        (Method::DELETE, "/api/v1/github/o/r/branch", None),
+    ];
+    for (method, path, body) in refused {
+        let r = team(method.clone(), path, body).await.unwrap();
+        assert_eq!(r.status(), 403, "{method} {path}");
+        let e: Value = r.json().await.unwrap();
+        let message = e["error"]["message"].as_str().unwrap_or_default();
+        assert!(
+            message.contains("token 'team-a-ci' may change only what is inside folder team-a"),
+            "{method} {path}: {e}"
+        );
+    }
+    assert_eq!(
+        app.snapshot().await,
+        before,
+        "refused changes wrote nothing"
+    );
+    // Reads are not limited.
+    let r = app
+        .request(Method::GET, "/api/v1/jobs/theirs", Some(TEAM_A))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
 }
 
 #[tokio::test]

@@ -49,6 +49,15 @@ impl fmt::Display for Role {
 pub struct Principal {
     pub name: String,
     pub role: Role,
+    /// The folders a write token is limited to (`auth.tokens[].folders`); empty: none.
+    pub folders: Arc<[String]>,
+}
+
+impl Principal {
+    /// Whether the token may change only what is inside some folders.
+    pub fn is_limited(&self) -> bool {
+        !self.folders.is_empty()
+    }
 }
 
 /// The configured tokens, shared as actix app data.
@@ -72,6 +81,7 @@ impl Authenticator {
                             Principal {
                                 name: t.name.clone(),
                                 role: t.role,
+                                folders: t.folders.clone().into(),
                             },
                         )
                     })
@@ -87,6 +97,7 @@ impl Authenticator {
             return Ok(Principal {
                 name: "anonymous".into(),
                 role: Role::Admin,
+                folders: Arc::from([]),
             });
         }
         let presented = presented.ok_or(ApiError::Unauthorized)?;
@@ -174,6 +185,7 @@ mod tests {
                 name: "viewer".into(),
                 role: Role::Read,
                 token: Secret::new("read-token-0123456789"),
+                folders: Vec::new(),
             }],
         })
     }

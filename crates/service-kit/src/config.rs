@@ -163,6 +163,11 @@ pub struct TokenSettings {
     pub name: String,
     pub role: Role,
     pub token: Secret,
+    /// A `write` token given folders may change only what is inside one of them, at any
+    /// depth (jobs, their builds, subfolders): one team's CI token cannot touch another's
+    /// jobs. Empty: everything.
+    #[serde(default)]
+    pub folders: Vec<String>,
 }
 
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -175,7 +180,8 @@ pub struct AuthSettings {
 }
 
 /// Tokens come as TOML tables, or from the environment as `name:role:token,...`
-/// (`KILN_AUTH__TOKENS=ci:write:s3cret`).
+/// (`KILN_AUTH__TOKENS=ci:write:s3cret`), a write token limited to folders as
+/// `name:write@folder+folder:token`.
 fn tokens<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<TokenSettings>, D::Error> {
     #[derive(Deserialize)]
     #[serde(untagged)]
@@ -192,11 +198,20 @@ fn tokens<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<TokenSettings>, D::Erro
             .map(|entry| {
                 let mut parts = entry.splitn(3, ':');
                 match (parts.next(), parts.next(), parts.next()) {
-                    (Some(name), Some(role), Some(token)) => Ok(TokenSettings {
-                        name: name.to_owned(),
-                        role: role.parse().map_err(serde::de::Error::custom)?,
-                        token: Secret::new(token),
-                    }),
+                    (Some(name), Some(role), Some(token)) => {
+                        let (role, folders) = match role.split_once('@') {
+                            Some((role, folders)) => {
+                                (role, folders.split('+').map(str::to_owned).collect())
+                            }
+                            None => (role, Vec::new()),
+                        };
+                        Ok(TokenSettings {
+                            name: name.to_owned(),
+                            role: role.parse().map_err(serde::de::Error::custom)?,
+                            token: Secret::new(token),
+                            folders,
+                        })
+                    }
                     _ => Err(serde::de::Error::custom(
                         "auth.tokens from the environment must be name:role:token,...",
                     )),
@@ -262,6 +277,22 @@ impl Common {
                 return Err(ConfigError::invalid(
                     &format!("auth.tokens[{i}].token"),
                     "must be at least 16 characters",
+                ));
+            }
+            if !t.folders.is_empty() && t.role != Role::Write {
+                return Err(ConfigError::invalid(
+                    &format!("auth.tokens[{i}].folders"),
+                    "only a write token may be limited to folders (reads are not limited, and an admin's work is not in folders)",
+                ));
+            }
+            if let Some(f) = t
+                .folders
+                .iter()
+                .find(|f| kiln_model::Name::parse(f).is_err())
+            {
+                return Err(ConfigError::invalid(
+                    &format!("auth.tokens[{i}].folders"),
+                    format!("{f:?} is not a folder name ([A-Za-z0-9][A-Za-z0-9.-]{{0,62}})"),
                 ));
             }
         }
@@ -372,6 +403,29 @@ mod tests {
         c.validate(true).unwrap();
         assert_eq!(c.auth.tokens[0].role, Role::Write);
         assert!(!format!("{c:?}").contains("0123456789abcdef"));
+    }
+
+    #[test]
+    fn a_write_token_may_be_limited_to_folders_as_the_environment_says() {
+        let c = common(
+            "[auth]\ntokens = \"team:write@team-a+team-b:0123456789abcdef,ci:write:fedcba9876543210\"",
+        );
+        c.validate(true).unwrap();
+        assert_eq!(c.auth.tokens[0].folders, ["team-a", "team-b"]);
+        assert!(c.auth.tokens[1].folders.is_empty());
+        for (tokens, why) in [
+            ("viewer:read@team-a:0123456789abcdef", "only a write token"),
+            ("team:write@no/such:0123456789abcdef", "not a folder name"),
+        ] {
+            let e = common(&format!("[auth]\ntokens = \"{tokens}\""))
+                .validate(true)
+                .unwrap_err()
+                .to_string();
+            assert!(
+                e.contains("auth.tokens[0].folders") && e.contains(why),
+                "{e}"
+            );
+        }
     }
 
     /// A service's settings, shaped like every Kiln service's: `Common` flattened in.

@@ -16,6 +16,7 @@ use serde_json::json;
 
 use super::{body_or_default, job_name, API_PREFIX};
 use crate::app::AppState;
+use crate::scope;
 
 /// Largest page of builds one request returns.
 const MAX_PAGE: usize = 200;
@@ -68,6 +69,7 @@ pub(crate) async fn trigger(
     let name = job_name(&path)?;
     let b: TriggerBody = body_or_default(&req, &body)?;
     check_revision(&b)?;
+    scope::require_job(&state.store, &who.0, &name).await?;
     let trigger = Trigger {
         sha: b.sha,
         git_ref: b.git_ref,
@@ -85,6 +87,7 @@ pub(crate) async fn rebuild(
     path: web::Path<(String, String)>,
 ) -> Result<HttpResponse, ApiError> {
     let r = build_ref(&path.0, &path.1)?;
+    scope::require_job(&state.store, &who.0, &r.job).await?;
     let old = require_build(&state, &r).await?;
     let trigger = Trigger {
         sha: old.trigger.sha,
@@ -268,6 +271,7 @@ pub(crate) async fn cancel(
     path: web::Path<(String, String)>,
 ) -> Result<HttpResponse, ApiError> {
     let r = build_ref(&path.0, &path.1)?;
+    scope::require_job(&state.store, &who.0, &r.job).await?;
     let outcome = state.store.cancel(&r, &who.0.name).await?;
     let outcome = match outcome {
         CancelOutcome::Cancelled => "cancelled",
@@ -310,6 +314,7 @@ pub(crate) async fn keep(
             ));
         }
     }
+    scope::require_job(&state.store, &who.0, &r.job).await?;
     let pin = Keep {
         by: who.0.name,
         at: chrono::Utc::now(),
@@ -320,10 +325,11 @@ pub(crate) async fn keep(
 
 /// Unpins a build: the job's retention applies to it again from its next trigger.
 pub(crate) async fn unkeep(
-    _: Writer,
+    who: Writer,
     state: web::Data<AppState>,
     path: web::Path<(String, String)>,
 ) -> Result<HttpResponse, ApiError> {
     let r = build_ref(&path.0, &path.1)?;
+    scope::require_job(&state.store, &who.0, &r.job).await?;
     Ok(HttpResponse::Ok().json(state.store.set_keep(&r, None).await?))
 }

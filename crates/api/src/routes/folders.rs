@@ -10,6 +10,7 @@ use serde_json::{json, Value};
 
 use super::{body_json, folder_name, API_PREFIX};
 use crate::app::AppState;
+use crate::scope;
 use crate::storage::remove_folder_dir;
 
 pub(crate) fn entry_json(e: &Entry) -> Value {
@@ -38,7 +39,7 @@ struct NewFolder {
 }
 
 pub(crate) async fn create(
-    _: Writer,
+    who: Writer,
     state: web::Data<AppState>,
     req: HttpRequest,
     body: Body,
@@ -50,6 +51,7 @@ pub(crate) async fn create(
         .as_deref()
         .map(|p| folder_name(p, "parent"))
         .transpose()?;
+    scope::require_folder(&state.store, &who.0, parent.as_ref()).await?;
     state.store.create_folder(&name, parent.as_ref()).await?;
     Ok(HttpResponse::Created()
         .insert_header(("Location", format!("{API_PREFIX}/folders/{name}")))
@@ -76,11 +78,15 @@ pub(crate) async fn get(
 }
 
 pub(crate) async fn delete(
-    _: Writer,
+    who: Writer,
     state: web::Data<AppState>,
     path: web::Path<String>,
 ) -> Result<HttpResponse, ApiError> {
     let name = folder_name(&path, "name")?;
+    // What a limited token may change is inside its folders: not the folders themselves.
+    if let Some(parent) = state.store.folder_parent(&name).await? {
+        scope::require_folder(&state.store, &who.0, parent.as_ref()).await?;
+    }
     // Read before the folder goes: its place in the tree names its storage folder.
     let chain = state.store.folder_chain(Some(&name)).await.ok();
     state.store.delete_folder(&name).await?;

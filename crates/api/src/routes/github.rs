@@ -14,6 +14,7 @@ use serde_json::json;
 
 use super::{body_json, body_or_default, job_name};
 use crate::app::AppState;
+use crate::scope;
 
 fn parts(path: &(String, String, String)) -> Result<(String, String, GithubLinkKind), ApiError> {
     let (org, repo, kind) = path;
@@ -45,7 +46,7 @@ struct LinkBody {
 }
 
 pub(crate) async fn put(
-    _: Writer,
+    who: Writer,
     state: web::Data<AppState>,
     path: web::Path<(String, String, String)>,
     req: HttpRequest,
@@ -53,6 +54,7 @@ pub(crate) async fn put(
 ) -> Result<HttpResponse, ApiError> {
     let (org, repo, kind) = parts(&path)?;
     let b: LinkBody = body_json(&req, &body)?;
+    scope::require_unlimited(&who.0, "GitHub links")?;
     let job = job_name(&b.job).map_err(|_| ApiError::bad_request("job", "not a valid job name"))?;
     if job.base().is_some() {
         return Err(ApiError::bad_request(
@@ -82,11 +84,12 @@ pub(crate) async fn get(
 }
 
 pub(crate) async fn delete(
-    _: Writer,
+    who: Writer,
     state: web::Data<AppState>,
     path: web::Path<(String, String, String)>,
 ) -> Result<HttpResponse, ApiError> {
     let (org, repo, kind) = parts(&path)?;
+    scope::require_unlimited(&who.0, "GitHub links")?;
     if !state.store.delete_link(&org, &repo, kind).await? {
         return Err(ApiError::NotFound(format!(
             "{org}/{repo} has no {} link",
@@ -120,6 +123,7 @@ pub(crate) async fn approve(
 ) -> Result<HttpResponse, ApiError> {
     let name = job_name(&path)?;
     let b: ApproveBody = body_or_default(&req, &body)?;
+    scope::require_job(&state.store, &who.0, &name).await?;
     let mut def = state
         .store
         .get_job(&name)

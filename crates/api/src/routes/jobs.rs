@@ -12,6 +12,7 @@ use serde_json::json;
 
 use super::{body_json, folder_name, job_name, API_PREFIX};
 use crate::app::AppState;
+use crate::scope;
 
 #[derive(Deserialize)]
 pub(crate) struct ListQuery {
@@ -39,7 +40,7 @@ pub(crate) async fn list(
 /// Users may only create names they could choose; derived `_pr<N>` / `_branch-` jobs are
 /// created by github-ingest, but may be replaced here once they exist.
 pub(crate) async fn put(
-    _: Writer,
+    who: Writer,
     state: web::Data<AppState>,
     path: web::Path<String>,
     req: HttpRequest,
@@ -49,6 +50,9 @@ pub(crate) async fn put(
     let def: JobDefinition = body_json(&req, &body)?;
     def.validate_as(&name)
         .map_err(|e| ApiError::bad_request(e.field, e.message))?;
+    // A limited token may put a job only in its folders, and replace only one there.
+    scope::require_job(&state.store, &who.0, &name).await?;
+    scope::require_folder(&state.store, &who.0, def.folder.as_ref()).await?;
     if name.base().is_some() && state.store.get_job(&name).await?.is_none() {
         return Err(ApiError::bad_request(
             "name",
@@ -98,11 +102,12 @@ pub(crate) async fn require_job(
 }
 
 pub(crate) async fn delete(
-    _: Writer,
+    who: Writer,
     state: web::Data<AppState>,
     path: web::Path<String>,
 ) -> Result<HttpResponse, ApiError> {
     let name = job_name(&path)?;
+    scope::require_job(&state.store, &who.0, &name).await?;
     state
         .store
         .delete_job_with_files(&name, &state.storage_root)
@@ -118,7 +123,7 @@ struct Move {
 }
 
 pub(crate) async fn move_job(
-    _: Writer,
+    who: Writer,
     state: web::Data<AppState>,
     path: web::Path<String>,
     req: HttpRequest,
@@ -132,6 +137,8 @@ pub(crate) async fn move_job(
         .map(|f| folder_name(f, "folder"))
         .transpose()?;
     let mut def = require_job(&state, &name).await?;
+    scope::require_folder(&state.store, &who.0, def.folder.as_ref()).await?;
+    scope::require_folder(&state.store, &who.0, folder.as_ref()).await?;
     def.folder = folder;
     state.store.put_job(&name, &def).await?;
     Ok(HttpResponse::Ok().json(json!({"name": name, "definition": def})))

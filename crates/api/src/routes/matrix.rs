@@ -11,6 +11,7 @@ use serde_json::json;
 
 use super::builds::{build_ref, require_build};
 use crate::app::AppState;
+use crate::scope;
 
 /// The matrix the build at `r` belongs to, and its builds' documents in cell order (`None`
 /// for one retention or a deletion took away). 404 for a build of no matrix.
@@ -72,6 +73,7 @@ pub(crate) async fn cancel(
     path: web::Path<(String, String)>,
 ) -> Result<HttpResponse, ApiError> {
     let r = build_ref(&path.0, &path.1)?;
+    scope::require_job(&state.store, &who.0, &r.job).await?;
     let (cell, _) = group(&state, &r).await?;
     let outcomes: Vec<_> = state
         .store

@@ -11,6 +11,7 @@ use serde_json::json;
 
 use super::body_json;
 use crate::app::AppState;
+use crate::scope;
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -38,6 +39,7 @@ pub(crate) async fn put(
     let name = name(&path)?;
     let b: SecretBody = body_json(&req, &body)?;
     secret::validate_value(&b.value).map_err(|e| ApiError::bad_request(e.field, e.message))?;
+    scope::require_unlimited(&who.0, "secrets")?;
     let created = state
         .store
         .put_secret(name, &b.value, &who.0.name, state.seal_key.as_deref())
@@ -51,11 +53,12 @@ pub(crate) async fn put(
 }
 
 pub(crate) async fn delete(
-    _: Writer,
+    who: Writer,
     state: web::Data<AppState>,
     path: web::Path<String>,
 ) -> Result<HttpResponse, ApiError> {
     let name = name(&path)?;
+    scope::require_unlimited(&who.0, "secrets")?;
     if !state.store.delete_secret(name).await? {
         return Err(ApiError::NotFound(format!("secret '{name}' not found")));
     }

@@ -11,6 +11,8 @@ use tokio_util::sync::CancellationToken;
 pub(crate) const ADMIN: &str = "admin-token-0123456789";
 pub(crate) const WRITER: &str = "write-token-0123456789";
 pub(crate) const READER: &str = "read-token-01234567890";
+/// A write token limited to the folder `team-a`.
+pub(crate) const TEAM_A: &str = "team-a-token-0123456789";
 
 pub(crate) struct TestApp {
     pub(crate) redis: RedisServer,
@@ -95,6 +97,11 @@ pub(crate) fn config(redis_url: &str, storage: PathBuf) -> ApiConfig {
         name = "viewer"
         role = "read"
         token = "{READER}"
+        [[auth.tokens]]
+        name = "team-a-ci"
+        role = "write"
+        token = "{TEAM_A}"
+        folders = ["team-a"]
         "#,
         storage.display()
     );
