@@ -125,6 +125,7 @@ impl Application {
         ));
         tokio::spawn(crate::retention::run(
             self.background.clone(),
+            self.storage_root.clone(),
             self.retention_sweep,
             shutdown.clone(),
         ));

@@ -715,6 +715,83 @@ async fn the_retention_sweep_trims_a_job_nobody_triggers() {
 }
 
 #[tokio::test]
+async fn artifacts_go_after_their_days_while_the_build_and_its_log_stay() {
+    let app = TestApp::spawn().await;
+    let r = app
+        .put_job(
+            "app",
+            job(json!({"retention": {"builds": 100, "days": 5, "artifacts_days": 5}})),
+        )
+        .await;
+    assert_eq!(
+        error_field(r, 400).await.as_deref(),
+        Some("retention.artifacts_days")
+    );
+    app.put_job(
+        "app",
+        job(json!({"retention": {"builds": 100, "artifacts_days": 1}})),
+    )
+    .await;
+    let dir = |n: u32| app.storage.path().join(format!("jobs/app/{n}"));
+    for n in 1..=3 {
+        assert_eq!(app.trigger("app").await.status(), 201);
+        let r = app
+            .call(
+                Method::POST,
+                &format!("/api/v1/jobs/app/builds/{n}/cancel"),
+                None,
+            )
+            .await;
+        assert!(r.status().is_success());
+        std::fs::create_dir_all(dir(n).join("artifacts/dist")).unwrap();
+        std::fs::write(dir(n).join("artifacts/dist/app.tar"), "bytes").unwrap();
+        std::fs::write(dir(n).join("log.jsonl"), "").unwrap();
+    }
+    let r = app
+        .call(Method::PUT, "/api/v1/jobs/app/builds/2/keep", None)
+        .await;
+    assert_eq!(r.status(), 200);
+    // Builds 1 and 2 ended two days ago; 2 is pinned.
+    age(&app, "job_app_1", 2).await;
+    age(&app, "job_app_2", 2).await;
+
+    let _sweeper = app.instance_with(|c| c.api.retention_sweep_secs = 1).await;
+    let one = kiln_testkit::wait_for("build 1's artifacts to expire", TIMEOUT, || async {
+        let b = app.get_json("/api/v1/jobs/app/builds/1").await;
+        b["artifacts_expired_at"].is_string().then_some(b)
+    })
+    .await;
+    assert_eq!(one["status"], "cancelled", "the build stays");
+    assert!(!dir(1).join("artifacts").exists());
+    assert!(dir(1).join("log.jsonl").exists(), "its log stays");
+    let listed = app.get_json("/api/v1/jobs/app/builds/1/artifacts").await;
+    assert_eq!(listed["artifacts"], json!([]));
+    assert_eq!(listed["expired_at"], one["artifacts_expired_at"]);
+    let r = app
+        .call(
+            Method::GET,
+            "/api/v1/jobs/app/builds/1/artifacts/dist/app.tar",
+            None,
+        )
+        .await;
+    assert_eq!(r.status(), 404);
+    let e: Value = r.json().await.unwrap();
+    assert!(
+        e["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("retention.artifacts_days"),
+        "{e}"
+    );
+    // The pinned build and the new one keep theirs.
+    for n in [2, 3] {
+        assert!(dir(n).join("artifacts/dist/app.tar").exists(), "build {n}");
+        let b = app.get_json(&format!("/api/v1/jobs/app/builds/{n}")).await;
+        assert!(b.get("artifacts_expired_at").is_none(), "{b}");
+    }
+}
+
+#[tokio::test]
 async fn folders_a_stopped_replica_was_removing_are_removed_by_the_next() {
     let app = TestApp::spawn().await;
     // As a replica leaves them when it dies between taking the paths and removing them.

@@ -31,6 +31,21 @@ pub(crate) fn template(index: &str) -> Value {
         "finished_at": {"type": "date"},
         "attempts": {"type": "integer"}
     }});
+    let downstream_builds = json!({"properties": {
+        "job": {"type": "keyword"},
+        "number": {"type": "long"}
+    }});
+    let keep = json!({"properties": {
+        "by": {"type": "keyword"},
+        "at": {"type": "date"},
+        "reason": {"type": "text"}
+    }});
+    let matrix = json!({"properties": {
+        "group": {"type": "long"},
+        "index": {"type": "integer"},
+        "size": {"type": "integer"},
+        "cell": {"type": "object"}
+    }});
     json!({
         "index_patterns": [format!("{index}*")],
         "priority": 100,
@@ -65,21 +80,10 @@ pub(crate) fn template(index: &str) -> Value {
                     "storage_path": {"type": "keyword"},
                     "schema_version": {"type": "integer"},
                     "cancel_requested": {"type": "boolean"},
-                    "downstream_builds": {"properties": {
-                        "job": {"type": "keyword"},
-                        "number": {"type": "long"}
-                    }},
-                    "keep": {"properties": {
-                        "by": {"type": "keyword"},
-                        "at": {"type": "date"},
-                        "reason": {"type": "text"}
-                    }},
-                    "matrix": {"properties": {
-                        "group": {"type": "long"},
-                        "index": {"type": "integer"},
-                        "size": {"type": "integer"},
-                        "cell": {"type": "object"}
-                    }},
+                    "downstream_builds": downstream_builds,
+                    "artifacts_expired_at": {"type": "date"},
+                    "keep": keep,
+                    "matrix": matrix,
                     "parameters": {"type": "object"},
                     "steps": steps
                 }

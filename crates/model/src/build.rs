@@ -185,6 +185,10 @@ pub struct BuildDocument {
         skip_serializing_if = "Vec::is_empty"
     )]
     pub downstream_builds: Vec<BuildLink>,
+    /// When the files it archived were removed under its job's `retention.artifacts_days`
+    /// (the build, its log and steps stay).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub artifacts_expired_at: Option<DateTime<Utc>>,
     /// Its cell, for a build of a job with a `matrix`: the trigger queued the whole group.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub matrix: Option<crate::MatrixCell>,

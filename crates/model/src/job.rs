@@ -321,6 +321,11 @@ pub struct Retention {
     /// Builds that ended longer ago than this many days go too, however few the job has.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub days: Option<u32>,
+    /// The files builds archived go this many days after the build ended, while the build,
+    /// its log and its steps stay: artifacts take the disk, history does not. Pinned builds
+    /// keep theirs.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub artifacts_days: Option<u32>,
 }
 
 impl Default for Retention {
@@ -328,6 +333,7 @@ impl Default for Retention {
         Self {
             builds: 100,
             days: None,
+            artifacts_days: None,
         }
     }
 }
@@ -513,6 +519,20 @@ impl JobDefinition {
                 "retention.days",
                 format!("must be between 1 and {MAX_RETENTION_DAYS} (leave it out to keep builds by count only)"),
             ));
+        }
+        if let Some(a) = self.retention.artifacts_days {
+            if a == 0 || a > MAX_RETENTION_DAYS {
+                return Err(InvalidField::new(
+                    "retention.artifacts_days",
+                    format!("must be between 1 and {MAX_RETENTION_DAYS}"),
+                ));
+            }
+            if self.retention.days.is_some_and(|d| a >= d) {
+                return Err(InvalidField::new(
+                    "retention.artifacts_days",
+                    "must be fewer than retention.days (the build and its files go together then)",
+                ));
+            }
         }
         if matches!(self.queue_timeout_secs, Some(t) if t == 0 || t > MAX_TIMEOUT_SECS) {
             return Err(InvalidField::new(

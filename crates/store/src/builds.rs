@@ -220,6 +220,7 @@ impl Store {
             concurrency_group: group.cloned(),
             keep: None,
             downstream_builds: Vec::new(),
+            artifacts_expired_at: None,
             matrix: None,
         };
         let mut v = serde_json::to_value(&template).map_err(|e| StoreError::corrupt("build", e))?;
@@ -525,6 +526,15 @@ impl Store {
             Some(k) => self.amend(build, "keep", "set", k).await,
             None => self.amend(build, "keep", "unset", &()).await,
         }
+    }
+
+    /// Records that an ended build's archived files were removed (`retention.artifacts_days`).
+    pub async fn set_artifacts_expired(
+        &self,
+        build: &BuildRef,
+        at: chrono::DateTime<Utc>,
+    ) -> Result<BuildDocument, StoreError> {
+        self.amend(build, "artifacts_expired_at", "set", &at).await
     }
 
     /// Records on an ended build a downstream build its end queued (once however often

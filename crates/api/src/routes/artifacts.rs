@@ -27,6 +27,9 @@ pub(crate) async fn list(
 ) -> Result<HttpResponse, ApiError> {
     let r = build_ref(&path.0, &path.1)?;
     let doc = require_build(&state, &r).await?;
+    if let Some(at) = doc.artifacts_expired_at {
+        return Ok(HttpResponse::Ok().json(json!({ "artifacts": [], "expired_at": at })));
+    }
     let root = state.storage_root.clone();
     let artifacts = web::block(move || list_artifacts(&root, &doc))
         .await
@@ -44,6 +47,11 @@ pub(crate) async fn get(
     let r = build_ref(&name, &number)?;
     let parts = artifact_path(&rel)?;
     let doc = require_build(&state, &r).await?;
+    if let Some(at) = doc.artifacts_expired_at {
+        return Err(ApiError::NotFound(format!(
+            "the artifacts of build {r} were removed at {at} (its job's retention.artifacts_days)"
+        )));
+    }
     let root = state.storage_root.clone();
     let owned: Vec<String> = parts.iter().map(|p| (*p).to_owned()).collect();
     let opened = web::block(move || {
