@@ -440,6 +440,9 @@ pub(crate) fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 &format!("/api/v1/jobs/{job}/builds/{number}/artifacts"),
                 None,
             )?;
+            if let Some(at) = v["expired_at"].as_str() {
+                eprintln!("{job} #{number}: its artifacts were removed at {at} (retention.artifacts_days)");
+            }
             for a in v["artifacts"].as_array().into_iter().flatten() {
                 println!(
                     "{:>12}  {}",
