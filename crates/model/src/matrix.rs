@@ -53,10 +53,12 @@ pub struct MatrixCell {
 }
 
 impl MatrixCell {
-    /// The numbers of every build of the group, this one among them.
+    /// The numbers of every build of the group, this one among them (at most
+    /// [`MAX_CELLS`], whatever a document edited by hand says).
     pub fn numbers(&self) -> impl Iterator<Item = BuildNumber> {
         let first = self.group.0;
-        (first..first + u64::from(self.size)).map(BuildNumber)
+        let size = u64::from(self.size).min(MAX_CELLS as u64);
+        (first..first.saturating_add(size)).map(BuildNumber)
     }
 
     /// The cell in words, for people and for a commit status's context: `OS=linux, RUST=stable`.

@@ -1,8 +1,7 @@
 //! `/jobs/{name}/badge.svg`: the status of a job's newest ended build (a matrix job's newest
-//! ended matrix) as a small SVG image,
-//! for a README or a wall screen. It needs a reading token like every read, unless the job
-//! says `public_badge` — then anyone may fetch it (it tells only that status), as an image
-//! embedded in a page cannot send a token.
+//! ended matrix) as a small SVG image, for a README or a wall screen. It needs a reading
+//! token like every read, unless the job says `public_badge` — then anyone may fetch it (it
+//! tells only that status), as an image embedded in a page cannot send a token.
 
 use actix_web::{web, FromRequest, HttpRequest, HttpResponse};
 use kiln_model::BuildStatus;
