@@ -192,3 +192,66 @@ async fn with_fail_fast_a_failing_cell_cancels_the_rest_of_its_matrix() {
     let m = c.get_json("/api/v1/jobs/app/builds/1/matrix").await;
     assert_eq!(m["status"], "failure", "{m}");
 }
+
+#[tokio::test]
+async fn a_matrix_runs_again_only_its_cells_that_did_not_succeed() {
+    let c = Cluster::start().await;
+    let mut w = WorkerOpts::new("w");
+    w.concurrency = 3;
+    let _w = c.worker(w).await;
+    c.apply("deploy", job(&["echo deploying"])).await;
+    let marks = tempfile::tempdir().unwrap();
+    // The mac cell fails the first time only, as a flaky test would.
+    let mut def = job(&[&format!(
+        "if [ $OS = mac ] && [ ! -e {0}/again ]; then touch {0}/again; exit 1; fi; echo ok-$OS",
+        marks.path().display()
+    )]);
+    def["matrix"] = json!({"axes": {"OS": ["linux", "mac", "windows"]}});
+    def["downstream"] = json!([{"job": "deploy"}]);
+    c.apply("app", def).await;
+    c.trigger("app").await;
+    c.wait_status("app", 2, "failure", T).await;
+    for n in [1, 3] {
+        c.wait_status("app", n, "success", T).await;
+    }
+
+    let r = c
+        .call(
+            Method::POST,
+            "/api/v1/jobs/app/builds/3/rebuild",
+            Some(json!({"failed_cells": true})),
+        )
+        .await;
+    assert_eq!(r.status(), 201);
+    let again: Value = r.json().await.unwrap();
+    assert_eq!(
+        again["matrix"],
+        json!({"group": 4, "index": 0, "size": 1, "cell": {"OS": "mac"}})
+    );
+    assert_eq!(
+        again["trigger"]["rebuild_of"], 1,
+        "the matrix it runs again"
+    );
+    c.wait_status("app", 4, "success", T).await;
+    assert_eq!(
+        total_builds(&c, "app").await,
+        4,
+        "only the failed cell ran again"
+    );
+    let d = c.wait_status("deploy", 1, "success", T).await;
+    assert_eq!(
+        d["trigger"]["upstream"],
+        json!({"job": "app", "number": 4, "status": "success", "depth": 1})
+    );
+
+    for (n, job) in [(4, "app"), (1, "deploy")] {
+        let r = c
+            .call(
+                Method::POST,
+                &format!("/api/v1/jobs/{job}/builds/{n}/rebuild"),
+                Some(json!({"failed_cells": true})),
+            )
+            .await;
+        assert_eq!(r.status(), 409, "{job} #{n}");
+    }
+}

@@ -159,6 +159,7 @@ impl DownstreamTrigger {
                 FIRED_TTL_SECS,
             )),
             next: false,
+            cells: None,
         };
         let t = self.store.trigger(&request).await?;
         // Again for a build queued before (an entry handled twice): it is recorded once.

@@ -67,6 +67,7 @@ impl Scheduler {
                 trigger: Trigger::new(TriggerKind::Schedule, None),
                 dedup: Some((keys::schedule_fired(&job, slot.timestamp()), FIRED_TTL_SECS)),
                 next: false,
+                cells: None,
             };
             match self.store.trigger(&request).await {
                 Ok(t) => {

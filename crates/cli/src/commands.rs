@@ -134,6 +134,9 @@ enum BuildCommand {
     Rebuild {
         job: String,
         number: u64,
+        /// Of a matrix build: only the cells of its matrix that did not succeed.
+        #[arg(long)]
+        failed_cells: bool,
         /// Print the output as it comes and exit with the new build's result.
         #[arg(long)]
         follow: bool,
@@ -306,12 +309,13 @@ pub(crate) fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Build(BuildCommand::Rebuild {
             job,
             number,
+            failed_cells,
             follow: follow_output,
         }) => {
             let b = api.json(
                 Method::POST,
                 &format!("/api/v1/jobs/{job}/builds/{number}/rebuild"),
-                None,
+                Some(&json!({ "failed_cells": failed_cells })),
             )?;
             started(&api, &follow, &job, &b, follow_output)
         }

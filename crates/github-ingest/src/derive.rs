@@ -211,6 +211,7 @@ impl Ctx<'_> {
                 },
                 dedup: Some((dedup, DELIVERY_TTL_SECS)),
                 next: false,
+                cells: None,
             })
             .await?;
         if t.deduplicated {

@@ -63,11 +63,7 @@ impl MatrixCell {
 
     /// The cell in words, for people and for a commit status's context: `OS=linux, RUST=stable`.
     pub fn label(&self) -> String {
-        self.cell
-            .iter()
-            .map(|(k, v)| format!("{k}={v}"))
-            .collect::<Vec<_>>()
-            .join(", ")
+        label(&self.cell)
     }
 }
 
@@ -181,6 +177,14 @@ impl Matrix {
         }
         Ok(())
     }
+}
+
+/// A cell in words: `OS=linux, RUST=stable`.
+pub fn label(cell: &BTreeMap<String, String>) -> String {
+    cell.iter()
+        .map(|(k, v)| format!("{k}={v}"))
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 /// Whether the `exclude` entry `e` matches `cell`.

@@ -31,6 +31,9 @@ pub struct Trigger {
     /// Ahead of every build already queued (a hotfix): it goes to the claim end of its
     /// queue, or to the head of its concurrency slots' waiting list.
     pub next: bool,
+    /// Only these cells of the job's matrix (running a matrix's failed cells again), each
+    /// still one of its cells; `None`: every cell.
+    pub cells: Option<Vec<BTreeMap<String, String>>>,
 }
 
 /// What a trigger wrote. The storage folders of builds that fell out of retention are left
@@ -113,6 +116,34 @@ fn retention_cutoff(days: Option<u32>) -> Option<String> {
         (Utc::now() - chrono::Duration::days(i64::from(d)))
             .to_rfc3339_opts(SecondsFormat::Millis, true)
     })
+}
+
+/// The cells a trigger queues builds of: the job's matrix's every cell, or those `only`
+/// names when each is still one of them; none for a job without a matrix.
+fn matrix_cells(
+    def: &kiln_model::JobDefinition,
+    only: Option<&[BTreeMap<String, String>]>,
+) -> Result<Vec<BTreeMap<String, String>>, StoreError> {
+    let refused = |message: String| StoreError::Invalid {
+        field: "matrix".into(),
+        message,
+    };
+    match (&def.matrix, only) {
+        (None, None) => Ok(Vec::new()),
+        (None, Some(_)) => Err(refused("the job has no matrix any more".into())),
+        (Some(m), None) => Ok(m.cells()),
+        (Some(_), Some([])) => Err(refused("no cell to build".into())),
+        (Some(m), Some(only)) => {
+            let all = m.cells();
+            match only.iter().find(|c| !all.contains(c)) {
+                Some(gone) => Err(refused(format!(
+                    "{} is no longer a cell of the job's matrix",
+                    kiln_model::matrix::label(gone)
+                ))),
+                None => Ok(only.to_vec()),
+            }
+        }
+    }
 }
 
 pub(crate) fn now_rfc3339() -> String {
@@ -247,14 +278,13 @@ impl Store {
         ))
         .to_string();
 
-        let cells = match &def.matrix {
-            Some(m) => m
-                .cells()
+        let cells = match matrix_cells(def, req.cells.as_deref()) {
+            Ok(cells) => cells
                 .iter()
                 .map(serde_json::to_string)
                 .collect::<Result<Vec<_>, _>>()
                 .map_err(|e| StoreError::corrupt("matrix cell", e))?,
-            None => Vec::new(),
+            Err(refused) => return Ok(Attempt::Refused(refused)),
         };
         let (slots, waiting) = keys::slot_keys(&req.job, group);
         let mut c = self.conn().await?;

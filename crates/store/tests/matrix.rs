@@ -27,6 +27,7 @@ fn request(job: &JobName, next: bool, dedup: Option<&str>) -> TriggerRequest {
         trigger: Trigger::new(TriggerKind::Api, None),
         dedup: dedup.map(|d| (d.to_owned(), 60)),
         next,
+        cells: None,
     }
 }
 
@@ -77,6 +78,24 @@ async fn a_trigger_queues_every_cell_in_order_and_once_per_delivery() {
             "job_app_3"
         ]
     );
+
+    // Only some cells, each still one of the matrix's.
+    let mut only = request(&job, false, None);
+    only.cells = Some(vec![[("OS".to_owned(), "mac".to_owned())].into()]);
+    let t = store.trigger(&only).await.expect("trigger");
+    assert_eq!(t.build.number.0, 7);
+    assert_eq!(
+        t.build.matrix.as_ref().map(|m| (m.size, m.label())),
+        Some((1, "OS=mac".into()))
+    );
+    only.cells = Some(vec![[("OS".to_owned(), "bsd".to_owned())].into()]);
+    match store.trigger(&only).await {
+        Err(kiln_store::StoreError::Invalid { field, message }) => {
+            assert_eq!(field, "matrix");
+            assert!(message.contains("OS=bsd is no longer a cell"), "{message}");
+        }
+        other => panic!("expected a refusal naming the matrix, got {other:?}"),
+    }
 
     // No cell has ended: the matrix has no end yet.
     let one = store

@@ -75,27 +75,84 @@ pub(crate) async fn trigger(
         git_ref: b.git_ref,
         ..Trigger::new(TriggerKind::Api, Some(who.0.name))
     };
-    queue(&state, name, b.parameters, trigger, b.next).await
+    queue(&state, name, b.parameters, trigger, b.next, None).await
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RebuildBody {
+    /// Of a matrix build: run again only the cells of its matrix that did not succeed.
+    #[serde(default)]
+    failed_cells: bool,
 }
 
 /// Runs a build again: a new build of the job with the old one's parameters and revision
-/// (`sha`, `ref`), as the job is defined now. A parameter the job no longer has is refused
-/// (422 naming it) rather than dropped: the new build would not be the same.
+/// (`sha`, `ref`), as the job is defined now (a matrix build: its whole matrix, or with
+/// `failed_cells` the cells that did not succeed, as a matrix of their own). A parameter the
+/// job no longer has is refused (422 naming it) rather than dropped: the new build would not
+/// be the same.
 pub(crate) async fn rebuild(
     who: Writer,
     state: web::Data<AppState>,
     path: web::Path<(String, String)>,
+    req: HttpRequest,
+    body: Body,
 ) -> Result<HttpResponse, ApiError> {
     let r = build_ref(&path.0, &path.1)?;
+    let b: RebuildBody = body_or_default(&req, &body)?;
     scope::require_job(&state.store, &who.0, &r.job).await?;
     let old = require_build(&state, &r).await?;
+    let (rebuild_of, cells) = match (&old.matrix, b.failed_cells) {
+        (_, false) => (r.number, None),
+        (None, true) => {
+            return Err(ApiError::Conflict(format!(
+                "build {r} is not a build of a matrix: it has no cells to run again"
+            )))
+        }
+        (Some(m), true) => (m.group, Some(failed_cells(&state, &r, m).await?)),
+    };
     let trigger = Trigger {
         sha: old.trigger.sha,
         git_ref: old.trigger.git_ref,
-        rebuild_of: Some(r.number),
+        rebuild_of: Some(rebuild_of),
         ..Trigger::new(TriggerKind::Api, Some(who.0.name))
     };
-    queue(&state, r.job, old.parameters, trigger, false).await
+    queue(&state, r.job, old.parameters, trigger, false, cells).await
+}
+
+/// The cells of an ended matrix that did not succeed; 409 while one runs, or when all
+/// succeeded or one is no longer kept.
+async fn failed_cells(
+    state: &AppState,
+    r: &BuildRef,
+    m: &kiln_model::MatrixCell,
+) -> Result<Vec<BTreeMap<String, String>>, ApiError> {
+    let group = state.store.matrix_group(&r.job, m).await?;
+    let mut failed = Vec::new();
+    for (n, d) in m.numbers().zip(&group) {
+        let d = d.as_ref().ok_or_else(|| {
+            ApiError::Conflict(format!(
+                "build {n} of matrix #{} is no longer kept",
+                m.group
+            ))
+        })?;
+        if !d.status.is_final() {
+            return Err(ApiError::Conflict(format!(
+                "matrix #{} has not ended: build {n} is {}",
+                m.group, d.status
+            )));
+        }
+        if d.status != BuildStatus::Success {
+            failed.extend(d.matrix.as_ref().map(|c| c.cell.clone()));
+        }
+    }
+    if failed.is_empty() {
+        return Err(ApiError::Conflict(format!(
+            "every build of matrix #{} succeeded: nothing to run again",
+            m.group
+        )));
+    }
+    Ok(failed)
 }
 
 /// Queues a build: 201 with its document and `Location`.
@@ -105,6 +162,7 @@ async fn queue(
     parameters: BTreeMap<String, String>,
     trigger: Trigger,
     next: bool,
+    cells: Option<Vec<BTreeMap<String, String>>>,
 ) -> Result<HttpResponse, ApiError> {
     let t = state
         .store
@@ -114,6 +172,7 @@ async fn queue(
             trigger,
             dedup: None,
             next,
+            cells,
         })
         .await?;
     metrics::counter!("kiln_builds_triggered_total").increment(t.builds().count() as u64);

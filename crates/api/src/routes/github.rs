@@ -165,6 +165,7 @@ pub(crate) async fn approve(
                 24 * 3600,
             )),
             next: false,
+            cells: None,
         })
         .await?;
     // The status reporter, when it runs, posts `pending` as for any pull request's build.

@@ -54,7 +54,7 @@ routes! {
     get "/jobs/{name}/builds" => builds::list, "read", 200, "List recent builds, newest first";
     get "/jobs/{name}/builds/{number}" => builds::get, "read", 200, "Read a build document";
     post "/jobs/{name}/builds/{number}/cancel" => builds::cancel, "write", 202, "Cancel a queued or running build";
-    post "/jobs/{name}/builds/{number}/rebuild" => builds::rebuild, "write", 201, "Run a build again with its parameters and revision";
+    post "/jobs/{name}/builds/{number}/rebuild" => builds::rebuild, "write", 201, "Run a build again with its parameters and revision (`failed_cells`: a matrix's cells that did not succeed)";
     get "/jobs/{name}/builds/{number}/matrix" => matrix::get, "read", 200, "Read a matrix build's whole matrix: each cell's build and the matrix's status";
     post "/jobs/{name}/builds/{number}/matrix/cancel" => matrix::cancel, "write", 202, "Cancel every build of a matrix still queued or running";
     put "/jobs/{name}/builds/{number}/keep" => builds::keep, "write", 200, "Pin an ended build so retention never removes it (optional reason)";

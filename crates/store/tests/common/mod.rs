@@ -19,6 +19,7 @@ pub(crate) async fn queued(store: &Store, job: &JobName) -> String {
         trigger: Trigger::new(TriggerKind::Api, None),
         dedup: None,
         next: false,
+        cells: None,
     };
     let t = store.trigger(&req).await.expect("trigger");
     t.build.build_ref().key()
