@@ -325,6 +325,18 @@ async fn a_matrix_is_followed_cell_by_cell_and_exits_with_its_result() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
+    let out = kiln(&c, None, &["job", "history", "m"]);
+    let history = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        history.starts_with("#1 ") && history.trim_end().ends_with("by tests"),
+        "{history}"
+    );
+    let out = kiln(&c, None, &["job", "history", "m", "--revision", "1"]);
+    let def: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(
+        def["matrix"]["axes"]["OS"],
+        serde_json::json!(["linux", "mac"])
+    );
 
     for gateway in [Some(gw.as_str()), None] {
         let out = kiln(&c, gateway, &["build", "start", "m", "--follow"]);

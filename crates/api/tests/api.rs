@@ -792,6 +792,77 @@ async fn artifacts_go_after_their_days_while_the_build_and_its_log_stay() {
 }
 
 #[tokio::test]
+async fn a_jobs_revisions_say_who_changed_it_when_and_what_it_said() {
+    let app = TestApp::spawn().await;
+    let first = job(json!({"description": "first"}));
+    assert_eq!(app.put_job("app", first.clone()).await.status(), 201);
+    assert_eq!(
+        app.put_job("app", first).await.status(),
+        200,
+        "the same definition again"
+    );
+    let r = app
+        .request(Method::PUT, "/api/v1/jobs/app", Some(WRITER))
+        .json(&job(json!({"description": "second"})))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(app.create_folder("team", None).await.status(), 201);
+    let r = app
+        .call(
+            Method::POST,
+            "/api/v1/jobs/app/move",
+            Some(json!({"folder": "team"})),
+        )
+        .await;
+    assert_eq!(r.status(), 200);
+
+    let v = app.get_json("/api/v1/jobs/app/revisions").await;
+    let seen: Vec<(u64, &str, &str, Option<&str>)> = v["revisions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| {
+            assert!(r["at"].is_string(), "{r}");
+            (
+                r["revision"].as_u64().unwrap(),
+                r["by"].as_str().unwrap(),
+                r["definition"]["description"].as_str().unwrap(),
+                r["definition"]["folder"].as_str(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        seen,
+        [
+            (3, "root", "second", Some("team")),
+            (2, "ci", "second", None),
+            (1, "root", "first", None)
+        ],
+        "newest first; putting the same definition again is no revision"
+    );
+    let v = app.get_json("/api/v1/jobs/app/revisions?limit=1").await;
+    assert_eq!(v["revisions"].as_array().unwrap().len(), 1);
+    let r = app
+        .call(Method::GET, "/api/v1/jobs/app/revisions?limit=0", None)
+        .await;
+    assert_eq!(error_field(r, 400).await.as_deref(), Some("limit"));
+    let r = app
+        .call(Method::GET, "/api/v1/jobs/nope/revisions", None)
+        .await;
+    assert_eq!(r.status(), 404);
+
+    // The history goes with the job.
+    let r = app.call(Method::DELETE, "/api/v1/jobs/app", None).await;
+    assert_eq!(r.status(), 204);
+    assert_eq!(app.redis_type("kiln:job-revisions:app").await, "none");
+    app.put_job("app", job(json!({}))).await;
+    let v = app.get_json("/api/v1/jobs/app/revisions").await;
+    assert_eq!(v["revisions"][0]["revision"], 1);
+}
+
+#[tokio::test]
 async fn folders_a_stopped_replica_was_removing_are_removed_by_the_next() {
     let app = TestApp::spawn().await;
     // As a replica leaves them when it dies between taking the paths and removing them.

@@ -89,6 +89,13 @@ enum JobCommand {
     },
     /// Print a job's definition (JSON), and when its next scheduled build comes.
     Show { name: String },
+    /// List who changed a job's definition and when, newest first; with `--revision`,
+    /// print that revision's definition.
+    History {
+        name: String,
+        #[arg(long)]
+        revision: Option<u64>,
+    },
     /// Approve the head of a pull request from a fork that waits for it, queueing its build.
     Approve {
         name: String,
@@ -187,6 +194,30 @@ pub(crate) fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             println!("{}", serde_json::to_string_pretty(&v["definition"])?);
             if let Some(next) = v["next_scheduled_build"].as_str() {
                 eprintln!("next scheduled build: {next}");
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Job(JobCommand::History { name, revision }) => {
+            let v = api.json(Method::GET, &format!("/api/v1/jobs/{name}/revisions"), None)?;
+            let list = v["revisions"].as_array().cloned().unwrap_or_default();
+            match revision {
+                Some(n) => {
+                    let r = list
+                        .iter()
+                        .find(|r| r["revision"].as_u64() == Some(n))
+                        .with_context(|| format!("job {name} keeps no revision {n}"))?;
+                    println!("{}", serde_json::to_string_pretty(&r["definition"])?);
+                }
+                None => {
+                    for r in &list {
+                        println!(
+                            "#{:<4} {:<26} by {}",
+                            r["revision"].as_u64().unwrap_or_default(),
+                            r["at"].as_str().unwrap_or("-"),
+                            r["by"].as_str().unwrap_or("-")
+                        );
+                    }
+                }
             }
             Ok(ExitCode::SUCCESS)
         }

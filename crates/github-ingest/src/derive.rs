@@ -11,6 +11,10 @@ use serde::Serialize;
 
 use crate::payload::PullRequest;
 
+/// Who the job revisions github-ingest writes (a derived job refreshed, closed) say changed
+/// them.
+const GITHUB_INGEST: &str = "github-ingest";
+
 /// A delivery id is remembered this long, so a redelivered event never queues twice.
 pub(crate) const DELIVERY_TTL_SECS: u64 = 24 * 3600;
 
@@ -186,7 +190,7 @@ impl Ctx<'_> {
                 g.awaiting_approval = Some(sha.clone());
             }
         }
-        self.store.put_job(&head.job, &def).await?;
+        self.store.put_job(&head.job, &def, GITHUB_INGEST).await?;
         let superseded = if self.cancel_superseded {
             let short = &sha[..sha.len().min(8)];
             self.store
@@ -256,7 +260,7 @@ impl Ctx<'_> {
             if let Some(g) = def.github.as_mut() {
                 g.closed_at = Some(Utc::now());
             }
-            self.store.put_job(job, &def).await?;
+            self.store.put_job(job, &def, GITHUB_INGEST).await?;
         }
         let cancelled = self
             .store

@@ -34,6 +34,7 @@ pub mod prefix {
     pub const DEAD_LETTER: &str = "kiln:dead-letter:";
     pub const JOB_SLOTS: &str = "kiln:job-slots:";
     pub const JOB_WAITING: &str = "kiln:job-waiting:";
+    pub const JOB_REVISIONS: &str = "kiln:job-revisions:";
     pub const GROUP_SLOTS: &str = "kiln:group-slots:";
     pub const GROUP_WAITING: &str = "kiln:group-waiting:";
 }
@@ -202,6 +203,17 @@ pub fn job_slots(job: &JobName) -> String {
 pub fn job_waiting(job: &JobName) -> String {
     format!("{}{job}", prefix::JOB_WAITING)
 }
+
+/// List of a job's definitions as they were put, newest first (the last
+/// [`JOB_REVISIONS_KEPT`]): `{"revision", "by", "at", "definition"}`, written by the put-job
+/// script whenever the stored definition changes, so who changed a job, when, and what it
+/// looked like when a build ran can be answered. Deleted with the job.
+pub fn job_revisions(job: &JobName) -> String {
+    format!("{}{job}", prefix::JOB_REVISIONS)
+}
+
+/// How many of a job's definitions [`job_revisions`] keeps.
+pub const JOB_REVISIONS_KEPT: usize = 50;
 
 /// The slot set and waiting list a build of `job` uses: its `concurrency_group`'s when it
 /// has one (`kiln:group-slots:<group>`, `kiln:group-waiting:<group>`, the same two kinds

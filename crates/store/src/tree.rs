@@ -182,8 +182,14 @@ impl Store {
         &self,
         name: &JobName,
         def: &JobDefinition,
+        by: &str,
     ) -> Result<PutOutcome, StoreError> {
         let json = serde_json::to_string(def).map_err(|e| StoreError::corrupt("job", e))?;
+        let revision = format!(
+            "\"by\":{},\"at\":\"{}\",\"definition\":{json}}}",
+            serde_json::Value::from(by),
+            crate::builds::now_rfc3339()
+        );
         let entry = Entry::Job(name.clone()).to_string();
         for _ in 0..CAS_ATTEMPTS {
             let old = self.job_raw(name).await?;
@@ -213,6 +219,7 @@ impl Store {
                 .key(keys::job_recent(name))
                 .key(group_slots)
                 .key(group_waiting)
+                .key(keys::job_revisions(name))
                 .arg(&json)
                 .arg(&entry)
                 .arg(name.as_str())
@@ -226,6 +233,8 @@ impl Store {
                 .arg(keys::prefix::QUEUE_MARKER)
                 .arg(group.map_or("", Name::as_str))
                 .arg(keys::prefix::JOB)
+                .arg(&revision)
+                .arg(keys::JOB_REVISIONS_KEPT)
                 .invoke_async::<i64>(&mut c)
                 .await;
             match r {
@@ -240,6 +249,19 @@ impl Store {
         Err(StoreError::Conflict(format!(
             "job {name} is changing; try again"
         )))
+    }
+
+    /// The job's recorded definitions (`keys::job_revisions`), newest first, at most
+    /// `limit`: `{"revision", "by", "at", "definition"}` each.
+    pub async fn job_revisions(
+        &self,
+        name: &JobName,
+        limit: usize,
+    ) -> Result<Vec<serde_json::Value>, StoreError> {
+        let key = keys::job_revisions(name);
+        let mut c = self.conn().await?;
+        let raw: Vec<String> = c.lrange(&key, 0, limit.saturating_sub(1) as isize).await?;
+        raw.iter().map(|r| parse(&key, r)).collect()
     }
 
     /// Every job in the tree, walking folders from the root, or the jobs directly in
@@ -321,6 +343,7 @@ impl Store {
                 .key(keys::SCHEDULES)
                 .key(keys::job_slots(name))
                 .key(keys::job_waiting(name))
+                .key(keys::job_revisions(name))
                 .arg(&raw)
                 .arg(Entry::Job(name.clone()).to_string())
                 .arg(name.as_str())

@@ -12,7 +12,10 @@ use common::{def, queued, redis_and_store};
 async fn a_history_page_is_newest_first_and_leaves_out_documents_gone() {
     let (redis, store) = redis_and_store();
     let job = JobName::parse("app").expect("name");
-    store.put_job(&job, &def("true")).await.expect("put");
+    store
+        .put_job(&job, &def("true"), "tests")
+        .await
+        .expect("put");
     for _ in 0..4 {
         queued(&store, &job).await;
     }

@@ -35,7 +35,10 @@ fn request(job: &JobName, next: bool, dedup: Option<&str>) -> TriggerRequest {
 async fn a_trigger_queues_every_cell_in_order_and_once_per_delivery() {
     let (redis, store) = redis_and_store();
     let job = JobName::parse("app").expect("name");
-    store.put_job(&job, &matrix_def(None)).await.expect("put");
+    store
+        .put_job(&job, &matrix_def(None), "tests")
+        .await
+        .expect("put");
 
     let t = store
         .trigger(&request(&job, false, Some("delivery-1")))
@@ -111,7 +114,7 @@ async fn cells_over_a_concurrency_limit_wait_in_cell_order() {
     let (redis, store) = redis_and_store();
     let job = JobName::parse("app").expect("name");
     store
-        .put_job(&job, &matrix_def(Some(1)))
+        .put_job(&job, &matrix_def(Some(1)), "tests")
         .await
         .expect("put");
     let t = store
@@ -137,7 +140,10 @@ async fn cells_over_a_concurrency_limit_wait_in_cell_order() {
 async fn a_matrix_end_is_claimed_by_one_entry() {
     let (_redis, store) = redis_and_store();
     let job = JobName::parse("app").expect("name");
-    store.put_job(&job, &matrix_def(None)).await.expect("put");
+    store
+        .put_job(&job, &matrix_def(None), "tests")
+        .await
+        .expect("put");
     let first = BuildRef::from_key(&queued(&store, &job).await).expect("key");
     let whole = store.get_build(&first).await.expect("read").expect("build");
     let claim = |entry: &'static str| store.claim_matrix_end(&whole, entry, 60);

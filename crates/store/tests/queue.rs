@@ -25,11 +25,17 @@ fn names() -> (JobName, Name, Name) {
 async fn a_claimed_build_comes_with_its_jobs_current_definition() {
     let (redis, store) = redis_and_store();
     let (job, queue, worker) = names();
-    store.put_job(&job, &def("echo one")).await.expect("put");
+    store
+        .put_job(&job, &def("echo one"), "tests")
+        .await
+        .expect("put");
     let first = queued(&store, &job).await;
     let second = queued(&store, &job).await;
     // Changed after the builds were queued: a claim gets the definition of now.
-    store.put_job(&job, &def("echo two")).await.expect("put");
+    store
+        .put_job(&job, &def("echo two"), "tests")
+        .await
+        .expect("put");
 
     let claimed = store.claim(&queue, &worker, LEASE).await.expect("claim");
     let claimed = claimed.expect("a build");
@@ -107,7 +113,10 @@ async fn finish(
 async fn a_finish_can_claim_the_queues_next_build_in_the_same_step() {
     let (redis, store) = redis_and_store();
     let (job, queue, worker) = names();
-    store.put_job(&job, &def("true")).await.expect("put");
+    store
+        .put_job(&job, &def("true"), "tests")
+        .await
+        .expect("put");
     let mut keys = Vec::new();
     for _ in 0..3 {
         keys.push(queued(&store, &job).await);

@@ -149,7 +149,7 @@ pub(crate) async fn approve(
         ));
     }
     let git_ref = source.head_ref.clone();
-    state.store.put_job(&name, &def).await?;
+    state.store.put_job(&name, &def, &who.0.name).await?;
     let t = state
         .store
         .trigger(&TriggerRequest {

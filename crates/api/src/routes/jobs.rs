@@ -1,7 +1,7 @@
 //! `/jobs/{name}`: job definitions at `job_<name>`.
 
 use actix_web::{web, HttpRequest, HttpResponse};
-use kiln_model::{JobDefinition, JobName};
+use kiln_model::{keys, JobDefinition, JobName};
 use kiln_service_kit::auth::{Reader, Writer};
 use kiln_service_kit::body::Body;
 use kiln_service_kit::error::ApiError;
@@ -59,7 +59,7 @@ pub(crate) async fn put(
             "names with '_' are reserved for jobs Kiln derives from GitHub pull requests and branches",
         ));
     }
-    let outcome = state.store.put_job(&name, &def).await?;
+    let outcome = state.store.put_job(&name, &def, &who.0.name).await?;
     let mut r = match outcome {
         PutOutcome::Created => HttpResponse::Created(),
         PutOutcome::Replaced => HttpResponse::Ok(),
@@ -82,6 +82,33 @@ pub(crate) async fn get(
         body["next_scheduled_build"] = json!(next);
     }
     Ok(HttpResponse::Ok().json(body))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RevisionsQuery {
+    limit: Option<usize>,
+}
+
+/// The job's definitions as they were put, newest first: who changed it, when, and what it
+/// said (the last [`keys::JOB_REVISIONS_KEPT`]).
+pub(crate) async fn revisions(
+    _: Reader,
+    state: web::Data<AppState>,
+    path: web::Path<String>,
+    q: Query<RevisionsQuery>,
+) -> Result<HttpResponse, ApiError> {
+    let name = job_name(&path)?;
+    let limit = q.limit.unwrap_or(keys::JOB_REVISIONS_KEPT);
+    if limit == 0 || limit > keys::JOB_REVISIONS_KEPT {
+        return Err(ApiError::bad_request(
+            "limit",
+            format!("must be between 1 and {}", keys::JOB_REVISIONS_KEPT),
+        ));
+    }
+    require_job(&state, &name).await?;
+    let revisions = state.store.job_revisions(&name, limit).await?;
+    Ok(HttpResponse::Ok().json(json!({ "name": name, "revisions": revisions })))
 }
 
 /// When the scheduler will next queue a build of the job: for an enabled job with a
@@ -140,6 +167,6 @@ pub(crate) async fn move_job(
     scope::require_folder(&state.store, &who.0, def.folder.as_ref()).await?;
     scope::require_folder(&state.store, &who.0, folder.as_ref()).await?;
     def.folder = folder;
-    state.store.put_job(&name, &def).await?;
+    state.store.put_job(&name, &def, &who.0.name).await?;
     Ok(HttpResponse::Ok().json(json!({"name": name, "definition": def})))
 }

@@ -50,6 +50,7 @@ routes! {
     get "/jobs/{name}/badge.svg" => badge::get, "read", 200, "The newest ended build's status as an SVG badge (no token needed for a job with public_badge)";
     delete "/jobs/{name}" => jobs::delete, "write", 204, "Delete a job with its builds and files";
     post "/jobs/{name}/move" => jobs::move_job, "write", 200, "Move a job to another folder";
+    get "/jobs/{name}/revisions" => jobs::revisions, "read", 200, "List a job's definitions as they were put, newest first (?limit=, at most 50)";
     post "/jobs/{name}/builds" => builds::trigger, "write", 201, "Trigger a build";
     get "/jobs/{name}/builds" => builds::list, "read", 200, "List recent builds, newest first";
     get "/jobs/{name}/builds/{number}" => builds::get, "read", 200, "Read a build document";

@@ -4,7 +4,7 @@
 -- guarantee). Builds holding or waiting for a concurrency group's slot leave the group,
 -- whose next waiting builds then take the freed slots.
 -- KEYS: job, recent, folder list, counters, leases, owners, queue, running list, schedules,
---       job slots, job waiting
+--       job slots, job waiting, job revisions
 -- ARGV: expected definition, entry, job name, build key prefix, cancel channel, group slots
 --       prefix, group waiting prefix, job prefix, queue prefix, queue marker prefix
 local def = redis.call('GET', KEYS[1])
@@ -30,7 +30,7 @@ for _, n in ipairs(redis.call('LRANGE', KEYS[2], 0, -1)) do
   redis.call('HDEL', KEYS[6], key)
   redis.call('LREM', KEYS[8], 0, key)
 end
-redis.call('DEL', KEYS[1], KEYS[2], KEYS[10], KEYS[11])
+redis.call('DEL', KEYS[1], KEYS[2], KEYS[10], KEYS[11], KEYS[12])
 redis.call('LREM', KEYS[3], 0, ARGV[2])
 redis.call('HDEL', KEYS[4], ARGV[3])
 redis.call('HDEL', KEYS[9], ARGV[3])

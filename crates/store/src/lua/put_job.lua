@@ -6,12 +6,15 @@
 -- of them when the limit is gone). A job in a concurrency group admits the group's waiting
 -- builds its new limit has room for; its builds from before it joined keep the slots they
 -- hold (their documents say where).
+-- A definition that differs from the stored one is also recorded in the job's revisions,
+-- numbered on from the newest, the list trimmed to the revisions kept.
 -- KEYS: job, folder parents, old folder list, new folder list, schedules, job slots,
 --       job waiting, job's recent list, group slots, group waiting (the job's own again
---       when it names no group)
+--       when it names no group), job revisions
 -- ARGV: definition, entry, job name, expected old definition ('' none), new folder ('' root),
 --       schedule change, now (seconds), concurrency limit ('' none), build key prefix,
---       queue prefix, queue marker prefix, concurrency group ('' none), job prefix
+--       queue prefix, queue marker prefix, concurrency group ('' none), job prefix, the
+--       revision's JSON after its number (`"by":…,"at":…,"definition":…}`), revisions kept
 local old = redis.call('GET', KEYS[1])
 if (old or '') ~= ARGV[4] then return redis.error_reply('RETRY definition changed') end
 if redis.call('HEXISTS', KEYS[2], ARGV[3]) == 1 then
@@ -19,6 +22,14 @@ if redis.call('HEXISTS', KEYS[2], ARGV[3]) == 1 then
 end
 if ARGV[5] ~= '' and redis.call('HEXISTS', KEYS[2], ARGV[5]) == 0 then
   return redis.error_reply('NOFOLDER folder')
+end
+-- First of the writes, so a revisions key of the wrong type refuses before any other.
+if old ~= ARGV[1] then
+  local top = redis.call('LINDEX', KEYS[11], 0)
+  local n = 1
+  if top then n = (tonumber(string.match(top, '^{"revision":(%d+),')) or 0) + 1 end
+  redis.call('LPUSH', KEYS[11], '{"revision":' .. n .. ',' .. ARGV[14])
+  redis.call('LTRIM', KEYS[11], 0, tonumber(ARGV[15]) - 1)
 end
 if old then
   if KEYS[3] ~= KEYS[4] then
