@@ -975,7 +975,8 @@ fn sample_doc(job: &str, n: u64) -> String {
 }
 
 /// Loads `jobs` jobs of `per_job` builds each, in folders of 100 jobs, with pipelined writes
-/// that lay out exactly what the api and workers would have written.
+/// that lay out exactly what the api and workers would have written (each job's first
+/// revision included).
 async fn load_history(
     c: &Cluster,
     first_job: usize,
@@ -997,6 +998,12 @@ async fn load_history(
             p.rpush("jobs", format!("folder_{folder}")).ignore();
         }
         let def = def.replacen("{", &format!("{{\"folder\":\"{folder}\","), 1);
+        // The revision the put-job script records when the job is created.
+        p.lpush(
+            format!("kiln:job-revisions:{name}"),
+            format!(r#"{{"revision":1,"by":"bench","at":"2026-12-02T00:00:00.000Z","definition":{def}}}"#),
+        )
+        .ignore();
         p.set(format!("job_{name}"), def).ignore();
         p.rpush(format!("folder_{folder}"), format!("job_{name}"))
             .ignore();
