@@ -48,6 +48,16 @@ pub struct TriggeredBuild {
     pub matrix_builds: Vec<BuildDocument>,
 }
 
+impl CancelOutcome {
+    /// As the api says it: `cancelled` at once, or `requested` of its worker.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Cancelled => "cancelled",
+            Self::Requested => "requested",
+        }
+    }
+}
+
 impl TriggeredBuild {
     /// Every build the trigger queued: `build`, then a matrix's other builds.
     pub fn builds(&self) -> impl Iterator<Item = &BuildDocument> {

@@ -10,7 +10,7 @@ use kiln_service_kit::auth::{Reader, Writer};
 use kiln_service_kit::body::Body;
 use kiln_service_kit::error::ApiError;
 use kiln_service_kit::query::Query;
-use kiln_store::{CancelOutcome, TriggerRequest};
+use kiln_store::TriggerRequest;
 use serde::Deserialize;
 use serde_json::json;
 
@@ -332,12 +332,8 @@ pub(crate) async fn cancel(
     let r = build_ref(&path.0, &path.1)?;
     scope::require_job(&state.store, &who.0, &r.job).await?;
     let outcome = state.store.cancel(&r, &who.0.name).await?;
-    let outcome = match outcome {
-        CancelOutcome::Cancelled => "cancelled",
-        CancelOutcome::Requested => "requested",
-    };
     let doc = require_build(&state, &r).await?;
-    Ok(HttpResponse::Accepted().json(json!({"outcome": outcome, "build": doc})))
+    Ok(HttpResponse::Accepted().json(json!({"outcome": outcome.as_str(), "build": doc})))
 }
 
 #[derive(Deserialize, Default)]

@@ -6,7 +6,6 @@ use kiln_model::matrix::matrix_status;
 use kiln_model::{BuildDocument, BuildRef, MatrixCell};
 use kiln_service_kit::auth::{Reader, Writer};
 use kiln_service_kit::error::ApiError;
-use kiln_store::CancelOutcome;
 use serde_json::json;
 
 use super::builds::{build_ref, require_build};
@@ -80,13 +79,7 @@ pub(crate) async fn cancel(
         .cancel_matrix(&r.job, &cell, &who.0.name)
         .await?
         .into_iter()
-        .map(|(n, outcome)| {
-            let outcome = match outcome {
-                CancelOutcome::Cancelled => "cancelled",
-                CancelOutcome::Requested => "requested",
-            };
-            json!({"number": n, "outcome": outcome})
-        })
+        .map(|(n, outcome)| json!({"number": n, "outcome": outcome.as_str()}))
         .collect();
     Ok(HttpResponse::Accepted().json(json!({"cancelled": outcomes})))
 }
