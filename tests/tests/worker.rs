@@ -1789,3 +1789,75 @@ async fn builds_older_than_the_jobs_retention_days_go_at_its_next_trigger() {
     })
     .await;
 }
+
+#[tokio::test]
+async fn a_folders_secrets_go_first_to_the_jobs_inside_it() {
+    let c = Cluster::start().await;
+    for (name, parent) in [("team", None), ("backend", Some("team"))] {
+        let r = c
+            .call(
+                Method::POST,
+                "/api/v1/folders",
+                Some(json!({"name": name, "parent": parent})),
+            )
+            .await;
+        assert_eq!(r.status(), 201);
+    }
+    for (path, value) in [
+        ("/api/v1/secrets/TOKEN", "global-token-1"),
+        ("/api/v1/secrets/SHARED", "shared-value-1"),
+        ("/api/v1/folders/team/secrets/TOKEN", "team-token-22"),
+    ] {
+        let r = c
+            .call(Method::PUT, path, Some(json!({ "value": value })))
+            .await;
+        assert_eq!(r.status(), 201, "{path}");
+    }
+    let listed = c.get_json("/api/v1/folders/team/secrets").await;
+    assert_eq!(listed["secrets"][0]["name"], "TOKEN");
+    assert!(!listed.to_string().contains("team-token-22"));
+
+    // Inside backend (inside team): team's TOKEN before the global one, SHARED from the
+    // global ones; at the root: the global TOKEN.
+    let mut inner = job(&[
+        "[ \"$TOKEN\" = team-token-22 ] && [ \"$SHARED\" = shared-value-1 ] && echo from the folder",
+    ]);
+    inner["folder"] = json!("backend");
+    inner["secrets"] = json!(["TOKEN", "SHARED"]);
+    c.apply("inner", inner).await;
+    let mut outer = job(&["[ \"$TOKEN\" = global-token-1 ] && echo the global one"]);
+    outer["secrets"] = json!(["TOKEN"]);
+    c.apply("outer", outer).await;
+    let _w = c.worker(WorkerOpts::new("w")).await;
+    for (job, says) in [("inner", "from the folder"), ("outer", "the global one")] {
+        let n = c.trigger(job).await;
+        c.wait_status(job, n, "success", T).await;
+        let log = c.log(job, n).await;
+        assert!(log.contains(says), "{job}: {log}");
+    }
+
+    // A folder's secrets go with it.
+    let r = c.call(Method::DELETE, "/api/v1/jobs/inner", None).await;
+    assert_eq!(r.status(), 204);
+    for folder in ["backend", "team"] {
+        let r = c
+            .call(Method::DELETE, &format!("/api/v1/folders/{folder}"), None)
+            .await;
+        assert_eq!(r.status(), 204, "{folder}");
+    }
+    let r = c
+        .call(Method::GET, "/api/v1/redis/kiln:folder-secrets:team", None)
+        .await;
+    assert_eq!(r.status(), 403, "never shown, even to an admin");
+    let mut conn = deadpool_redis::redis::Client::open(c.redis_url())
+        .unwrap()
+        .get_multiplexed_async_connection()
+        .await
+        .unwrap();
+    let exists: bool = deadpool_redis::redis::cmd("EXISTS")
+        .arg("kiln:folder-secrets:team")
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    assert!(!exists);
+}

@@ -212,7 +212,7 @@ impl Notifier {
                 continue;
             }
             // Secrets are read first: Redis failing is the entry's to retry, not a target's.
-            let (url, signature) = match self.secrets_of(target, &body).await {
+            let (url, signature) = match self.secrets_of(target, def.folder.as_ref(), &body).await {
                 Ok(read) => read,
                 Err(e) if e.is_unavailable() => return Err(e),
                 Err(e) => {
@@ -259,16 +259,18 @@ impl Notifier {
     }
 
     /// A target's URL and, with `signing_secret`, the body's signature: secrets are read
-    /// (and opened) at send time and never logged; an error names the secret, not a value.
+    /// (and opened) at send time, as a build of the job in `folder` would find them, and
+    /// never logged; an error names the secret, not a value.
     async fn secrets_of(
         &self,
         target: &Notify,
+        folder: Option<&Name>,
         body: &str,
     ) -> Result<(String, Option<String>), StoreError> {
         let url = match (&target.url, &target.url_secret) {
             (Some(url), _) => url.clone(),
             (None, Some(name)) => {
-                let url = self.secret(name).await?;
+                let url = self.secret(name, folder).await?;
                 if !kiln_model::job::valid_notify_url(&url) {
                     return Err(StoreError::Invalid {
                         field: "url_secret".into(),
@@ -280,7 +282,10 @@ impl Notifier {
             (None, None) => return Err(StoreError::NotFound("notify url".into())),
         };
         let signature = match &target.signing_secret {
-            Some(name) => Some(sign(self.secret(name).await?.as_bytes(), body.as_bytes())),
+            Some(name) => Some(sign(
+                self.secret(name, folder).await?.as_bytes(),
+                body.as_bytes(),
+            )),
             None => None,
         };
         Ok((url, signature))
@@ -346,10 +351,10 @@ impl Notifier {
         Err(format!("{host}: not delivered"))
     }
 
-    /// A secret's value (a URL, a signing key).
-    async fn secret(&self, name: &str) -> Result<String, StoreError> {
+    /// A secret's value (a URL, a signing key) for a job in `folder`.
+    async fn secret(&self, name: &str, folder: Option<&Name>) -> Result<String, StoreError> {
         self.store
-            .secret_values(&[name.to_owned()], self.seal_key.as_deref())
+            .secret_values(&[name.to_owned()], folder, self.seal_key.as_deref())
             .await?
             .pop()
             .ok_or_else(|| StoreError::NotFound(format!("secret '{name}'")))

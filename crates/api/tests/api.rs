@@ -944,6 +944,21 @@ async fn a_token_limited_to_folders_changes_only_what_is_inside_them() {
             Some(json!({"folder": "backend"})),
         ),
         (Method::DELETE, "/api/v1/jobs/new", None),
+        (
+            Method::PUT,
+            "/api/v1/folders/team-a/secrets/TEAM_TOKEN",
+            Some(json!({"value": "0123456789"})),
+        ),
+        (
+            Method::PUT,
+            "/api/v1/folders/backend/secrets/DEPLOY_KEY",
+            Some(json!({"value": "0123456789"})),
+        ),
+        (
+            Method::DELETE,
+            "/api/v1/folders/backend/secrets/DEPLOY_KEY",
+            None,
+        ),
     ];
     for (method, path, body) in allowed {
         let r = team(method.clone(), path, body).await.unwrap();
@@ -1003,6 +1018,16 @@ async fn a_token_limited_to_folders_changes_only_what_is_inside_them() {
         (Method::DELETE, "/api/v1/secrets/TEAM_TOKEN", None),
         (
             Method::PUT,
+            "/api/v1/folders/team-b/secrets/TEAM_TOKEN",
+            Some(json!({"value": "0123456789"})),
+        ),
+        (
+            Method::DELETE,
+            "/api/v1/folders/team-b/secrets/TEAM_TOKEN",
+            None,
+        ),
+        (
+            Method::PUT,
             "/api/v1/github/o/r/branch",
             Some(json!({"job": "mine"})),
         ),
@@ -1043,6 +1068,15 @@ async fn a_token_limited_to_folders_changes_only_what_is_inside_them() {
         before,
         "refused changes wrote nothing"
     );
+    // The team's own secret is listed by name only; a folder that does not exist has none.
+    let listed = app.get_json("/api/v1/folders/team-a/secrets").await;
+    assert_eq!(listed["secrets"][0]["name"], "TEAM_TOKEN", "{listed}");
+    assert_eq!(listed["secrets"][0]["updated_by"], "team-a-ci");
+    assert!(!listed.to_string().contains("0123456789"));
+    let r = app
+        .call(Method::GET, "/api/v1/folders/nowhere/secrets", None)
+        .await;
+    assert_eq!(r.status(), 404);
     // Reads are not limited.
     let r = app
         .request(Method::GET, "/api/v1/jobs/theirs", Some(TEAM_A))

@@ -68,11 +68,31 @@ enum NodeCommand {
 enum SecretCommand {
     /// Set or replace a secret. The value is read from standard input (an argument would be
     /// visible to every user of the machine); one final newline is dropped.
-    Set { name: String },
+    Set {
+        name: String,
+        /// A folder's secret: the jobs inside it get it before a global one.
+        #[arg(long)]
+        folder: Option<String>,
+    },
     /// List secrets by name, with who set them when (values are never shown).
-    List,
+    List {
+        #[arg(long)]
+        folder: Option<String>,
+    },
     /// Delete a secret.
-    Delete { name: String },
+    Delete {
+        name: String,
+        #[arg(long)]
+        folder: Option<String>,
+    },
+}
+
+/// The api path of the secrets, global or a folder's.
+fn secrets_path(folder: Option<&str>) -> String {
+    match folder {
+        Some(f) => format!("/api/v1/folders/{f}/secrets"),
+        None => "/api/v1/secrets".to_owned(),
+    }
 }
 
 #[derive(Subcommand)]
@@ -267,7 +287,7 @@ pub(crate) fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             }
             Ok(ExitCode::SUCCESS)
         }
-        Command::Secret(SecretCommand::Set { name }) => {
+        Command::Secret(SecretCommand::Set { name, folder }) => {
             let mut value = String::new();
             std::io::stdin()
                 .read_to_string(&mut value)
@@ -277,14 +297,14 @@ pub(crate) fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 .map_or(value.as_str(), |v| v.strip_suffix('\r').unwrap_or(v));
             api.json(
                 Method::PUT,
-                &format!("/api/v1/secrets/{name}"),
+                &format!("{}/{name}", secrets_path(folder.as_deref())),
                 Some(&json!({ "value": value })),
             )?;
             eprintln!("secret {name} set");
             Ok(ExitCode::SUCCESS)
         }
-        Command::Secret(SecretCommand::List) => {
-            let v = api.json(Method::GET, "/api/v1/secrets", None)?;
+        Command::Secret(SecretCommand::List { folder }) => {
+            let v = api.json(Method::GET, &secrets_path(folder.as_deref()), None)?;
             for s in v["secrets"].as_array().into_iter().flatten() {
                 println!(
                     "{:<40} {:<26} {}",
@@ -312,8 +332,12 @@ pub(crate) fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             eprintln!("{id}: resumed");
             Ok(ExitCode::SUCCESS)
         }
-        Command::Secret(SecretCommand::Delete { name }) => {
-            api.send(Method::DELETE, &format!("/api/v1/secrets/{name}"), None)?;
+        Command::Secret(SecretCommand::Delete { name, folder }) => {
+            api.send(
+                Method::DELETE,
+                &format!("{}/{name}", secrets_path(folder.as_deref())),
+                None,
+            )?;
             eprintln!("secret {name} deleted");
             Ok(ExitCode::SUCCESS)
         }

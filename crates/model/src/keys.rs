@@ -35,6 +35,7 @@ pub mod prefix {
     pub const JOB_SLOTS: &str = "kiln:job-slots:";
     pub const JOB_WAITING: &str = "kiln:job-waiting:";
     pub const JOB_REVISIONS: &str = "kiln:job-revisions:";
+    pub const FOLDER_SECRETS: &str = "kiln:folder-secrets:";
     pub const GROUP_SLOTS: &str = "kiln:group-slots:";
     pub const GROUP_WAITING: &str = "kiln:group-waiting:";
 }
@@ -231,6 +232,14 @@ pub fn slot_keys(job: &JobName, group: Option<&Name>) -> (String, String) {
 /// Hash secret name -> [`crate::StoredSecret`] JSON. Only the api writes it and only workers
 /// read values from it; the api's raw-key route refuses it.
 pub const SECRETS: &str = "kiln:secrets";
+
+/// Hash name -> stored secret, as [`SECRETS`], of the secrets set on one folder
+/// (`PUT /folders/{name}/secrets/{secret}`): the jobs inside it, at any depth, get them
+/// before a global secret or a farther folder's of the same name, so a team manages its
+/// own. Deleted with the folder.
+pub fn folder_secrets(folder: &Name) -> String {
+    format!("{}{folder}", prefix::FOLDER_SECRETS)
+}
 
 /// Hash job name -> last build number handed out (HINCRBY), so numbers are never reused
 /// while the job exists.

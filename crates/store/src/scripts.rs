@@ -32,3 +32,4 @@ script!(CLAIM_FINISHED, "lua/claim_finished.lua");
 script!(DELETE_FOLDER, "lua/delete_folder.lua");
 script!(AMEND, "lua/amend.lua");
 script!(TRIM, "lua/trim.lua");
+script!(SECRET_VALUES, "lua/secret_values.lua");

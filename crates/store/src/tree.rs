@@ -110,6 +110,7 @@ impl Store {
                 .key(keys::FOLDER_PARENTS)
                 .key(keys::folder(name))
                 .key(keys::folder_list(parent.as_ref()))
+                .key(keys::folder_secrets(name))
                 .arg(name.as_str())
                 .arg(Entry::Folder(name.clone()).to_string())
                 .arg(parent.as_ref().map_or("", Name::as_str))

@@ -80,7 +80,7 @@ impl Execution<'_> {
             match self
                 .worker
                 .store
-                .secret_values(&self.def.secrets, key)
+                .secret_values(&self.def.secrets, self.def.folder.as_ref(), key)
                 .await
             {
                 Ok(values) => {

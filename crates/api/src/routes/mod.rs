@@ -75,6 +75,9 @@ routes! {
     get "/secrets" => secrets::list, "read", 200, "List secrets by name (never their values)";
     put "/secrets/{name}" => secrets::put, "write", 201, "Set or replace a secret";
     delete "/secrets/{name}" => secrets::delete, "write", 204, "Delete a secret";
+    get "/folders/{folder}/secrets" => secrets::list_folder, "read", 200, "List a folder's secrets by name (never their values)";
+    put "/folders/{folder}/secrets/{name}" => secrets::put_folder, "write", 201, "Set or replace a folder's secret: the jobs inside it get it before a global one";
+    delete "/folders/{folder}/secrets/{name}" => secrets::delete_folder, "write", 204, "Delete a folder's secret";
     get "/dead-letters/{consumer}" => dead_letters::list, "read", 200, "List what a consumer (es, github, downstream, notify) gave up on, newest first";
     get "/redis/{key}" => raw::get, "admin", 200, "Read any key of Kiln's Redis layout";
     get "/openapi.json" => openapi_json, "none", 200, "This document";

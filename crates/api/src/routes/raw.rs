@@ -19,7 +19,8 @@ pub(crate) async fn get(
             "not a key of Kiln's layout (jobs, folder_*, job_*, github_*, kiln:*)",
         ));
     }
-    if key == kiln_model::keys::SECRETS {
+    if key == kiln_model::keys::SECRETS || key.starts_with(kiln_model::keys::prefix::FOLDER_SECRETS)
+    {
         return Err(ApiError::Forbidden(
             "secret values are never shown; GET /api/v1/secrets lists their names".into(),
         ));
