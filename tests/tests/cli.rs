@@ -372,3 +372,39 @@ async fn a_matrix_is_followed_cell_by_cell_and_exits_with_its_result() {
         "{listing}"
     );
 }
+
+#[tokio::test]
+async fn the_examples_apply_and_the_matrix_example_runs() {
+    let c = Cluster::start().await;
+    let mut w = WorkerOpts::new("w1");
+    w.concurrency = 2;
+    let _w = c.worker(w).await;
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples");
+    let mut applied = 0;
+    for e in std::fs::read_dir(&dir).unwrap() {
+        let path = e.unwrap().path();
+        let out = kiln(&c, None, &["job", "apply", "-f", path.to_str().unwrap()]);
+        assert!(
+            out.status.success(),
+            "{}: {}",
+            path.display(),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        applied += 1;
+    }
+    assert!(applied >= 2, "hello.toml and matrix.toml at least");
+    let out = kiln(&c, None, &["build", "start", "matrix-demo", "--follow"]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(0), "{stdout}");
+    for cell in [
+        "linux with stable",
+        "macos with nightly",
+        "windows with stable",
+    ] {
+        assert!(stdout.contains(&format!("building for {cell}")), "{stdout}");
+    }
+    assert!(
+        !stdout.contains("windows with nightly"),
+        "excluded: {stdout}"
+    );
+}
