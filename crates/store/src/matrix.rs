@@ -2,7 +2,7 @@
 //! whole matrix's (see `kiln_model::matrix`).
 
 use deadpool_redis::redis;
-use kiln_model::{keys, BuildDocument, BuildNumber, BuildRef, JobName, MatrixCell};
+use kiln_model::{keys, BuildDocument, BuildNumber, BuildRef, BuildStatus, JobName, MatrixCell};
 
 use crate::builds::CancelOutcome;
 use crate::connect::Store;
@@ -29,25 +29,31 @@ impl Store {
     }
 
     /// Cancels every build of `cell`'s matrix still queued or running, as `by` (a person, or
-    /// the matrix's `fail_fast`); returns what each cancel did. Builds that end meanwhile
-    /// are passed over.
+    /// the matrix's `fail_fast`); returns what each cancel did, in cell order. Queued builds
+    /// go first: a running one's worker, once it stops, must not find another cell of the
+    /// matrix still queued and start it. Builds that end meanwhile are passed over.
     pub async fn cancel_matrix(
         &self,
         job: &JobName,
         cell: &MatrixCell,
         by: &str,
     ) -> Result<Vec<(BuildNumber, CancelOutcome)>, StoreError> {
+        let group = self.matrix_group(job, cell).await?;
+        let mut open: Vec<&BuildDocument> = group
+            .iter()
+            .flatten()
+            .filter(|d| !d.status.is_final())
+            .collect();
+        open.sort_by_key(|d| (d.status == BuildStatus::Running, d.number));
         let mut done = Vec::new();
-        for d in self.matrix_group(job, cell).await?.iter().flatten() {
-            if d.status.is_final() {
-                continue;
-            }
+        for d in open {
             match self.cancel(&d.build_ref(), by).await {
                 Ok(outcome) => done.push((d.number, outcome)),
                 Err(StoreError::Conflict(_) | StoreError::NotFound(_)) => {}
                 Err(e) => return Err(e),
             }
         }
+        done.sort_by_key(|(n, _)| *n);
         Ok(done)
     }
 

@@ -275,7 +275,7 @@ async fn run_claimed(w: &Arc<Worker>, claimed: Claimed, active: &Arc<Active>, sl
                 if let Some(oldest_kept) = finished.oldest_kept {
                     crate::prune::prune_storage(w, &doc, oldest_kept).await;
                 }
-                crate::fail_fast::after_cell(w, &doc).await;
+                crate::fail_fast::after_cell(w, def, &doc).await;
             }
         }
     }

@@ -123,12 +123,12 @@ pub(crate) async fn approve(
 ) -> Result<HttpResponse, ApiError> {
     let name = job_name(&path)?;
     let b: ApproveBody = body_or_default(&req, &body)?;
-    scope::require_job(&state.store, &who.0, &name).await?;
     let mut def = state
         .store
         .get_job(&name)
         .await?
         .ok_or_else(|| ApiError::NotFound(format!("job {name} not found")))?;
+    scope::require_folder(&state.store, &who.0, def.folder.as_ref()).await?;
     let Some(source) = def.github.as_mut().filter(|g| g.kind == "pull_request") else {
         return Err(ApiError::Conflict(format!(
             "job {name} is not a pull request's job"
