@@ -351,6 +351,14 @@ async fn a_matrix_is_followed_cell_by_cell_and_exits_with_its_result() {
         );
         assert!(stderr.contains("a matrix of 2 builds"), "{stderr}");
     }
+    let out = kiln(&c, None, &["build", "cancel", "m", "1", "--matrix"]);
+    assert!(out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr)
+            .contains("no build of its matrix was queued or running"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let out = kiln(&c, None, &["build", "matrix", "m", "1"]);
     let shown = String::from_utf8_lossy(&out.stdout);
     assert!(shown.starts_with("m matrix #1: failure\n"), "{shown}");
